@@ -1,0 +1,64 @@
+"""Model cards: what a model is, how it was measured, and its data licence."""
+
+from __future__ import annotations
+
+from serq.schemas import EvaluationReport, ModelMetadata
+
+RAVDESS_ATTRIBUTION = (
+    "Trained on RAVDESS speech: Livingstone, S. R., & Russo, F. A. (2018). The Ryerson Audio-Visual "
+    "Database of Emotional Speech and Song (RAVDESS). PLoS ONE 13(5): e0196391. "
+    "https://doi.org/10.1371/journal.pone.0196391. Data licence CC BY-NC-SA 4.0: non-commercial use only; "
+    "derivatives, including this model, carry the same licence."
+)
+
+
+def metrics_table(report: EvaluationReport) -> str:
+    lines = [f"Protocol: **{report.protocol}** ({'speaker-independent' if report.speaker_independent else 'speaker-DEPENDENT: flatters the model'}), {report.n} clips.", ""]
+    lines += ["| metric | pooled | mean ± std over folds |", "|---|---:|---:|"]
+    for key in ("accuracy", "balanced_accuracy", "macro_f1"):
+        fold = report.folds.get(key) if report.folds else None
+        spread = f"{fold.mean:.3f} ± {fold.std:.3f}" if fold else "–"
+        lines.append(f"| {key} | {getattr(report, key):.3f} | {spread} |")
+    lines += ["", "| class | recall | precision | f1 | clips |", "|---|---:|---:|---:|---:|"]
+    for label, row in report.per_class.items():
+        lines.append(f"| {label} | {row['recall']:.3f} | {row['precision']:.3f} | {row['f1']:.3f} | {int(row['support'])} |")
+    lines += ["", "Confusion matrix (rows true, columns predicted):", "", "| | " + " | ".join(report.labels) + " |",
+              "|---|" + "---:|" * len(report.labels)]
+    for label, row in zip(report.labels, report.confusion_matrix):
+        lines.append(f"| {label} | " + " | ".join(str(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def model_card(meta: ModelMetadata, extra: str = "") -> str:
+    hp = meta.hyperparameters
+    data = meta.training_data
+    parts = [
+        f"# serq model {meta.version}",
+        "",
+        "## What it is",
+        f"A scikit-learn pipeline (StandardScaler + MLPClassifier, hidden layers {hp.hidden_layers}, "
+        f"alpha {hp.alpha}, random_state {hp.random_state}) over serq's acoustic features "
+        f"`{meta.feature_version}` (statistics of MFCC, deltas, chroma, log-mel, spectral contrast, "
+        "spectral shape and YIN pitch over the active frames of a clip).",
+        f"Classes: {', '.join(meta.labels)}. Created {meta.created:%Y-%m-%d %H:%M} UTC. "
+        f"Artifact sha256 `{meta.sha256}`.",
+        "",
+        "## Training data",
+        f"{data.get('clips', '?')} clips from {data.get('speakers', '?')} speakers"
+        + (f" ({data.get('path')})" if data.get("path") else "") + ".",
+        "",
+        "## How well it works",
+    ]
+    parts.append(metrics_table(meta.metrics) if meta.metrics else "Not evaluated.")
+    parts += [
+        "",
+        "## Limits",
+        "Acted English speech from studio recordings. Expect lower accuracy on spontaneous speech, other "
+        "languages, telephone audio and noisy rooms; emotion labels are a coarse proxy for what a person feels. "
+        "Do not use it to make decisions about people.",
+    ]
+    if extra:
+        parts += ["", extra]
+    if any(c == "ravdess" for c in data.get("corpora", {})):
+        parts += ["", "## Licence and attribution", RAVDESS_ATTRIBUTION]
+    return "\n".join(parts) + "\n"

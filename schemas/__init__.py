@@ -1,0 +1,39 @@
+"""The message contract: pydantic models of every message serq sends or receives.
+
+These models are the single source of truth. ``serq schemas generate`` writes the
+JSON Schema files in ``schemas/json/`` and the AsyncAPI document
+``schemas/asyncapi.yaml`` from them; a test fails when those drift.
+"""
+
+from .engine import (
+    ErrorInfo,
+    ErrorReply,
+    EvaluationReport,
+    FoldStats,
+    Hyperparameters,
+    ModelMetadata,
+    PitchSummary,
+    PredictionResult,
+    Spectrum,
+    SpectralSummary,
+    Timings,
+)
+from .training import Stage, TrainProgress, TrainRequest, TrainResult
+
+__all__ = [
+    "ErrorInfo",
+    "ErrorReply",
+    "EvaluationReport",
+    "FoldStats",
+    "Hyperparameters",
+    "ModelMetadata",
+    "PitchSummary",
+    "PredictionResult",
+    "Spectrum",
+    "SpectralSummary",
+    "Timings",
+    "Stage",
+    "TrainProgress",
+    "TrainRequest",
+    "TrainResult",
+]

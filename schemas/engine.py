@@ -1,0 +1,145 @@
+"""Models shared by the engine and every message: results, errors, metrics, model metadata."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from serq.labels import EMOTIONS
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorInfo(_Model):
+    code: str = Field(description="stable machine-readable code, see the contract's error table")
+    message: str = Field(description="what went wrong, for people")
+
+
+class ErrorReply(_Model):
+    """Sent instead of a result when a request fails."""
+
+    error: ErrorInfo
+    file: str | None = Field(None, description="the file, for `serq predict`/`serq classify` output")
+    request_id: str | None = None
+    worker: str | None = None
+
+
+class PitchSummary(_Model):
+    median_hz: float | None = Field(description="median f0 over voiced frames; null if none is voiced")
+    mean_hz: float | None
+    min_hz: float | None
+    max_hz: float | None
+    std_hz: float | None
+    voiced_fraction: float = Field(ge=0, le=1, description="voiced share of active frames")
+
+
+class Spectrum(_Model):
+    freqs_hz: list[float] = Field(description="band centre frequencies (mel-spaced), Hz")
+    db: list[float] = Field(description="mean log power per band over active frames, dB")
+
+
+class SpectralSummary(_Model):
+    """What the clip sounds like: level, pitch, spectral shape and a small spectrum."""
+
+    duration_s: float = Field(description="clip length, seconds")
+    sample_rate: int = Field(description="the file's own sample rate, Hz")
+    rms_dbfs: float
+    peak_dbfs: float
+    active_fraction: float = Field(ge=0, le=1, description="share of 10 ms frames that carry speech energy")
+    pitch: PitchSummary
+    centroid_hz: float
+    bandwidth_hz: float
+    rolloff_hz: float = Field(description="frequency below which 85 % of the magnitude lies")
+    flatness: float = Field(description="spectral flatness, 0 (tonal) .. 1 (noise)")
+    zcr: float = Field(description="zero crossings per sample")
+    dominant_hz: float = Field(description="peak of the mean power spectrum of active frames")
+    spectrum: Spectrum
+
+
+class Timings(_Model):
+    decode: float = Field(description="ms")
+    features: float = Field(description="ms")
+    inference: float = Field(description="ms")
+
+
+class PredictionResult(_Model):
+    """One classified clip: what `serq predict --json` prints and a worker replies."""
+
+    file: str | None = Field(None, description="the file, in CLI output")
+    label: str | None = Field(description="the most probable emotion; null when the clip is silent")
+    confidence: float = Field(ge=0, le=1, description="probability of `label` (0 when silent)")
+    probabilities: dict[str, float] = Field(description="probability of every class the model knows")
+    silent: bool = Field(False, description="true when the clip holds no speech energy; no emotion is claimed")
+    spectral: SpectralSummary
+    model_version: str
+    timings_ms: Timings
+    request_id: str | None = Field(None, description="the request's correlation id (broker replies)")
+    worker: str | None = Field(None, description="the worker that answered (broker replies)")
+
+
+class Hyperparameters(_Model):
+    """The MLP's hyperparameters, validated; defaults are the ones chosen by speaker-grouped CV."""
+
+    hidden_layers: list[int] = Field(default_factory=lambda: [256], min_length=1, max_length=4)
+    alpha: float = Field(1.0, gt=0, le=1000, description="L2 penalty")
+    learning_rate_init: float = Field(1e-3, gt=0, le=1)
+    max_iter: int = Field(400, ge=10, le=5000)
+    early_stopping: bool = False
+    random_state: int = Field(0, ge=0)
+
+    @field_validator("hidden_layers")
+    @classmethod
+    def _sizes(cls, sizes: list[int]) -> list[int]:
+        if any(not 2 <= n <= 4096 for n in sizes):
+            raise ValueError("each hidden layer needs 2..4096 units")
+        return sizes
+
+
+class FoldStats(_Model):
+    mean: float
+    std: float
+
+
+class EvaluationReport(_Model):
+    """Metrics, as `serq evaluate` prints them and training results carry them."""
+
+    n: int = Field(description="clips scored")
+    protocol: str = Field(description="how the figure was obtained, e.g. 'speaker-grouped 5-fold'")
+    speaker_independent: bool = Field(description="false only for an explicit random split over clips")
+    accuracy: float
+    balanced_accuracy: float = Field(description="unweighted average recall")
+    macro_f1: float
+    labels: list[str]
+    per_class: dict[str, dict[str, float]] = Field(description="label -> recall, precision, f1, support")
+    confusion_matrix: list[list[int]] = Field(description="rows true, columns predicted, in `labels` order")
+    folds: dict[str, FoldStats] | None = Field(None, description="mean and std over folds, for cross-validation")
+    skipped: dict[str, int] = Field(default_factory=dict, description="files left out, by reason")
+    speaker_profiles: str | None = Field(None, description="speaker normalisation used in evaluation, if any")
+
+
+class ModelMetadata(_Model):
+    version: str
+    created: datetime
+    feature_version: str
+    feature_names_sha256: str = Field(description="sha256 of the feature layout's names, joined by newlines")
+    labels: list[str]
+    artifact: str = Field("model.skops", description="file name of the artifact beside this metadata")
+    artifact_format: Literal["skops"] = "skops"
+    sha256: str = Field(description="sha256 of the artifact file")
+    hyperparameters: Hyperparameters
+    normalisation: Literal["none", "speaker"] = Field("none", description="feature normalisation the model expects")
+    training_data: dict = Field(default_factory=dict, description="summary of the data it was fitted on")
+    metrics: EvaluationReport | None = Field(None, description="cross-validated, speaker-independent")
+    notes: str = ""
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, labels: list[str]) -> list[str]:
+        unknown = set(labels) - set(EMOTIONS)
+        if unknown:
+            raise ValueError(f"unknown labels {sorted(unknown)}")
+        return labels

@@ -1,0 +1,67 @@
+"""Training job messages: the request, its progress events and its result."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from serq.labels import parse_emotions
+
+from .engine import ErrorInfo, EvaluationReport, Hyperparameters
+
+Stage = Literal["scanning", "extracting", "cross-validating", "fitting", "registering", "done", "failed"]
+
+
+class TrainRequest(BaseModel):
+    """Ask a trainer to fit, evaluate, register and maybe activate a model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: str = Field(default_factory=lambda: uuid.uuid4().hex[:12], pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    dataset: str = Field(description="a directory or CSV manifest on the trainer's side, inside SERQ_DATA_ROOTS")
+    emotions: list[str] | None = Field(None, description="subset of the 8 emotions; null = all")
+    speakers: list[str] | None = Field(None, description="only these speakers (e.g. '01' or 'ravdess:01'); null = all")
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    protocol: Literal["speaker", "random"] = Field(
+        "speaker", description="'speaker' = speaker-grouped k-fold (honest); 'random' = over clips (speaker-dependent)"
+    )
+    folds: int = Field(5, ge=2, le=20)
+    activate: Literal["always", "if_better", "never"] = "if_better"
+    speaker_normalisation: bool = Field(False, description="train a model that expects speaker profiles")
+
+    @field_validator("emotions")
+    @classmethod
+    def _emotions(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else list(parse_emotions(value))
+
+
+class TrainProgress(BaseModel):
+    """A progress event (to the request's reply_to and `serq.events`, key `train.<job_id>.<stage>`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: str
+    stage: Stage
+    done: int = 0
+    total: int = 0
+    eta_s: float | None = Field(None, description="estimated seconds left in this stage")
+    message: str = ""
+
+
+class TrainResult(BaseModel):
+    """The final message of a training job: metrics, version, activation; or a typed error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: str
+    ok: bool
+    version: str | None = None
+    activated: bool = False
+    activation_reason: str = ""
+    metrics: EvaluationReport | None = None
+    baseline: EvaluationReport | None = Field(None, description="the active model's recipe on the same folds (if_better)")
+    dataset: dict = Field(default_factory=dict)
+    error: ErrorInfo | None = None
+    duration_s: float = 0.0

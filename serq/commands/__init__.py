@@ -1,0 +1,1 @@
+"""Subcommands of `serq`; each module has ``register(subparsers)``."""

@@ -1,0 +1,81 @@
+"""Settings from the environment, one prefix (``SERQ_``), typed and validated.
+
+Every field here is documented in the README's configuration table; keep the
+two in step (``tests/test_settings.py`` checks it).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _xdg(var: str, fallback: str) -> Path:
+    return Path(os.environ.get(var) or Path.home() / fallback)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SERQ_", extra="ignore")
+
+    amqp_url: str = Field(
+        "amqp://guest:guest@127.0.0.1:5672/%2F",
+        description="RabbitMQ URL; credentials belong here or in the environment, never in code",
+    )
+    prefix: str = Field("serq", description="prefix of every queue and exchange name", pattern=r"^[A-Za-z0-9_.-]+$")
+    model_dir: Path = Field(
+        default_factory=lambda: _xdg("XDG_DATA_HOME", ".local/share") / "serq" / "models",
+        description="model registry (versions, active pointer); a shared volume in docker-compose",
+    )
+    cache_dir: Path = Field(
+        default_factory=lambda: _xdg("XDG_CACHE_HOME", ".cache") / "serq",
+        description="feature cache for training, keyed by file content hash and feature version",
+    )
+    data_roots: str = Field("", description="colon-separated directories a training request may read from")
+    ravdess_dir: Path = Field(Path("../shared/data/ravdess"), description="RAVDESS corpus used by tests and `serq models build-default`")
+    max_bytes: int = Field(32 * 1024 * 1024, gt=0, description="largest accepted clip, in bytes")
+    max_seconds: float = Field(60.0, gt=0, description="longest accepted clip, in seconds")
+    max_recording_seconds: float = Field(4 * 3600.0, gt=0, description="longest recording `serq timeline` accepts")
+    prefetch: int = Field(4, ge=1, le=1000, description="requests in flight per worker (AMQP prefetch)")
+    metrics_port: int = Field(9108, ge=0, le=65535, description="Prometheus /metrics and /healthz port of the worker; 0 disables")
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+    log_json: bool = Field(False, description="structured JSON log lines instead of plain text")
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        value = value.upper()
+        if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
+        return value
+
+    @property
+    def data_root_paths(self) -> list[Path]:
+        return [Path(p).expanduser().resolve() for p in self.data_roots.split(":") if p.strip()]
+
+    def name(self, suffix: str) -> str:
+        """A queue/exchange name under this deployment's prefix: ``name("classify") -> "serq.classify"``."""
+        return f"{self.prefix}.{suffix}"
+
+    @property
+    def redacted_amqp_url(self) -> str:
+        return redact_url(self.amqp_url)
+
+
+def redact_url(url: str) -> str:
+    """``amqp://user:secret@host/`` -> ``amqp://user:***@host/``: safe to log."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (read once from the environment)."""
+    return Settings()

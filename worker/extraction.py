@@ -1,0 +1,125 @@
+"""Feature extraction over a dataset: parallel, cached, with progress.
+
+The cache is keyed by the file's content hash and :data:`FEATURE_VERSION`, so a
+renamed file is still a hit, an edited file is a miss, and a new feature layout
+never reads old vectors. Entries are plain ``.npy`` arrays (no pickle).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from serq.errors import AudioError
+
+from .audio import decode
+from .datasets import Clip
+from .features import FEATURE_NAMES, FEATURE_VERSION, extract
+
+#: ``progress(done, total)``, called from the parent process as results arrive.
+Progress = Callable[[int, int], None]
+
+
+class FeatureCache:
+    """Feature vectors on disk under ``root/FEATURE_VERSION/ab/<sha256>.npy``."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root) / FEATURE_VERSION
+
+    def _path(self, digest: str) -> Path:
+        return self.root / digest[:2] / f"{digest}.npy"
+
+    def get(self, digest: str) -> np.ndarray | None:
+        path = self._path(digest)
+        try:
+            vec = np.load(path, allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+        return vec if vec.shape == (len(FEATURE_NAMES),) else None
+
+    def put(self, digest: str, vec: np.ndarray) -> None:
+        path = self._path(digest)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Write then rename: concurrent trainers never read a half-written file.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, vec, allow_pickle=False)
+        os.replace(tmp, path)
+
+
+def _extract_one(path: Path, max_seconds: float | None) -> tuple[str, np.ndarray | None, str | None]:
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        audio = decode(data, max_bytes=max(len(data), 1), max_seconds=max_seconds)
+        return digest, extract(audio.samples, audio.sample_rate), None
+    except AudioError as exc:
+        return digest, None, f"{exc.code}: {exc}"
+
+
+def extract_clips(
+    clips: Sequence[Clip],
+    cache_dir: str | Path | None,
+    *,
+    n_jobs: int = -1,
+    max_seconds: float | None = 60.0,
+    progress: Progress | None = None,
+) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
+    """Feature matrix for ``clips``.
+
+    Returns:
+        ``(X, ok, errors)``: ``X`` shape ``(n_ok, len(FEATURE_NAMES))`` for the clips
+        where ``ok`` (bool, shape ``(len(clips),)``) is true; ``errors`` maps the
+        path of each unusable clip to why.
+    """
+    cache = FeatureCache(cache_dir) if cache_dir else None
+    total = len(clips)
+    vectors: list[np.ndarray | None] = [None] * total
+    errors: dict[str, str] = {}
+    todo: list[int] = []
+    for i, clip in enumerate(clips):
+        hit = cache.get(_digest(clip.path)) if cache else None
+        if hit is not None:
+            vectors[i] = hit
+        else:
+            todo.append(i)
+    done = total - len(todo)
+    if progress:
+        progress(done, total)
+    if todo:
+        from joblib import Parallel, delayed
+
+        jobs = 1 if len(todo) < 16 else n_jobs
+        results = Parallel(n_jobs=jobs, return_as="generator", batch_size=8)(
+            delayed(_extract_one)(clips[i].path, max_seconds) for i in todo
+        )
+        for i, (digest, vec, error) in zip(todo, results):
+            if vec is not None:
+                vectors[i] = vec
+                if cache:
+                    cache.put(digest, vec)
+            else:
+                errors[str(clips[i].path)] = error or "unknown error"
+            done += 1
+            if progress:
+                progress(done, total)
+    ok = np.array([v is not None for v in vectors], dtype=bool)
+    matrix = np.stack([v for v in vectors if v is not None]) if ok.any() else np.zeros((0, len(FEATURE_NAMES)), np.float32)
+    return matrix, ok, errors
+
+
+_digest_memo: dict[tuple[str, int, int], str] = {}
+
+
+def _digest(path: Path) -> str:
+    """sha256 of a file's content, memoised per (path, size, mtime) within this process."""
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _digest_memo:
+        _digest_memo[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return _digest_memo[key]

@@ -1,0 +1,351 @@
+"""Acoustic features: one STFT per clip, everything derived from it.
+
+The core is :func:`analyse` (waveform -> frame-level descriptors, computed once)
+and two pure views of its result: :func:`feature_vector` (the model's input, a
+named, versioned layout) and :func:`spectral_summary` (what a person or a client
+plots). :func:`extract` is the one-call ``(audio, sample_rate) -> vector`` form.
+
+Frames are 32 ms (512 samples at 16 kHz) every 10 ms. Statistics are taken over
+*active* frames only (leading/trailing silence trimmed, pauses excluded): RAVDESS
+clips are ~60 % silence, and averaging over it dilutes every descriptor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from scipy import fft as sfft
+
+#: Bump whenever the vector's layout or meaning changes; models store it and refuse a mismatch.
+FEATURE_VERSION = "serq-fe-2"
+
+SAMPLE_RATE = 16_000  # Hz; audio is resampled to this before analysis
+N_FFT = 512  # samples per frame (32 ms)
+HOP = 160  # samples between frames (10 ms)
+N_MELS = 64
+N_MFCC = 40
+N_CHROMA = 12
+CONTRAST_BANDS = 6  # octave bands from 100 Hz; +1 row for the residual
+FMIN_PITCH, FMAX_PITCH = 65.0, 600.0  # Hz; YIN's search range
+YIN_THRESHOLD = 0.2  # cumulative-mean-normalised difference below this = voiced
+ACTIVE_DB = 35.0  # frames within this many dB of the loudest frame are "active"
+SILENCE_DBFS = -55.0  # a clip whose loudest frame is below this is "silent"
+N_SPECTRUM_BANDS = N_MELS  # bands in the summary spectrum (the mel bands)
+AMIN = 1e-10
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Frame-level descriptors of one clip: ``T`` frames, 10 ms apart, from the first
+    to the last active frame (leading/trailing silence trimmed).
+
+    Attributes:
+        power: power spectrogram, shape ``(T, N_FFT // 2 + 1)``.
+        logmel: log-mel power in dB, shape ``(T, N_MELS)``.
+        frame: named 1-D descriptors, each shape ``(T,)`` (``rms_db`` in dBFS,
+            ``centroid``/``bandwidth``/``rolloff`` in Hz, ``flatness`` in [0, 1],
+            ``zcr`` crossings per sample, ``f0`` in Hz with 0 where unvoiced).
+        matrices: named 2-D descriptors, each shape ``(T, k)`` (mfcc, mfcc_delta, chroma, contrast).
+        active: bool mask ``(T,)`` of frames that carry speech energy.
+        n_frames: frames in the whole clip, trimmed silence included.
+        voiced: bool mask ``(T,)``: active frames where YIN found a pitch.
+        duration: clip length in seconds.
+    """
+
+    power: np.ndarray
+    logmel: np.ndarray
+    frame: dict[str, np.ndarray]
+    matrices: dict[str, np.ndarray]
+    active: np.ndarray
+    voiced: np.ndarray
+    n_frames: int
+    duration: float
+    peak_dbfs: float
+    rms_dbfs: float
+
+    @property
+    def silent(self) -> bool:
+        return float(self.frame["rms_db"].max(initial=-np.inf)) < SILENCE_DBFS
+
+
+@lru_cache(maxsize=4)
+def _filterbanks(sr: int = SAMPLE_RATE) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Mel and chroma filterbanks, FFT bin frequencies, mel centre frequencies (cached)."""
+    import librosa
+
+    mel = librosa.filters.mel(sr=sr, n_fft=N_FFT, n_mels=N_MELS, fmin=0.0, fmax=sr / 2).astype(np.float32)
+    chroma = librosa.filters.chroma(sr=sr, n_fft=N_FFT, n_chroma=N_CHROMA).astype(np.float32)
+    freqs = np.fft.rfftfreq(N_FFT, 1.0 / sr).astype(np.float32)
+    centres = librosa.mel_frequencies(n_mels=N_MELS + 2, fmin=0.0, fmax=sr / 2)[1:-1]
+    return mel, chroma, freqs, centres
+
+
+@lru_cache(maxsize=4)
+def _dct_matrix(n_in: int = N_MELS, n_out: int = N_MFCC) -> np.ndarray:
+    """Orthonormal DCT-II as a matrix (what librosa's mfcc applies to log-mel)."""
+    from scipy.fft import dct
+
+    return dct(np.eye(n_in), type=2, norm="ortho", axis=0)[:n_out].T.astype(np.float32)
+
+
+def frame_signal(samples: np.ndarray, frame_length: int = N_FFT, hop: int = HOP) -> np.ndarray:
+    """Centred frames, shape ``(T, frame_length)``; zero-padded by half a frame at each end."""
+    pad = frame_length // 2
+    padded = np.pad(samples.astype(np.float32, copy=False), (pad, pad))
+    n = 1 + (len(padded) - frame_length) // hop
+    return np.lib.stride_tricks.sliding_window_view(padded, frame_length)[::hop][:n]
+
+
+def delta(matrix: np.ndarray, width: int = 2) -> np.ndarray:
+    """Regression deltas over +-``width`` frames along axis 0 (edges repeated), shape kept."""
+    padded = np.pad(matrix, ((width, width), (0, 0)), mode="edge")
+    t = len(matrix)
+    num = sum(n * (padded[width + n : width + n + t] - padded[width - n : width - n + t]) for n in range(1, width + 1))
+    return num / (2 * sum(n * n for n in range(1, width + 1)))
+
+
+def yin(frames: np.ndarray, sr: int = SAMPLE_RATE, fmin: float = FMIN_PITCH, fmax: float = FMAX_PITCH,
+        threshold: float = YIN_THRESHOLD) -> np.ndarray:
+    """YIN fundamental frequency per frame (de Cheveigné & Kawahara, 2002).
+
+    Args:
+        frames: raw (unwindowed) frames, shape ``(T, L)``; ``L`` must exceed ``2 * sr / fmin``.
+    Returns:
+        f0 in Hz, shape ``(T,)``, 0 where no period passes ``threshold`` (unvoiced).
+    """
+    t, length = frames.shape
+    tau_min, tau_max = int(sr / fmax), int(np.ceil(sr / fmin))
+    win = length - tau_max - 1
+    if win < tau_max // 2:
+        raise ValueError(f"frames of {length} samples are too short for fmin={fmin} Hz")
+    if t == 0:
+        return np.zeros(0)
+    n = sfft.next_fast_len(length + win, real=True)
+    frames = frames.astype(np.float32, copy=False)
+    acf = sfft.irfft(sfft.rfft(frames, n) * np.conj(sfft.rfft(frames[:, :win], n)), n)[:, : tau_max + 2]
+    cs = np.concatenate([np.zeros((t, 1), np.float64), np.cumsum(frames.astype(np.float64) ** 2, axis=1)], axis=1)
+    taus = np.arange(tau_max + 2)
+    energy = cs[:, taus + win] - cs[:, taus]
+    diff = np.maximum(energy[:, :1] + energy - 2 * acf, 0.0)
+    cum = np.cumsum(diff[:, 1:], axis=1)
+    cmnd = np.ones_like(diff)
+    cmnd[:, 1:] = diff[:, 1:] * taus[1:] / np.maximum(cum, AMIN)
+    inner = cmnd[:, tau_min : tau_max + 1]
+    trough = (inner[:, 1:-1] <= inner[:, :-2]) & (inner[:, 1:-1] <= inner[:, 2:]) & (inner[:, 1:-1] < threshold)
+    has = trough.any(axis=1)
+    idx = trough.argmax(axis=1) + 1  # index within `inner`
+    rows = np.arange(t)
+    a, b, c = inner[rows, idx - 1], inner[rows, idx], inner[rows, idx + 1]
+    denom = a - 2 * b + c
+    shift = np.where(np.abs(denom) > AMIN, 0.5 * (a - c) / np.where(denom == 0, 1, denom), 0.0)
+    period = tau_min + idx + np.clip(shift, -1, 1)
+    return np.where(has, sr / period, 0.0)
+
+
+def pitch_track(samples: np.ndarray, active: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """f0 in Hz on the analysis frame grid, shape ``active.shape``, 0 where unvoiced.
+
+    YIN runs at half the analysis rate (speech f0 < 600 Hz needs no more) on every
+    other active frame (20 ms): a quarter of the work, the same statistics.
+    """
+    import soxr
+
+    half = soxr.resample(samples, sr, sr // 2, quality="LQ").astype(np.float32, copy=False)
+    frames = frame_signal(half, N_FFT // 2, HOP)  # 32 ms frames, every 20 ms at sr/2
+    # Coarse frame k is centred on analysis frame 2k and stands for frames 2k and 2k+1.
+    pairs = np.pad(active, (0, max(0, 2 * len(frames) - len(active))))[: 2 * len(frames)].reshape(-1, 2)
+    pick = pairs.any(axis=1)
+    coarse = np.zeros(len(frames))
+    coarse[pick] = yin(frames[pick], sr // 2)
+    return np.where(active, np.repeat(coarse, 2)[: len(active)], 0.0)
+
+
+def analyse(samples: np.ndarray, sr: int = SAMPLE_RATE) -> Analysis:
+    """Compute every frame-level descriptor from one STFT.
+
+    Args:
+        samples: mono float waveform, shape ``(n,)``, at ``sr`` (must be :data:`SAMPLE_RATE`).
+    """
+    if sr != SAMPLE_RATE:
+        raise ValueError(f"features are defined at {SAMPLE_RATE} Hz, got {sr} Hz: resample first")
+    samples = np.asarray(samples, dtype=np.float32)
+    mel_fb, chroma_fb, freqs, _ = _filterbanks(sr)
+    frames = frame_signal(samples)
+    rms_db_all = 20 * np.log10(np.sqrt(np.einsum("ij,ij->i", frames, frames) / N_FFT) + AMIN)
+    active_all = rms_db_all > max(rms_db_all.max(initial=-200.0) - ACTIVE_DB, SILENCE_DBFS - 20)
+    # Trim leading/trailing silence: everything below is computed on the span from the
+    # first to the last active frame (about half of a RAVDESS clip); `active` then also
+    # excludes the pauses inside it.
+    first, last = np.flatnonzero(active_all)[[0, -1]] if active_all.any() else (0, len(frames) - 1)
+    raw, rms_db, active = frames[first : last + 1], rms_db_all[first : last + 1], active_all[first : last + 1]
+
+    window = np.hanning(N_FFT + 1)[:-1].astype(np.float32)
+    spec = sfft.rfft(raw * window, axis=1)
+    power = (spec.real**2 + spec.imag**2).astype(np.float32)
+    mag = np.sqrt(power)
+
+    mel = power @ mel_fb.T
+    logmel = 10 * np.log10(np.maximum(mel, AMIN))
+    mfcc = logmel @ _dct_matrix()
+    chroma = power @ chroma_fb.T
+    chroma /= np.maximum(chroma.max(axis=1, keepdims=True), AMIN)
+    contrast = _spectral_contrast(power, freqs)
+
+    mag_sum = np.maximum(mag.sum(axis=1), AMIN)
+    centroid = mag @ freqs / mag_sum
+    bandwidth = np.sqrt(np.maximum((mag * (freqs[None, :] - centroid[:, None]) ** 2).sum(axis=1) / mag_sum, 0))
+    rolloff = freqs[np.minimum((np.cumsum(mag, axis=1) < 0.85 * mag_sum[:, None]).sum(axis=1), len(freqs) - 1)]
+    flatness = np.exp(np.mean(np.log(power + AMIN), axis=1)) / (np.mean(power, axis=1) + AMIN)
+    signs = np.signbit(raw)
+    zcr = np.mean(signs[:, 1:] != signs[:, :-1], axis=1)
+    f0 = pitch_track(samples[first * HOP : (last + 1) * HOP + N_FFT], active, sr)
+    voiced = f0 > 0
+
+    peak = float(np.abs(samples).max(initial=0.0))
+    total_rms = float(np.sqrt(np.mean(samples.astype(np.float64) ** 2))) if len(samples) else 0.0
+    return Analysis(
+        power=power,
+        logmel=logmel.astype(np.float32),
+        frame={
+            "rms_db": rms_db, "centroid": centroid, "bandwidth": bandwidth, "rolloff": rolloff,
+            "flatness": flatness, "zcr": zcr, "f0": f0,
+        },
+        matrices={"mfcc": mfcc, "mfcc_delta": delta(mfcc), "chroma": chroma, "contrast": contrast},
+        active=active,
+        voiced=voiced,
+        n_frames=len(frames),
+        duration=len(samples) / sr,
+        peak_dbfs=20 * np.log10(peak + AMIN),
+        rms_dbfs=20 * np.log10(total_rms + AMIN),
+    )
+
+
+def _spectral_contrast(power: np.ndarray, freqs: np.ndarray, fmin: float = 100.0) -> np.ndarray:
+    """Octave-band spectral contrast, shape ``(T, CONTRAST_BANDS + 1)``, in dB.
+
+    Bands are [0, fmin), then octaves from ``fmin``, the last running to Nyquist;
+    contrast is the band's peak over its valley (max/min bin: at 31 Hz bins
+    librosa's 2 % quantiles are single bins in all but the top bands).
+    """
+    starts = np.searchsorted(freqs, np.concatenate([[0.0], fmin * 2.0 ** np.arange(CONTRAST_BANDS)]))
+    peak = np.maximum.reduceat(power, starts, axis=1)
+    valley = np.minimum.reduceat(power, starts, axis=1)
+    return 10 * np.log10((peak + AMIN) / (valley + AMIN))
+
+
+# ---------------------------------------------------------------- the model's input
+
+_FRAME_SCALARS = ("rms_db", "centroid", "bandwidth", "rolloff", "flatness", "zcr")
+
+
+def _layout() -> tuple[str, ...]:
+    names: list[str] = []
+    blocks = [("mfcc", N_MFCC), ("mfcc_delta", N_MFCC), ("chroma", N_CHROMA),
+              ("contrast", CONTRAST_BANDS + 1), ("logmel", N_MELS)]
+    for block, width in blocks:
+        for stat in ("mean", "std"):
+            names += [f"{block}_{i:02d}_{stat}" for i in range(width)]
+    for name in _FRAME_SCALARS:
+        names += [f"{name}_{stat}" for stat in ("mean", "std", "p10", "p90")]
+    names += [f"f0_{stat}" for stat in ("mean", "std", "p10", "p50", "p90", "slope")]
+    names += ["voiced_fraction", "active_fraction", "active_seconds"]
+    return tuple(names)
+
+
+#: Names of the :func:`feature_vector` entries, in order (stored with every model).
+FEATURE_NAMES: tuple[str, ...] = _layout()
+
+
+def feature_vector(analysis: Analysis) -> np.ndarray:
+    """Summary statistics over active frames, shape ``(len(FEATURE_NAMES),)``, float32.
+
+    Pitch statistics are over voiced frames, in semitones relative to 100 Hz
+    (so a speaker's register and its range are on a perceptual scale).
+    """
+    a = analysis
+    sel = a.active if a.active.any() else np.ones_like(a.active)
+    parts: list[np.ndarray] = []
+    mats = dict(a.matrices, logmel=a.logmel)
+    for block in ("mfcc", "mfcc_delta", "chroma", "contrast", "logmel"):
+        m = mats[block][sel]
+        parts += [m.mean(axis=0), m.std(axis=0)]
+    scalars = np.stack([a.frame[name][sel] for name in _FRAME_SCALARS])
+    p10, p90 = np.percentile(scalars, [10, 90], axis=1)
+    parts.append(np.stack([scalars.mean(axis=1), scalars.std(axis=1), p10, p90], axis=1).ravel())
+    f0 = a.frame["f0"][a.voiced]
+    if len(f0) >= 2:
+        st = 12 * np.log2(f0 / 100.0)
+        t = np.flatnonzero(a.voiced) * (HOP / SAMPLE_RATE)
+        tc = t - t.mean()
+        slope = float(tc @ (st - st.mean()) / (tc @ tc)) if tc.any() else 0.0  # least-squares semitones/s
+        parts.append(np.array([st.mean(), st.std(), *np.percentile(st, [10, 50, 90]), slope]))
+    else:
+        parts.append(np.zeros(6))
+    n = max(int(a.active.sum()), 1)
+    parts.append(np.array([a.voiced.sum() / n, a.active.sum() / a.n_frames, a.active.sum() * HOP / SAMPLE_RATE]))
+    vec = np.concatenate(parts).astype(np.float32)
+    return np.nan_to_num(vec, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def extract(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """``(audio, sample_rate) -> vector``: the pure function a model consumes.
+
+    ``audio`` is mono float at :data:`SAMPLE_RATE`; the layout is :data:`FEATURE_NAMES`,
+    versioned by :data:`FEATURE_VERSION`.
+    """
+    return feature_vector(analyse(audio, sample_rate))
+
+
+# ---------------------------------------------------------------- the summary a person reads
+
+
+def spectral_summary(analysis: Analysis, original_rate: int) -> dict:
+    """What the clip sounds like, in numbers (the ``spectral`` field of every reply).
+
+    Levels are dBFS, frequencies Hz, pitch statistics over voiced frames, spectral
+    shape averaged over active frames; ``spectrum`` is the mean log-mel power (dB)
+    of active frames in :data:`N_SPECTRUM_BANDS` bands with their centre frequencies.
+    """
+    a = analysis
+    _, _, freqs, centres = _filterbanks()
+    sel = a.active if a.active.any() else np.ones_like(a.active)
+    f0 = a.frame["f0"][a.voiced]
+    mean_power = a.power[sel].mean(axis=0)
+    k = int(np.argmax(mean_power[1:])) + 1  # skip DC
+    if 1 <= k < len(mean_power) - 1:  # parabolic interpolation on the log spectrum
+        l, c, r = np.log(mean_power[k - 1 : k + 2] + AMIN)
+        den = l - 2 * c + r
+        k_f = k + (0.5 * (l - r) / den if den != 0 else 0.0)
+    else:
+        k_f = float(k)
+
+    def mean(name: str) -> float:
+        return round(float(a.frame[name][sel].mean()), 4)
+
+    def pitch(fn) -> float | None:
+        return round(float(fn(f0)), 2) if len(f0) else None
+
+    return {
+        "duration_s": round(a.duration, 4),
+        "sample_rate": int(original_rate),
+        "rms_dbfs": round(max(a.rms_dbfs, -200.0), 2),
+        "peak_dbfs": round(max(a.peak_dbfs, -200.0), 2),
+        "active_fraction": round(float(a.active.sum() / a.n_frames), 4),
+        "pitch": {
+            "median_hz": pitch(np.median), "mean_hz": pitch(np.mean), "min_hz": pitch(np.min),
+            "max_hz": pitch(np.max), "std_hz": pitch(np.std),
+            "voiced_fraction": round(float(a.voiced.sum() / max(int(sel.sum()), 1)), 4),
+        },
+        "centroid_hz": mean("centroid"),
+        "bandwidth_hz": mean("bandwidth"),
+        "rolloff_hz": mean("rolloff"),
+        "flatness": mean("flatness"),
+        "zcr": mean("zcr"),
+        "dominant_hz": round(float(k_f * (freqs[1] - freqs[0])), 2),
+        "spectrum": {
+            "freqs_hz": [round(float(f), 1) for f in centres],
+            "db": [round(float(v), 2) for v in a.logmel[sel].mean(axis=0)],
+        },
+    }
