@@ -18,7 +18,7 @@ from .engine import (
     SpectralSummary,
     Timings,
 )
-from .training import Stage, TrainProgress, TrainRequest, TrainResult
+from .training import ModelActivated, Stage, TrainProgress, TrainRequest, TrainResult
 
 __all__ = [
     "ErrorInfo",
@@ -32,6 +32,7 @@ __all__ = [
     "Spectrum",
     "SpectralSummary",
     "Timings",
+    "ModelActivated",
     "Stage",
     "TrainProgress",
     "TrainRequest",

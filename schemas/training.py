@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from serq.labels import parse_emotions
 
-from .engine import ErrorInfo, EvaluationReport, Hyperparameters
+from .engine import ErrorInfo, EvaluationReport, Hyperparameters, ModelMetadata
 
 Stage = Literal["scanning", "extracting", "cross-validating", "fitting", "registering", "done", "failed"]
 
@@ -65,3 +65,20 @@ class TrainResult(BaseModel):
     dataset: dict = Field(default_factory=dict)
     error: ErrorInfo | None = None
     duration_s: float = 0.0
+
+
+class ModelActivated(BaseModel):
+    """Fanout on `serq.models`: a model version became active; workers verify and hot-swap it.
+
+    The artifact travels inside the event (base64 of the skops file, a few MB at
+    most), so workers on other machines need no shared disk.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: str
+    sha256: str = Field(description="sha256 of the artifact bytes")
+    feature_version: str
+    metadata: ModelMetadata
+    artifact_b64: str = Field(description="base64 of the skops artifact")
+    reason: str = Field("", description="why: 'trained', 'activate', 'rollback'")
