@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     metrics_port: int = Field(9108, ge=0, le=65535, description="Prometheus /metrics and /healthz port of the worker; 0 disables")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_json: bool = Field(False, description="structured JSON log lines instead of plain text")
+    worker_id: str = Field("", description="name a worker signs its replies with; empty = <hostname>-<pid>")
+    heartbeat: int = Field(30, ge=0, le=600, description="AMQP heartbeat, seconds (0 = the broker's choice)")
+    reconnect_max_s: float = Field(30.0, gt=0, description="longest wait between reconnection attempts, seconds")
+    delivery_limit: int = Field(5, ge=1, le=1000, description="deliveries of one request before it is dead-lettered to <prefix>.dead")
+    request_timeout: float = Field(30.0, gt=0, description="seconds a client waits for a reply (`serq classify --timeout`)")
 
     @field_validator("log_level")
     @classmethod
