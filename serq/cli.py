@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "serq.commands.evaluate",
     "serq.commands.train",
     "serq.commands.models",
+    "serq.commands.data",
 )
 
 
