@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_json: bool = Field(False, description="structured JSON log lines instead of plain text")
     worker_id: str = Field("", description="name a worker signs its replies with; empty = <hostname>-<pid>")
-    heartbeat: int = Field(30, ge=0, le=600, description="AMQP heartbeat, seconds (0 = the broker's choice)")
+    heartbeat: int = Field(30, ge=0, le=600, description="AMQP heartbeat interval, seconds (0 disables heartbeats)")
     reconnect_max_s: float = Field(30.0, gt=0, description="longest wait between reconnection attempts, seconds")
     delivery_limit: int = Field(5, ge=1, le=1000, description="deliveries of one request before it is dead-lettered to <prefix>.dead")
     request_timeout: float = Field(30.0, gt=0, description="seconds a client waits for a reply (`serq classify --timeout`)")

@@ -1,0 +1,92 @@
+"""The broker topology: every queue and exchange serq uses, declared in one place.
+
+The worker, the trainer, the client and the tests all call these functions, so a
+name or an argument can never differ between two declarations (RabbitMQ refuses
+a re-declaration with other arguments, ``PRECONDITION_FAILED``). Only pika here:
+the client imports this module without the worker extra.
+
+Names (``<p>`` = ``SERQ_PREFIX``):
+
+=================  ===================  ==============================================
+name               kind                 role
+=================  ===================  ==============================================
+``<p>.classify``   quorum queue         requests (audio bytes); delivery limit, DLX
+``<p>.dead``       fanout + queue       requests that exhausted their delivery limit
+                                        or expired before a worker took them
+``<p>.results``    topic exchange       every reply again, key ``emotion.<label>``,
+                                        ``emotion.silent`` or ``error.<code>``
+``<p>.train``      quorum queue         training jobs (JSON ``TrainRequest``)
+``<p>.events``     topic exchange       training progress ``train.<job_id>.<stage>``
+``<p>.models``     fanout exchange      ``ModelActivated`` events (hot-swap)
+=================  ===================  ==============================================
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pika.adapters.blocking_connection import BlockingChannel
+
+    from serq.settings import Settings
+
+#: Routing key of a result on ``<p>.results``; ``silent`` stands in for a clip without speech.
+SILENT_KEY = "emotion.silent"
+#: How long a dead-lettered request is kept for inspection, ms (7 days), and how many at most.
+DEAD_TTL_MS = 7 * 24 * 3600 * 1000
+DEAD_MAX = 10_000
+
+
+def result_key(label: str | None) -> str:
+    """``"angry" -> "emotion.angry"``; ``None`` (a silent clip) -> ``"emotion.silent"``."""
+    return SILENT_KEY if label is None else f"emotion.{label}"
+
+
+def error_key(code: str) -> str:
+    """``"too_long" -> "error.too_long"``."""
+    return f"error.{code}"
+
+
+def _work_queue(channel: "BlockingChannel", settings: "Settings", suffix: str) -> str:
+    """A durable quorum queue whose poison messages end in ``<p>.dead`` after the delivery limit."""
+    dead = settings.name("dead")
+    channel.exchange_declare(dead, exchange_type="fanout", durable=True)
+    channel.queue_declare(dead, durable=True, arguments={"x-message-ttl": DEAD_TTL_MS, "x-max-length": DEAD_MAX})
+    channel.queue_bind(dead, dead)
+    name = settings.name(suffix)
+    channel.queue_declare(
+        name,
+        durable=True,
+        arguments={
+            "x-queue-type": "quorum",
+            "x-delivery-limit": settings.delivery_limit,
+            "x-dead-letter-exchange": dead,
+        },
+    )
+    return name
+
+
+def declare_classify(channel: "BlockingChannel", settings: "Settings") -> str:
+    """``<p>.classify`` (+ ``<p>.dead``) and ``<p>.results``; returns the request queue's name."""
+    channel.exchange_declare(settings.name("results"), exchange_type="topic", durable=True)
+    return _work_queue(channel, settings, "classify")
+
+
+def declare_train(channel: "BlockingChannel", settings: "Settings") -> str:
+    """``<p>.train`` (+ ``<p>.dead``) and ``<p>.events``; returns the job queue's name."""
+    channel.exchange_declare(settings.name("events"), exchange_type="topic", durable=True)
+    return _work_queue(channel, settings, "train")
+
+
+def declare_models(channel: "BlockingChannel", settings: "Settings") -> str:
+    """The ``<p>.models`` fanout exchange; returns its name."""
+    name = settings.name("models")
+    channel.exchange_declare(name, exchange_type="fanout", durable=True)
+    return name
+
+
+def declare_all(channel: "BlockingChannel", settings: "Settings") -> None:
+    """Every queue and exchange of a deployment (idempotent)."""
+    declare_classify(channel, settings)
+    declare_train(channel, settings)
+    declare_models(channel, settings)

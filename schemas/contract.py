@@ -1,0 +1,170 @@
+"""The AMQP contract: which message goes over which queue or exchange, in what shape.
+
+The payload models live beside this module (:mod:`.engine`, :mod:`.training`);
+this module adds the request headers of a classify call, the AMQP ``type`` names
+and the catalogue of channels, messages and operations that
+:mod:`serq.schemas.generate` turns into JSON Schema files and the AsyncAPI
+document. Adding a message to the contract = a model plus one :class:`Message`
+and one line in :data:`CHANNELS` (and :data:`OPERATIONS`); then
+``serq schemas generate``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .engine import ErrorReply, PredictionResult
+from .training import ModelActivated, TrainProgress, TrainRequest, TrainResult
+
+#: Content types a classify request may carry (absent is accepted too).
+AUDIO_CONTENT_TYPES = ("audio/*", "application/octet-stream")
+#: The AMQP ``type`` of a classify request; absent means the same.
+CLASSIFY = "classify"
+
+
+class ClassifyHeaders(BaseModel):
+    """AMQP headers of a classify request (all optional; unknown headers are ignored)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    filename: str | None = Field(
+        None, max_length=255, description="the clip's file name, echoed in the reply's `file`; informational only"
+    )
+
+
+def type_name(model: type[BaseModel] | BaseModel) -> str:
+    """The AMQP ``type`` property naming a JSON body's schema: ``PredictionResult -> "serq.PredictionResult"``."""
+    cls = model if isinstance(model, type) else type(model)
+    return f"serq.{cls.__name__}"
+
+
+#: Replies a caller can receive on its ``reply_to``, by AMQP ``type``.
+REPLY_MODELS: dict[str, type[BaseModel]] = {
+    type_name(m): m for m in (PredictionResult, ErrorReply, TrainProgress, TrainResult)
+}
+
+
+def parse_reply(body: bytes, amqp_type: str | None) -> BaseModel:
+    """Parse a reply by its ``type`` property (or, without one, by shape: ``error`` key = :class:`ErrorReply`).
+
+    Raises :class:`ValueError` when the body matches neither.
+    """
+    model = REPLY_MODELS.get(amqp_type or "")
+    if model is not None:
+        return model.model_validate_json(body)
+    try:
+        return ErrorReply.model_validate_json(body)
+    except ValidationError:
+        return PredictionResult.model_validate_json(body)
+
+
+# --- the catalogue ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Message:
+    """One kind of AMQP message.
+
+    ``payload`` is the pydantic model of a JSON body, or ``None`` for raw audio bytes.
+    """
+
+    name: str
+    summary: str
+    payload: type[BaseModel] | None
+    content_type: str = "application/json"
+    headers: type[BaseModel] | None = None
+    description: str = ""
+
+    @property
+    def amqp_type(self) -> str | None:
+        return type_name(self.payload) if self.payload is not None else None
+
+
+@dataclass(frozen=True)
+class Channel:
+    """A queue, an exchange (with its routing keys) or a reply address.
+
+    ``suffix`` is appended to the prefix (``serq.<suffix>``); ``None`` for the
+    caller's own ``reply_to`` address.
+    """
+
+    id: str
+    suffix: str | None
+    kind: Literal["queue", "topic", "fanout", "reply"]
+    description: str
+    messages: tuple[Message, ...]
+    routing_keys: str = ""
+    quorum: bool = False
+
+
+@dataclass(frozen=True)
+class Operation:
+    """What a serq service does on a channel (``receive`` = consumes it, ``send`` = publishes to it)."""
+
+    id: str
+    action: Literal["send", "receive"]
+    channel: str
+    summary: str
+    reply_channel: str | None = None
+
+
+CLASSIFY_REQUEST = Message(
+    "ClassifyRequest",
+    "a clip to classify: the audio file's bytes, unchanged",
+    None,
+    content_type="audio/*",
+    headers=ClassifyHeaders,
+    description="Body: the bytes of a WAV, FLAC, OGG/Vorbis or MP3 file (no JSON, no base64). "
+    "Properties: `reply_to` (required), `correlation_id` (copied into the reply), `content_type` "
+    "`audio/*` or `application/octet-stream` (or absent), `type` absent or `classify`, optional `message_id`.",
+)
+PREDICTION = Message("PredictionResult", "a classified clip (same fields as `serq predict --json`)", PredictionResult)
+ERROR = Message("ErrorReply", "a failed request, with a stable error code", ErrorReply)
+TRAIN_REQUEST = Message("TrainRequest", "a training job", TrainRequest)
+TRAIN_PROGRESS = Message("TrainProgress", "progress of a training job", TrainProgress)
+TRAIN_RESULT = Message("TrainResult", "the final message of a training job", TrainResult)
+MODEL_ACTIVATED = Message("ModelActivated", "a model version became active; workers verify and hot-swap it",
+                          ModelActivated)
+
+CHANNELS: tuple[Channel, ...] = (
+    Channel("classify", "classify", "queue",
+            "Classify requests. Durable quorum queue; a request delivered SERQ_DELIVERY_LIMIT times without an "
+            "ack (it kills workers) is dead-lettered to `{prefix}.dead`.",
+            (CLASSIFY_REQUEST,), quorum=True),
+    Channel("classifyReply", None, "reply", "The caller's `reply_to` (e.g. direct reply-to `amq.rabbitmq.reply-to`): "
+            "exactly one reply per request, same `correlation_id`, AMQP `type` naming the schema.",
+            (PREDICTION, ERROR)),
+    Channel("results", "results", "topic",
+            "Every reply again, for followers (`emotion.silent`: a clip without speech).",
+            (PREDICTION, ERROR), routing_keys="emotion.<label> | emotion.silent | error.<code>"),
+    Channel("dead", "dead", "queue",
+            "Requests that exhausted the delivery limit or expired unanswered (kept 7 days, at most 10000).",
+            (CLASSIFY_REQUEST,)),
+    Channel("train", "train", "queue", "Training jobs, one at a time per trainer. Durable quorum queue.",
+            (TRAIN_REQUEST,), quorum=True),
+    Channel("trainReply", None, "reply", "The job's `reply_to`: progress events, then one final result.",
+            (TRAIN_PROGRESS, TRAIN_RESULT)),
+    Channel("events", "events", "topic", "Training progress for followers.", (TRAIN_PROGRESS, TRAIN_RESULT),
+            routing_keys="train.<job_id>.<stage>"),
+    Channel("models", "models", "fanout", "Model activations; every worker binds an exclusive queue and hot-swaps.",
+            (MODEL_ACTIVATED,)),
+)
+
+OPERATIONS: tuple[Operation, ...] = (
+    Operation("classify", "receive", "classify", "A worker classifies a clip and replies to `reply_to`.",
+              reply_channel="classifyReply"),
+    Operation("publishResult", "send", "results", "A worker publishes every reply to the results exchange."),
+    Operation("train", "receive", "train", "A trainer runs a training job, reporting progress to `reply_to`.",
+              reply_channel="trainReply"),
+    Operation("publishProgress", "send", "events", "A trainer publishes progress events."),
+    Operation("modelActivated", "receive", "models", "A worker verifies and hot-swaps an activated model."),
+    Operation("announceModel", "send", "models", "The trainer or `serq models activate|rollback` announces a model."),
+)
+
+
+def messages() -> dict[str, Message]:
+    """Every message of the contract by name (each once)."""
+    return {m.name: m for channel in CHANNELS for m in channel.messages}

@@ -1,0 +1,314 @@
+"""The AMQP worker: consume ``<prefix>.classify``, reply, publish results, hot-swap models.
+
+Threads and their jobs:
+
+- the **I/O thread** (the caller of :meth:`Worker.run`) owns the pika connection:
+  it receives deliveries, publishes replies with publisher confirms and acks.
+  It never classifies, so heartbeats keep flowing however long a clip takes;
+- one **compute thread** runs the handlers (concurrency = worker processes);
+  it hands each reply back with ``connection.add_callback_threadsafe``;
+- one **model thread** verifies and loads a model announced on ``<prefix>.models``,
+  beside the serving one, then swaps the reference between two requests.
+
+A request is acked only after its reply is confirmed by the broker, so a worker
+that dies mid-request loses nothing: the broker redelivers it (and after
+``SERQ_DELIVERY_LIMIT`` deliveries dead-letters it, so a clip that kills workers
+cannot loop). A request that cannot be answered (no ``reply_to``) is acked and
+logged; everything else wrong with a request gets a typed error reply.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+
+import pika
+import pika.exceptions
+from pydantic import ValidationError
+
+from serq.client.amqp import CONNECTION_ERRORS, Backoff, connect
+from serq.client.topology import declare_classify, declare_models
+from serq.errors import InvalidRequest, ModelError, SerqError, TooLarge
+from serq.models.registry import LoadedModel, Registry, load_artifact
+from serq.schemas import ErrorInfo, ErrorReply, ModelActivated
+from serq.settings import Settings
+
+from .handlers import Context, Reply, handler_for
+from .logging import log
+from .metrics import Metrics, serve
+
+logger = logging.getLogger("serq.worker")
+
+
+class ModelHolder:
+    """The serving model. A request takes :attr:`current` once and keeps it; :meth:`swap` replaces it for the next."""
+
+    def __init__(self, model: LoadedModel):
+        self._model = model
+        self._lock = threading.Lock()
+
+    @property
+    def current(self) -> LoadedModel:
+        return self._model  # one reference read: atomic
+
+    def swap(self, model: LoadedModel) -> LoadedModel:
+        with self._lock:
+            old, self._model = self._model, model
+        return old
+
+
+def verify_event(event: ModelActivated) -> LoadedModel:
+    """Decode and verify an activation event's artifact; :class:`ModelError` if anything disagrees."""
+    meta = event.metadata
+    if (event.version, event.sha256, event.feature_version) != (meta.version, meta.sha256, meta.feature_version):
+        raise ModelError(
+            f"model {event.version}: the event's version/sha256/feature version disagree with its metadata"
+        )
+    try:
+        data = base64.b64decode(event.artifact_b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise ModelError(f"model {event.version}: artifact is not valid base64") from None
+    return load_artifact(data, meta)  # checks the sha256, the feature layout and the types inside
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Worker:
+    """One worker process's service loop. ``run()`` blocks until :meth:`stop` (SIGTERM/SIGINT)."""
+
+    def __init__(self, settings: Settings, model: LoadedModel | None = None, metrics: Metrics | None = None):
+        self.settings = settings
+        self.registry = Registry(settings.model_dir)
+        self.holder = ModelHolder(model or self.registry.load_active())
+        self.metrics = metrics or Metrics()
+        self.metrics.set_model(self.holder.current.version)
+        self.worker_id = settings.worker_id or default_worker_id()
+        self._compute = ThreadPoolExecutor(1, thread_name_prefix="serq-compute")
+        self._loader = ThreadPoolExecutor(1, thread_name_prefix="serq-model")
+        self._stopping = threading.Event()
+        self._in_flight = 0  # touched on the I/O thread only
+        self._results = settings.name("results")
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def stop(self, *_args) -> None:
+        """Stop consuming, finish and ack what is in flight, then return from :meth:`run`."""
+        if self._stopping.is_set():
+            return
+        log(logger, "stopping", worker=self.worker_id, in_flight=self._in_flight)
+        self._stopping.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+
+    def run(self) -> int:
+        """Serve until stopped, reconnecting with backoff; returns the exit code (0)."""
+        server = serve(self.metrics, self.settings.metrics_port) if self.settings.metrics_port else None
+        log(logger, "starting", worker=self.worker_id, broker=self.settings.redacted_amqp_url,
+            queue=self.settings.name("classify"), prefetch=self.settings.prefetch,
+            model_version=self.holder.current.version,
+            metrics_port=server.server_address[1] if server else 0)
+        backoff = Backoff(self.settings.reconnect_max_s)
+        sessions = 0
+        try:
+            while not self._stopping.is_set():
+                try:
+                    if sessions:
+                        self.metrics.reconnects.inc()
+                        self._loader.submit(self._sync_registry)
+                    sessions += 1
+                    self._session(backoff)
+                except SerqError as exc:  # BrokerUnavailable while (re)connecting
+                    log(logger, "broker unavailable", level=logging.WARNING, reason=str(exc))
+                except CONNECTION_ERRORS as exc:
+                    log(logger, "connection lost", level=logging.WARNING,
+                        reason=f"{exc.__class__.__name__}: {exc}", in_flight=self._in_flight)
+                finally:
+                    self.metrics.set_connected(False)
+                    self._in_flight = 0  # unacked deliveries of a lost channel come back from the broker
+                    self.metrics.in_flight.set(0)
+                if not self._stopping.is_set():
+                    delay = backoff.next_delay()
+                    log(logger, "reconnecting", level=logging.INFO, in_s=round(delay, 2))
+                    self._stopping.wait(delay)
+        finally:
+            self._compute.shutdown(wait=True, cancel_futures=True)
+            self._loader.shutdown(wait=False, cancel_futures=True)
+            if server:
+                server.shutdown()
+        log(logger, "stopped", worker=self.worker_id)
+        return 0
+
+    def _session(self, backoff: Backoff) -> None:
+        """One connection's life: declare, consume, serve until stopped and drained (or the link drops)."""
+        conn = connect(self.settings, f"serq-worker {self.worker_id}")
+        try:
+            ch = conn.channel()
+            ch.confirm_delivery()
+            ch.basic_qos(prefetch_count=self.settings.prefetch)
+            queue = declare_classify(ch, self.settings)
+            exchange = declare_models(ch, self.settings)
+            events = conn.channel()
+            mine = events.queue_declare("", exclusive=True, auto_delete=True).method.queue
+            events.queue_bind(mine, exchange)
+            events.basic_consume(mine, self._on_model_event, auto_ack=True)
+            tag = ch.basic_consume(queue, partial(self._on_request, conn))
+            self.metrics.set_connected(True)
+            backoff.reset()
+            log(logger, "consuming", queue=queue, models=exchange)
+            cancelled = False
+            while True:
+                conn.process_data_events(time_limit=0.2)
+                if self._stopping.is_set() and not cancelled:
+                    ch.basic_cancel(tag)  # no new deliveries; undispatched ones go back to the queue
+                    cancelled = True
+                if cancelled and self._in_flight == 0:
+                    break
+        finally:
+            if conn.is_open:
+                try:
+                    conn.close()
+                except CONNECTION_ERRORS:
+                    pass
+
+    # --- requests ----------------------------------------------------------------------------
+
+    def _on_request(self, conn, ch, method, props: pika.BasicProperties, body: bytes) -> None:
+        """I/O thread: count the request in and hand it to the compute thread."""
+        self._in_flight += 1
+        self.metrics.in_flight.inc()
+        started = time.monotonic()
+        self._compute.submit(self._work, conn, ch, method.delivery_tag, props, body, started)
+
+    def _work(self, conn, ch, tag: int, props: pika.BasicProperties, body: bytes, started: float) -> None:
+        """Compute thread: run the handler, then schedule reply + ack on the I/O thread."""
+        request_id = props.correlation_id or props.message_id or uuid.uuid4().hex
+        reply = self._handle(body, props, request_id)
+        try:
+            conn.add_callback_threadsafe(partial(self._finish, ch, tag, props, reply, request_id, started))
+        except CONNECTION_ERRORS:  # the connection died meanwhile: the broker redelivers the request
+            log(logger, "reply dropped: connection lost; the request will be redelivered", level=logging.WARNING,
+                request_id=request_id)
+
+    def _handle(self, body: bytes, props: pika.BasicProperties, request_id: str) -> Reply:
+        """The reply to one request; every failure becomes a typed error reply."""
+        try:
+            if not props.reply_to:
+                raise InvalidRequest("no reply_to: nowhere to send the reply")
+            if len(body) > self.settings.max_bytes:  # before any decoding
+                raise TooLarge(f"{len(body)} bytes exceeds the limit of {self.settings.max_bytes} bytes (SERQ_MAX_BYTES)")
+            handler = handler_for(props.type)
+            ctx = Context(settings=self.settings, model=self.holder.current, worker=self.worker_id,
+                          request_id=request_id, headers=dict(props.headers or {}))
+            return handler(body, props, ctx)
+        except SerqError as exc:
+            error = ErrorInfo(**exc.to_dict())
+        except Exception as exc:  # a bug: answer, log the traceback, keep serving
+            log(logger, "internal error", level=logging.ERROR, exc_info=exc, request_id=request_id)
+            error = ErrorInfo(code="internal", message=f"internal error ({exc.__class__.__name__}); see the worker log")
+        return Reply.of(ErrorReply(error=error, request_id=request_id, worker=self.worker_id))
+
+    def _finish(self, ch, tag: int, props: pika.BasicProperties, reply: Reply, request_id: str, started: float) -> None:
+        """I/O thread: publish the reply (confirmed), publish to results, then ack."""
+        if not ch.is_open:
+            return  # a channel of a lost connection: the request comes back via redelivery
+        self._in_flight -= 1
+        self.metrics.in_flight.dec()
+        is_error = isinstance(reply.body, ErrorReply)
+        payload = reply.body.model_dump_json(exclude_none=is_error).encode()
+        out = pika.BasicProperties(content_type="application/json", correlation_id=props.correlation_id,
+                                   type=reply.type, app_id="serq-worker")
+        delivered = "no reply_to"
+        if props.reply_to:
+            try:
+                ch.basic_publish("", props.reply_to, payload, out, mandatory=True)
+                delivered = "ok"
+            except pika.exceptions.UnroutableError:
+                delivered = "reply_to gone"  # the caller left; a reconnecting client re-sends
+            except pika.exceptions.NackError:
+                log(logger, "reply refused by the broker; requeued", level=logging.WARNING, request_id=request_id)
+                ch.basic_nack(tag, requeue=True)
+                return
+        if reply.routing_key:
+            try:
+                ch.basic_publish(self._results, reply.routing_key, payload, out)
+            except pika.exceptions.NackError:
+                log(logger, "results publish refused", level=logging.WARNING, request_id=request_id)
+        ch.basic_ack(tag)
+        kind = props.type or "classify"
+        seconds = time.monotonic() - started
+        self.metrics.requests.labels(kind).inc()
+        self.metrics.latency.labels(kind).observe(seconds)
+        fields = {"request_id": request_id, "type": reply.type, "key": reply.routing_key,
+                  "ms": round(seconds * 1000, 1), "reply": delivered}
+        if is_error:
+            self.metrics.errors.labels(reply.body.error.code).inc()
+            level = logging.WARNING if delivered != "ok" else logging.INFO
+            log(logger, "error reply", level=level, code=reply.body.error.code, message=reply.body.error.message,
+                **fields)
+        else:
+            log(logger, "reply", model_version=getattr(reply.body, "model_version", None), **fields)
+
+    # --- models ------------------------------------------------------------------------------
+
+    def _on_model_event(self, ch, method, props, body: bytes) -> None:
+        """I/O thread: verify and load on the model thread (seconds of work must not block I/O)."""
+        self._loader.submit(self._activate, body)
+
+    def _activate(self, body: bytes) -> None:
+        try:
+            event = ModelActivated.model_validate_json(body)
+        except ValidationError as exc:
+            self._refuse("?", f"not a ModelActivated event ({exc.error_count()} validation errors)")
+            return
+        if event.version == self.holder.current.version and event.sha256 == self.holder.current.meta.sha256:
+            log(logger, "model already serving", model_version=event.version)
+            return
+        try:
+            model = verify_event(event)
+        except ModelError as exc:
+            self._refuse(event.version, str(exc))
+            return
+        self._install(model, event.reason or "activated")
+
+    def _install(self, model: LoadedModel, reason: str) -> None:
+        old = self.holder.swap(model)
+        self.metrics.set_model(model.version)
+        self.metrics.swaps.inc()
+        log(logger, "model swapped", model_version=model.version, previous=old.version, reason=reason)
+
+    def _refuse(self, version: str, reason: str) -> None:
+        self.metrics.refused.inc()
+        log(logger, "model refused; serving the current one", level=logging.ERROR, refused=version,
+            model_version=self.holder.current.version, reason=reason)
+
+    def _sync_registry(self) -> None:
+        """After a reconnect: catch up with an activation missed while away (shared registry only)."""
+        try:
+            version = self.registry.active_version()
+            if version and version != self.holder.current.version:
+                self._install(self.registry.load(version), "registry (missed while disconnected)")
+        except ModelError as exc:
+            self._refuse(version or "?", str(exc))
+
+
+def main(settings: Settings) -> int:
+    """``serq worker``: configure logging, load the active model, serve until SIGTERM/SIGINT."""
+    from .logging import setup
+
+    setup(settings.log_level, settings.log_json)
+    worker = Worker(settings)
+    worker.install_signal_handlers()
+    return worker.run()
