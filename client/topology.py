@@ -66,9 +66,16 @@ def _work_queue(channel: "BlockingChannel", settings: "Settings", suffix: str) -
     return name
 
 
+def declare_results(channel: "BlockingChannel", settings: "Settings") -> str:
+    """The ``<p>.results`` topic exchange; returns its name."""
+    name = settings.name("results")
+    channel.exchange_declare(name, exchange_type="topic", durable=True)
+    return name
+
+
 def declare_classify(channel: "BlockingChannel", settings: "Settings") -> str:
     """``<p>.classify`` (+ ``<p>.dead``) and ``<p>.results``; returns the request queue's name."""
-    channel.exchange_declare(settings.name("results"), exchange_type="topic", durable=True)
+    declare_results(channel, settings)
     return _work_queue(channel, settings, "classify")
 
 

@@ -17,10 +17,13 @@ from serq.errors import SerqError
 #: Subcommand modules, in the order `serq --help` lists them.
 COMMAND_MODULES = (
     "serq.commands.predict",
+    "serq.commands.classify",
+    "serq.commands.worker",
     "serq.commands.evaluate",
     "serq.commands.train",
     "serq.commands.models",
     "serq.commands.data",
+    "serq.commands.schemas",
 )
 
 

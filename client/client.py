@@ -1,0 +1,343 @@
+"""`Client`: classify clips through RabbitMQ, follow results, with light dependencies (pika, pydantic).
+
+Requests go to ``<prefix>.classify`` with direct reply-to (``amq.rabbitmq.reply-to``):
+no reply queue to declare or clean up. Every request is published with publisher
+confirms and kept until its reply arrives; when the connection drops, the client
+reconnects and re-sends what is unanswered (at-least-once), and drops a second
+reply to the same correlation id.
+
+Thread safety: one :class:`Client` may be shared by threads; its calls are
+serialised by a lock (one connection, pika is not thread-safe). For throughput use
+:meth:`Client.classify_many` (pipelined) or one client per thread.
+:meth:`Client.subscribe` runs on its own connection and thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pika
+
+from serq.labels import EMOTIONS
+from serq.schemas import ErrorReply, PredictionResult
+from serq.schemas.contract import parse_reply
+from serq.settings import Settings, get_settings
+
+from .amqp import CONNECTION_ERRORS, Backoff, connect
+from .errors import BrokerUnavailable, ClientError, ConnectionLost, ServiceError, Timeout
+from .topology import declare_classify, declare_results, error_key, result_key
+
+logger = logging.getLogger("serq.client")
+
+DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+#: Content type by file suffix; anything else is sent as application/octet-stream.
+CONTENT_TYPES = {".wav": "audio/wav", ".flac": "audio/flac", ".ogg": "audio/ogg", ".mp3": "audio/mpeg"}
+
+#: What :meth:`Client.classify` returns: the same model `serq predict --json` prints.
+ClassifyResult = PredictionResult
+Source = str | Path | bytes | bytearray | memoryview
+
+
+@dataclass
+class _Pending:
+    """A request sent and not yet answered (kept for re-sending after a reconnect)."""
+
+    id: str
+    body: bytes
+    content_type: str
+    filename: str | None
+    deadline: float
+    timeout: float
+    reply: tuple[str | None, bytes] | None = None
+    sent_at: float = field(default_factory=time.monotonic)
+
+
+def read_clip(source: Source, filename: str | None = None) -> tuple[bytes, str | None, str]:
+    """``(bytes, filename, content_type)`` of a path or of bytes. Raises :class:`ClientError` ``not_found``."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        name = filename
+        data = bytes(source)
+    else:
+        path = Path(source)
+        name = filename or path.name
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ClientError(f"cannot read {path}: {exc.strerror or exc}", code="not_found") from None
+    ctype = CONTENT_TYPES.get(Path(name).suffix.lower(), "application/octet-stream") if name else "application/octet-stream"
+    return data, name, ctype
+
+
+class Client:
+    """A connection to a serq deployment. ``Client(url=None, prefix=None)`` defaults to SERQ_AMQP_URL/SERQ_PREFIX.
+
+    Raises :class:`BrokerUnavailable` when the broker cannot be reached. Use as a
+    context manager, or call :meth:`close`.
+    """
+
+    def __init__(self, url: str | None = None, prefix: str | None = None, *, timeout: float | None = None,
+                 settings: Settings | None = None):
+        base = settings or get_settings()
+        update = {k: v for k, v in (("amqp_url", url), ("prefix", prefix)) if v}
+        self.settings = base.model_copy(update=update) if update else base
+        self.timeout = timeout or self.settings.request_timeout
+        self._queue = self.settings.name("classify")
+        self._lock = threading.RLock()
+        self._pending: dict[str, _Pending] = {}
+        self._conn: pika.BlockingConnection | None = None
+        self._ch = None
+        self._connect()
+
+    # --- connection ----------------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        conn = connect(self.settings, "serq-client")
+        try:
+            ch = conn.channel()
+            ch.confirm_delivery()
+            declare_classify(ch, self.settings)  # a request waits in the queue until a worker starts
+            ch.basic_consume(DIRECT_REPLY_TO, self._on_reply, auto_ack=True)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn, self._ch = conn, ch
+
+    def _reconnect(self, deadline: float) -> None:
+        """Reconnect with backoff until ``deadline``, then re-send every unanswered request."""
+        self._drop_connection()
+        backoff = Backoff(self.settings.reconnect_max_s)
+        while True:
+            try:
+                self._connect()
+                break
+            except BrokerUnavailable as exc:
+                if not backoff.sleep(deadline):
+                    raise ConnectionLost(f"lost the connection to RabbitMQ and could not reconnect: {exc}") from None
+        logger.info("reconnected; re-sending %d unanswered request(s)", len(self._pending))
+        for pending in list(self._pending.values()):
+            if pending.reply is None:
+                self._publish(pending)
+
+    def _drop_connection(self) -> None:
+        conn, self._conn, self._ch = self._conn, None, None
+        if conn is not None and conn.is_open:
+            try:
+                conn.close()
+            except CONNECTION_ERRORS:
+                pass
+
+    def close(self) -> None:
+        """Close the connection; unanswered requests are abandoned (their replies are dropped)."""
+        with self._lock:
+            self._pending.clear()
+            self._drop_connection()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- requests ------------------------------------------------------------------------------
+
+    def _on_reply(self, ch, method, props, body: bytes) -> None:
+        pending = self._pending.get(props.correlation_id or "")
+        if pending is None or pending.reply is not None:
+            logger.debug("dropped a duplicate or late reply %s", props.correlation_id)
+            return
+        pending.reply = (props.type, body)
+
+    def _publish(self, pending: _Pending) -> None:
+        ttl_ms = max(1, int((pending.deadline - time.monotonic()) * 1000))
+        props = pika.BasicProperties(
+            reply_to=DIRECT_REPLY_TO, correlation_id=pending.id, content_type=pending.content_type,
+            headers={"filename": pending.filename} if pending.filename else None,
+            expiration=str(ttl_ms),  # nobody waits for it after the deadline
+        )
+        self._ch.basic_publish("", self._queue, pending.body, props, mandatory=True)
+
+    def _send(self, source: Source, timeout: float, filename: str | None = None) -> _Pending:
+        data, name, ctype = read_clip(source, filename)
+        pending = _Pending(uuid.uuid4().hex, data, ctype, name, time.monotonic() + timeout, timeout)
+        self._pending[pending.id] = pending
+        try:
+            self._publish(pending)
+        except CONNECTION_ERRORS:
+            self._reconnect(pending.deadline)  # re-sends it
+        return pending
+
+    def _wait(self, pending: _Pending) -> None:
+        """Pump the connection until ``pending`` has its reply; :class:`Timeout` at its deadline."""
+        while pending.reply is None:
+            left = pending.deadline - time.monotonic()
+            if left <= 0:
+                raise Timeout(
+                    f"no reply within {pending.timeout:g} s: is a worker (`serq worker`) consuming "
+                    f"{self._queue} on {self.settings.redacted_amqp_url}?"
+                )
+            try:
+                self._conn.process_data_events(time_limit=min(left, 0.5))
+            except CONNECTION_ERRORS:
+                self._reconnect(pending.deadline)
+
+    def _outcome(self, pending: _Pending) -> PredictionResult:
+        """The reply as a result, or :class:`ServiceError` for an error reply."""
+        self._pending.pop(pending.id, None)
+        amqp_type, body = pending.reply
+        reply = parse_reply(body, amqp_type)
+        if isinstance(reply, ErrorReply):
+            raise ServiceError(reply.error.message, code=reply.error.code, reply=reply)
+        return reply
+
+    def classify(self, source: Source, *, timeout: float | None = None, filename: str | None = None) -> ClassifyResult:
+        """Classify one clip (a path or the file's bytes) through the broker.
+
+        Raises :class:`ServiceError` (``.code``: ``too_long``, ``unsupported_format``...),
+        :class:`Timeout`, :class:`ConnectionLost`, or :class:`ClientError` ``not_found``.
+        """
+        with self._lock:
+            pending = self._send(source, timeout or self.timeout, filename)
+            try:
+                self._wait(pending)
+                return self._outcome(pending)
+            finally:
+                self._pending.pop(pending.id, None)
+
+    def classify_many(self, items: Iterable[Source], *, max_in_flight: int = 16,
+                      timeout: float | None = None) -> Iterator[tuple[Source, PredictionResult | ClientError]]:
+        """Classify many clips pipelined, at most ``max_in_flight`` awaiting replies at a time.
+
+        Yields ``(item, outcome)`` in input order; ``outcome`` is a result or the
+        :class:`ClientError` that item got (:class:`ServiceError`, :class:`Timeout`,
+        ``not_found``): one bad clip does not stop the rest. :class:`ConnectionLost`
+        is raised. The client's lock is held while the generator runs.
+        """
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
+        timeout = timeout or self.timeout
+        with self._lock:
+            window: deque[tuple[Source, _Pending | ClientError]] = deque()
+            try:
+                for item in items:
+                    try:
+                        window.append((item, self._send(item, timeout)))
+                    except ClientError as exc:
+                        if isinstance(exc, ConnectionLost):
+                            raise
+                        window.append((item, exc))
+                    while len(window) >= max_in_flight:
+                        yield self._settle(*window.popleft())
+                while window:
+                    yield self._settle(*window.popleft())
+            finally:
+                for _, entry in window:
+                    if isinstance(entry, _Pending):
+                        self._pending.pop(entry.id, None)
+
+    def _settle(self, item: Source, entry: _Pending | ClientError) -> tuple[Source, PredictionResult | ClientError]:
+        if isinstance(entry, ClientError):
+            return item, entry
+        try:
+            self._wait(entry)
+            return item, self._outcome(entry)
+        except (ServiceError, Timeout) as exc:
+            return item, exc
+        finally:
+            self._pending.pop(entry.id, None)
+
+    # --- following results ---------------------------------------------------------------------
+
+    def subscribe(self, emotions: Iterable[str] | None, callback: Callable[[PredictionResult | ErrorReply, str], None],
+                  *, errors: bool = False) -> "Subscription":
+        """Call ``callback(result, routing_key)`` for every result of ``emotions`` on ``<prefix>.results``.
+
+        ``emotions``: labels (and/or ``"silent"``), ``None`` for all; ``errors=True``
+        adds error replies. Runs on its own connection and thread until
+        ``.close()``; returns once the binding is in place.
+        """
+        if emotions is None:
+            keys = ["emotion.*"]
+        else:
+            wanted = [e.strip().lower() for e in emotions]
+            unknown = sorted(set(wanted) - set(EMOTIONS) - {"silent"})
+            if unknown:
+                raise ValueError(f"unknown emotion(s) {', '.join(unknown)}; valid: {', '.join(EMOTIONS)}, silent")
+            keys = [result_key(None if e == "silent" else e) for e in dict.fromkeys(wanted)]
+        if errors:
+            keys.append(error_key("*"))
+        return Subscription(self.settings, keys, callback)
+
+
+class Subscription:
+    """A running :meth:`Client.subscribe`: an exclusive queue bound to the results exchange.
+
+    The callback runs on the subscription's thread; an exception in it is logged
+    and does not stop the subscription. Reconnects with backoff. ``close()`` stops it.
+    """
+
+    def __init__(self, settings: Settings, keys: list[str], callback: Callable):
+        self.settings, self.keys, self.callback = settings, keys, callback
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="serq-subscription", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        backoff = Backoff(self.settings.reconnect_max_s)
+        while not self._stop.is_set():
+            try:
+                conn = connect(self.settings, "serq-subscriber")
+            except BrokerUnavailable as exc:
+                if not self._ready.is_set():  # the first attempt fails loudly in subscribe()
+                    self._error = exc
+                    self._ready.set()
+                    return
+                self._stop.wait(backoff.next_delay())
+                continue
+            try:
+                ch = conn.channel()
+                exchange = declare_results(ch, self.settings)
+                queue = ch.queue_declare("", exclusive=True, auto_delete=True).method.queue
+                for key in self.keys:
+                    ch.queue_bind(queue, exchange, routing_key=key)
+                ch.basic_consume(queue, self._on_message, auto_ack=True)
+                backoff.reset()
+                self._ready.set()
+                while not self._stop.is_set():
+                    conn.process_data_events(time_limit=0.2)
+            except CONNECTION_ERRORS as exc:
+                logger.warning("subscription lost its connection (%s); reconnecting", exc.__class__.__name__)
+                self._stop.wait(backoff.next_delay())
+            finally:
+                if conn.is_open:
+                    try:
+                        conn.close()
+                    except CONNECTION_ERRORS:
+                        pass
+
+    def _on_message(self, ch, method, props, body: bytes) -> None:
+        try:
+            self.callback(parse_reply(body, props.type), method.routing_key)
+        except Exception:
+            logger.exception("subscription callback failed on %s", method.routing_key)
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def __enter__(self) -> "Subscription":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
