@@ -5,8 +5,9 @@ from __future__ import annotations
 import uuid
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from serq.errors import SerqError
 from serq.labels import parse_emotions
 
 from .engine import ErrorInfo, EvaluationReport, Hyperparameters, ModelMetadata
@@ -35,6 +36,24 @@ class TrainRequest(BaseModel):
     @classmethod
     def _emotions(cls, value: list[str] | None) -> list[str] | None:
         return None if value is None else list(parse_emotions(value))
+
+
+def request_error(exc: ValidationError) -> SerqError:
+    """A training request's validation errors as one typed error.
+
+    Codes: ``bad_hyperparameter`` (``hyperparameters.*``), ``unknown_emotion``, else
+    ``invalid_request``; the message names at most three fields.
+    """
+    errors = exc.errors(include_url=False)
+    first = errors[0] if errors else {"loc": (), "msg": ""}
+    code = "invalid_request"
+    if first["loc"][:1] == ("hyperparameters",):
+        code = "bad_hyperparameter"
+    elif first["loc"][:1] == ("emotions",) and "unknown emotion" in first["msg"]:
+        code = "unknown_emotion"
+    parts = [f"{'.'.join(map(str, e['loc'])) or 'request'}: {e['msg'].removeprefix('Value error, ')}" for e in errors[:3]]
+    more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+    return SerqError(f"bad training request: {'; '.join(parts)}{more}", code=code)
 
 
 class TrainProgress(BaseModel):

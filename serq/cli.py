@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "serq.commands.evaluate",
     "serq.commands.train",
     "serq.commands.models",
+    "serq.commands.trainer",
     "serq.commands.data",
     "serq.commands.schemas",
 )

@@ -40,16 +40,32 @@ def resolve_dataset(dataset: str, roots: list[Path] | None) -> Path:
         if not roots:
             raise DatasetError("no data roots configured: set SERQ_DATA_ROOTS to the directories training may read")
         candidates = [path] if path.is_absolute() else [root / path for root in roots]
-        for candidate in candidates:
+        inside = False
+        for candidate in candidates:  # a relative name may live under any of the roots
             real = candidate.resolve()
-            if any(real == root or real.is_relative_to(root) for root in roots):
+            if _inside(real, roots):
                 if real.exists():
                     return real
-                raise DatasetError(f"dataset not found: {dataset}")
+                inside = True
+        if inside:
+            raise DatasetError(f"dataset not found: {dataset}")
         raise DatasetError(f"dataset {dataset!r} is outside the data roots ({':'.join(map(str, roots))})")
     if not path.exists():
         raise DatasetError(f"dataset not found: {dataset}")
     return path.resolve()
+
+
+def _inside(real: Path, roots: list[Path]) -> bool:
+    return any(real == root or real.is_relative_to(root) for root in roots)
+
+
+def confine(clips, roots: list[Path] | None) -> None:
+    """Refuse clips outside ``roots``: a manifest entry or a symlinked file must not reach out either."""
+    if roots is None:
+        return
+    outside = [c.path for c in clips if not _inside(Path(c.path).resolve(), roots)]
+    if outside:
+        raise DatasetError(f"{len(outside)} clip(s) of the dataset lie outside the data roots, e.g. {outside[0]}")
 
 
 def run_training(
@@ -74,6 +90,7 @@ def _run(request: TrainRequest, settings: Settings, report: Report, roots, n_job
     report("scanning", 0, 1)
     path = resolve_dataset(request.dataset, roots)
     dataset = scan(path).restrict(tuple(labels))
+    confine(dataset.clips, roots)
     if request.speakers:
         dataset = dataset.only_speakers(request.speakers)
     if not dataset.clips:

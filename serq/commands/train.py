@@ -36,12 +36,17 @@ def register(sub) -> None:
 def build_request(args: argparse.Namespace, default_data: str):
     from pydantic import ValidationError
 
-    from serq.errors import InvalidRequest
-    from serq.schemas import Hyperparameters, TrainRequest
+    from serq.errors import InvalidRequest, SerqError
+    from serq.schemas import TrainRequest
+    from serq.schemas.training import request_error
 
     hp: dict = {}
     if args.hidden:
-        hp["hidden_layers"] = [int(x) for x in args.hidden.split(",")]
+        try:
+            hp["hidden_layers"] = [int(x) for x in args.hidden.split(",")]
+        except ValueError:
+            raise SerqError(f"--hidden wants layer sizes like 256 or 128,64, not {args.hidden!r}",
+                            code="bad_hyperparameter") from None
     for key, value in (("alpha", args.alpha), ("max_iter", args.max_iter), ("random_state", args.seed)):
         if value is not None:
             hp[key] = value
@@ -50,12 +55,14 @@ def build_request(args: argparse.Namespace, default_data: str):
             dataset=args.data or default_data,
             emotions=args.emotions.split(",") if args.emotions else None,
             speakers=args.speakers.split(",") if args.speakers else None,
-            hyperparameters=Hyperparameters(**hp),
+            hyperparameters=hp,  # validated inside, so errors name hyperparameters.<field>
             protocol=args.protocol,
             folds=args.folds,
             activate=args.activate,
         )
-    except (ValidationError, ValueError) as exc:
+    except ValidationError as exc:
+        raise request_error(exc) from None
+    except ValueError as exc:
         raise InvalidRequest(f"bad training request: {exc}") from None
 
 
@@ -68,7 +75,6 @@ def run(args: argparse.Namespace) -> int:
         from serq.commands.train_remote import run_remote
 
         return run_remote(request, args, settings)
-    from serq.output import format_report, print_json
     from serq.worker.progress import progress_printer
     from serq.worker.trainjob import run_training
 
@@ -78,11 +84,20 @@ def run(args: argparse.Namespace) -> int:
         if not args.json:
             printers.setdefault(stage, progress_printer(stage))(done, total)
 
-    result = run_training(request, settings, report=report)
+    return show_result(run_training(request, settings, report=report), args)
+
+
+def show_result(result, args: argparse.Namespace) -> int:
+    """Print a TrainResult (JSON with ``--json``); the exit code: 0 if it succeeded, else 2."""
+    from serq.output import format_report, print_json
+
     if args.json:
         print_json(result)
     elif result.ok:
         print(f"model {result.version} registered; activated: {result.activated} ({result.activation_reason})")
+        if result.baseline:
+            print(f"baseline (the active model's recipe on the same folds): "
+                  f"balanced accuracy {result.baseline.balanced_accuracy:.3f}")
         print(format_report(result.metrics.model_dump()))
     else:
         print(f"serq train: error [{result.error.code}]: {result.error.message}", file=sys.stderr)
