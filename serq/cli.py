@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "serq.commands.trainer",
     "serq.commands.data",
     "serq.commands.schemas",
+    "serq.commands.bot",
 )
 
 
