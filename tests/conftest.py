@@ -56,10 +56,38 @@ def _broker_reachable(url: str) -> bool:
 
 @pytest.fixture(scope="session")
 def amqp_url() -> str:
+    """The broker at SERQ_AMQP_URL; else docker-compose's RabbitMQ when a Docker engine answers; else skip."""
     url = os.environ.get("SERQ_AMQP_URL", DEFAULT_AMQP)
-    if not _broker_reachable(url):
-        pytest.skip(f"no RabbitMQ at {url} (set SERQ_AMQP_URL or start rabbitmq-server)")
-    return url
+    if _broker_reachable(url):
+        return url
+    composed = _compose_broker()
+    if composed is None:
+        pytest.skip(f"no RabbitMQ at {url} and no Docker engine (set SERQ_AMQP_URL or start rabbitmq-server)")
+    return composed
+
+
+def _compose_broker() -> str | None:
+    """Bring up the `rabbitmq` service of docker-compose.yml (only if `docker info` works); its URL or None."""
+    import shutil
+    import subprocess
+    import time
+
+    if shutil.which("docker") is None or not (REPO / "docker-compose.yml").is_file():
+        return None
+    if subprocess.run(["docker", "info"], capture_output=True, timeout=20).returncode != 0:
+        return None
+    up = subprocess.run(["docker", "compose", "-f", str(REPO / "docker-compose.yml"), "up", "-d", "--wait", "rabbitmq"],
+                        capture_output=True, text=True, timeout=300)
+    if up.returncode != 0:
+        pytest.fail(f"docker compose could not start rabbitmq: {up.stderr[-2000:]}")
+    port = os.environ.get("BROKER_PORT", "5672")
+    url = f"amqp://{os.environ.get('BROKER_USER', 'serq')}:{os.environ.get('BROKER_PASSWORD', 'serq')}@127.0.0.1:{port}/%2F"
+    for _ in range(60):
+        if _broker_reachable(url):
+            os.environ["SERQ_AMQP_URL"] = url  # subprocesses (workers, trainers) use it too
+            return url
+        time.sleep(1)
+    pytest.fail("docker compose started rabbitmq but it never accepted connections")
 
 
 @pytest.fixture
@@ -103,3 +131,49 @@ def isolated_env(tmp_path, monkeypatch):
     get_settings.cache_clear()
     yield tmp_path
     get_settings.cache_clear()
+
+
+@pytest.fixture
+def start_worker(amqp_url, prefix, tmp_path):
+    """Factory: ``start_worker(env={...})`` runs `serq worker` as a real subprocess on this test's prefix.
+
+    It returns once the worker consumes (its log is ``proc.log_path``); every worker
+    still running at the end gets SIGTERM, then SIGKILL after 20 s.
+    """
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    procs: list[subprocess.Popen] = []
+
+    def start(env: dict | None = None, *, wait: bool = True, timeout: float = 90.0) -> subprocess.Popen:
+        n = len(procs)
+        full = dict(os.environ)
+        full.update({"SERQ_AMQP_URL": amqp_url, "SERQ_PREFIX": prefix, "SERQ_METRICS_PORT": "0",
+                     "SERQ_MODEL_DIR": str(tmp_path / "models"), "SERQ_WORKER_ID": f"worker{n}",
+                     "SERQ_LOG_LEVEL": "INFO", "SERQ_LOG_JSON": "0"})
+        full.update(env or {})
+        log_path = tmp_path / f"worker{n}.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "serq", "worker"], env=full, stdout=log,
+                                    stderr=subprocess.STDOUT, cwd=REPO)
+        proc.log_path = log_path
+        procs.append(proc)
+        deadline = time.monotonic() + timeout
+        while wait and "consuming" not in log_path.read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"worker did not start (exit {proc.poll()}):\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.1)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
