@@ -113,6 +113,22 @@ class Worker:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
 
+    def warm_up(self) -> None:
+        """Classify a synthetic clip once, so the first real request does not pay for lazy imports and JIT."""
+        import io
+
+        import numpy as np
+        import soundfile as sf
+
+        from .inference import classify
+
+        t = np.arange(16_000, dtype=np.float32) / 16_000
+        buf = io.BytesIO()
+        sf.write(buf, 0.3 * np.sin(2 * np.pi * 220 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t)), 16_000, format="WAV")
+        started = time.monotonic()
+        classify(buf.getvalue(), self.holder.current, self.settings)
+        log(logger, "warmed up", ms=round((time.monotonic() - started) * 1000, 1))
+
     def run(self) -> int:
         """Serve until stopped, reconnecting with backoff; returns the exit code (0)."""
         server = serve(self.metrics, self.settings.metrics_port) if self.settings.metrics_port else None
@@ -233,10 +249,10 @@ class Worker:
         delivered = "no reply_to"
         if props.reply_to:
             try:
-                ch.basic_publish("", props.reply_to, payload, out, mandatory=True)
+                # Not mandatory: RabbitMQ returns direct reply-to messages as unroutable even when it
+                # delivers them. A caller that left misses its reply; a reconnecting client re-sends.
+                ch.basic_publish("", props.reply_to, payload, out)
                 delivered = "ok"
-            except pika.exceptions.UnroutableError:
-                delivered = "reply_to gone"  # the caller left; a reconnecting client re-sends
             except pika.exceptions.NackError:
                 log(logger, "reply refused by the broker; requeued", level=logging.WARNING, request_id=request_id)
                 ch.basic_nack(tag, requeue=True)
@@ -311,4 +327,5 @@ def main(settings: Settings) -> int:
     setup(settings.log_level, settings.log_json)
     worker = Worker(settings)
     worker.install_signal_handlers()
+    worker.warm_up()
     return worker.run()
