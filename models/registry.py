@@ -230,7 +230,15 @@ class Registry:
         raise ModelError("nothing to roll back to: no earlier activation in the history")
 
     def rollback(self) -> ModelMetadata:
-        return self.activate(self.previous_version())
+        """Re-activate :meth:`previous_version`. The history is cut back to that activation,
+        so a second rollback walks further back instead of returning to the version just left."""
+        target = self.previous_version()
+        self.load(target)  # never activate what would not load
+        history = self.history()
+        keep = max((i for i, v in enumerate(history[:-1]) if v == target), default=-1)
+        _atomic_write(self.root / "ACTIVE", target.encode() + b"\n")
+        _atomic_write(self.root / "history.json", json.dumps(history[: keep + 1]).encode())
+        return self.metadata(target)
 
     def load(self, version: str) -> LoadedModel:
         if version == default_metadata().version:
