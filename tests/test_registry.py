@@ -1,0 +1,225 @@
+"""The model registry: versions, the active pointer, rollback, and refusing bad artifacts.
+
+Models here are real scikit-learn pipelines fitted on random vectors of the real
+feature layout (fast); what is tested is the registry, not accuracy.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pytest
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+from serq.errors import ModelError
+from serq.models.registry import (
+    ARTIFACT,
+    DEFAULT_DIR,
+    METADATA,
+    Registry,
+    default_metadata,
+    feature_names_sha256,
+    load_artifact,
+    load_default,
+    new_version,
+    serialise,
+    sha256_bytes,
+)
+from serq.schemas import Hyperparameters, ModelMetadata
+from serq.worker.features import FEATURE_NAMES, FEATURE_VERSION
+from serq.worker.training import fit
+
+LABELS = ["neutral", "happy", "sad", "angry"]
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def fitted(seed: int):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((40, len(FEATURE_NAMES))).astype(np.float32)
+    y = np.array(LABELS * 10)
+    return fit(X, y, Hyperparameters(hidden_layers=[8], max_iter=20, random_state=seed))
+
+
+def metadata_for(data: bytes, *, when: datetime, **overrides) -> ModelMetadata:
+    digest = sha256_bytes(data)
+    fields = dict(
+        version=new_version(digest, when), created=when, feature_version=FEATURE_VERSION,
+        feature_names_sha256=feature_names_sha256(FEATURE_NAMES), labels=LABELS, sha256=digest,
+        hyperparameters=Hyperparameters(hidden_layers=[8], max_iter=20),
+    )
+    return ModelMetadata(**(fields | overrides))
+
+
+def make_version(registry: Registry, seed: int) -> ModelMetadata:
+    data = serialise(fitted(seed))
+    return registry.register(data, metadata_for(data, when=T0 + timedelta(minutes=seed)), card=f"# model {seed}\n")
+
+
+@pytest.fixture
+def registry(tmp_path) -> Registry:
+    return Registry(tmp_path / "models")
+
+
+def test_register_list_load(registry):
+    a, b = make_version(registry, 1), make_version(registry, 2)
+    assert [m.version for m in registry.list()] == [a.version, b.version]  # oldest first
+    folder = registry.folder(a.version)
+    assert {p.name for p in folder.iterdir()} == {ARTIFACT, METADATA, "MODEL_CARD.md"}
+    loaded = registry.load(a.version)
+    assert loaded.version == a.version
+    X = np.zeros((3, len(FEATURE_NAMES)), np.float32)
+    assert loaded.pipeline.predict_proba(X).shape == (3, len(LABELS))
+    # Registering the same artifact again keeps the first version.
+    data = (folder / ARTIFACT).read_bytes()
+    assert registry.register(data, metadata_for(data, when=T0 + timedelta(minutes=1))).version == a.version
+    assert len(registry.list()) == 2
+
+
+def test_register_refuses_a_mismatched_checksum(registry):
+    data = serialise(fitted(1))
+    meta = metadata_for(data, when=T0)
+    with pytest.raises(ModelError):
+        registry.register(data + b"x", meta)
+    assert registry.list() == []
+
+
+def test_no_active_version_means_the_shipped_default(registry):
+    assert registry.active_version() is None
+    assert registry.load_active().version == default_metadata().version
+    assert registry.active_metadata().version == default_metadata().version
+
+
+def test_activate_rollback_history(registry):
+    a, b, c = (make_version(registry, s) for s in (1, 2, 3))
+    registry.activate(a.version)
+    registry.activate(b.version)
+    registry.activate(c.version)
+    assert registry.active_version() == c.version
+    assert registry.load_active().version == c.version
+    assert registry.history() == [a.version, b.version, c.version]
+    assert (registry.root / "ACTIVE").read_text().strip() == c.version
+
+    assert registry.rollback().version == b.version
+    assert registry.active_version() == b.version
+    assert registry.history() == [a.version, b.version]
+    # A second rollback walks further back (a stack), never back to c, the version just left.
+    assert registry.rollback().version == a.version
+    assert registry.load_active().version == a.version
+    # Past the first activation lies the shipped default; past that, nothing.
+    assert registry.rollback().version == default_metadata().version
+    with pytest.raises(ModelError, match="nothing to roll back"):
+        registry.rollback()
+
+
+def test_rollback_skips_repeated_activations_of_the_current_version(registry):
+    a, b = make_version(registry, 1), make_version(registry, 2)
+    for version in (a.version, b.version, b.version):
+        registry.activate(version)
+    assert registry.rollback().version == a.version
+
+
+def test_rollback_from_the_first_activation_goes_to_the_default(registry):
+    a = make_version(registry, 1)
+    registry.activate(a.version)
+    assert registry.rollback().version == default_metadata().version
+    assert registry.load_active().version == default_metadata().version
+
+
+def test_rollback_with_nothing_to_roll_back_to(registry):
+    with pytest.raises(ModelError, match="nothing to roll back"):
+        registry.rollback()
+
+
+def test_unknown_and_malformed_versions(registry):
+    for bad in ("nope", "../etc", ".hidden", ""):
+        with pytest.raises(ModelError):
+            registry.load(bad)
+        with pytest.raises(ModelError):
+            registry.activate(bad)
+    assert registry.active_version() is None
+
+
+def test_tampered_artifact_is_refused_and_never_activated(registry):
+    a, b = make_version(registry, 1), make_version(registry, 2)
+    registry.activate(a.version)
+    path = registry.folder(b.version) / ARTIFACT
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="checksum mismatch"):
+        registry.load(b.version)
+    with pytest.raises(ModelError, match="checksum mismatch"):
+        registry.activate(b.version)
+    assert registry.active_version() == a.version  # the active model is untouched
+
+
+def test_feature_version_mismatch_is_refused(registry):
+    data = serialise(fitted(1))
+    meta = metadata_for(data, when=T0, feature_version="serq-fe-0")
+    with pytest.raises(ModelError, match="serq-fe-0"):
+        load_artifact(data, meta)
+    other_layout = metadata_for(data, when=T0, feature_names_sha256=feature_names_sha256(FEATURE_NAMES[:-1]))
+    with pytest.raises(ModelError, match="trained on features"):
+        load_artifact(data, other_layout)
+    registry.register(data, meta)
+    with pytest.raises(ModelError):
+        registry.activate(meta.version)
+
+
+class Sneaky(BaseEstimator, ClassifierMixin):
+    """A class skops does not know: loading it would run this module's code."""
+
+    def fit(self, X, y):
+        self.classes_ = np.unique(y)
+        return self
+
+
+def test_unexpected_type_inside_a_skops_file_is_refused():
+    import skops.io as sio
+
+    model = Sneaky().fit(np.zeros((4, 2)), np.array(LABELS))
+    data = sio.dumps(model)
+    assert any("Sneaky" in t for t in sio.get_untrusted_types(data=data))
+    with pytest.raises(ModelError, match="unexpected types"):
+        load_artifact(data, metadata_for(data, when=T0))
+
+
+def test_truncated_artifact_is_refused(registry):
+    data = serialise(fitted(1))
+    cut = data[: len(data) // 2]
+    # With the original metadata, the checksum catches it...
+    with pytest.raises(ModelError, match="checksum"):
+        load_artifact(cut, metadata_for(data, when=T0))
+    # ...and with metadata forged to match, the file itself is refused as unreadable.
+    with pytest.raises(ModelError, match="not a readable skops file|does not load"):
+        load_artifact(cut, metadata_for(cut, when=T0))
+    with pytest.raises(ModelError):
+        load_artifact(b"", metadata_for(b"", when=T0))
+
+
+def test_artifact_classes_must_match_its_metadata():
+    data = serialise(fitted(1))
+    with pytest.raises(ModelError, match="classes"):
+        load_artifact(data, metadata_for(data, when=T0, labels=["neutral", "happy", "sad", "fearful"]))
+
+
+def test_corrupt_metadata_is_refused(registry):
+    a = make_version(registry, 1)
+    (registry.folder(a.version) / METADATA).write_text("{not json")
+    with pytest.raises(ModelError, match="invalid model metadata"):
+        registry.load(a.version)
+
+
+def test_the_shipped_default_loads_and_predicts():
+    model = load_default()
+    meta = model.meta
+    assert meta.version == default_metadata().version
+    assert meta.feature_version == FEATURE_VERSION
+    assert meta.sha256 == sha256_bytes((DEFAULT_DIR / ARTIFACT).read_bytes())
+    assert meta.metrics is not None and meta.metrics.speaker_independent
+    proba = model.pipeline.predict_proba(np.zeros((2, len(FEATURE_NAMES)), np.float32))
+    assert proba.shape == (2, len(meta.labels))
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-6)
+    card = (DEFAULT_DIR / "MODEL_CARD.md").read_text()
+    assert "CC BY-NC-SA 4.0" in card and "RAVDESS" in card
