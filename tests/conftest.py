@@ -133,12 +133,12 @@ def isolated_env(tmp_path, monkeypatch):
     get_settings.cache_clear()
 
 
-@pytest.fixture
-def start_worker(amqp_url, prefix, tmp_path):
-    """Factory: ``start_worker(env={...})`` runs `serq worker` as a real subprocess on this test's prefix.
+def _service_factory(command: str, amqp_url: str, prefix: str, tmp_path: Path):
+    """Generator behind ``start_worker``/``start_trainer``: ``serq <command>`` subprocesses on this test's prefix.
 
-    It returns once the worker consumes (its log is ``proc.log_path``); every worker
-    still running at the end gets SIGTERM, then SIGKILL after 20 s.
+    ``start(env=...)`` returns once the service logs ``consuming`` (its log is
+    ``proc.log_path``); every one still running at the end gets SIGTERM, then
+    SIGKILL after 20 s. They share ``tmp_path/models`` as SERQ_MODEL_DIR.
     """
     import signal
     import subprocess
@@ -151,19 +151,19 @@ def start_worker(amqp_url, prefix, tmp_path):
         n = len(procs)
         full = dict(os.environ)
         full.update({"SERQ_AMQP_URL": amqp_url, "SERQ_PREFIX": prefix, "SERQ_METRICS_PORT": "0",
-                     "SERQ_MODEL_DIR": str(tmp_path / "models"), "SERQ_WORKER_ID": f"worker{n}",
+                     "SERQ_MODEL_DIR": str(tmp_path / "models"), "SERQ_WORKER_ID": f"{command}{n}",
                      "SERQ_LOG_LEVEL": "INFO", "SERQ_LOG_JSON": "0"})
         full.update(env or {})
-        log_path = tmp_path / f"worker{n}.log"
+        log_path = tmp_path / f"{command}{n}.log"
         with open(log_path, "wb") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "serq", "worker"], env=full, stdout=log,
+            proc = subprocess.Popen([sys.executable, "-m", "serq", command], env=full, stdout=log,
                                     stderr=subprocess.STDOUT, cwd=REPO)
         proc.log_path = log_path
         procs.append(proc)
         deadline = time.monotonic() + timeout
         while wait and "consuming" not in log_path.read_text():
             if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"worker did not start (exit {proc.poll()}):\n{log_path.read_text()[-3000:]}")
+                pytest.fail(f"{command} did not start (exit {proc.poll()}):\n{log_path.read_text()[-3000:]}")
             time.sleep(0.1)
         return proc
 
@@ -177,3 +177,15 @@ def start_worker(amqp_url, prefix, tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture
+def start_worker(amqp_url, prefix, tmp_path):
+    """Factory: ``start_worker(env={...})`` runs `serq worker` as a real subprocess (see ``_service_factory``)."""
+    yield from _service_factory("worker", amqp_url, prefix, tmp_path)
+
+
+@pytest.fixture
+def start_trainer(amqp_url, prefix, tmp_path):
+    """Factory: ``start_trainer(env={...})`` runs `serq trainer` as a real subprocess (pass SERQ_DATA_ROOTS)."""
+    yield from _service_factory("trainer", amqp_url, prefix, tmp_path)

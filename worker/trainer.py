@@ -33,9 +33,11 @@ from pydantic import ValidationError
 
 from serq.client.amqp import CONNECTION_ERRORS, Backoff, connect
 from serq.client.errors import BrokerUnavailable
+from serq.client.models import activation_event, publish_event
 from serq.client.topology import declare_models, declare_train
 from serq.errors import InvalidRequest, SerqError
 from serq.schemas import ModelActivated, TrainProgress, TrainRequest, TrainResult
+from serq.schemas.contract import type_name
 from serq.schemas.training import request_error
 from serq.settings import Settings
 
@@ -120,22 +122,6 @@ class ProgressThrottle:
         left = eta(self._started, done, total)
         self.emit(TrainProgress(job_id=self.job_id, stage=stage, done=done, total=total,
                                 eta_s=None if left is None else round(left, 1)))
-
-
-# --------------------------------------------------------------------------- activation
-
-
-def activation_event(settings: Settings, version: str, reason: str) -> ModelActivated:
-    """The ``ModelActivated`` event of a registered version: metadata plus the artifact itself."""
-    import base64
-
-    from serq.models.registry import Registry, sha256_bytes
-
-    registry = Registry(settings.model_dir)
-    meta = registry.metadata(version)
-    data = registry.artifact_bytes(version)
-    return ModelActivated(version=meta.version, sha256=sha256_bytes(data), feature_version=meta.feature_version,
-                          metadata=meta, artifact_b64=base64.b64encode(data).decode("ascii"), reason=reason)
 
 
 # --------------------------------------------------------------------------- the service
@@ -263,7 +249,7 @@ class Trainer:
     def _publish(self, channel, exchange: str, key: str, model, *, correlation_id: str, persistent: bool) -> None:
         channel.basic_publish(
             exchange, key, model.model_dump_json().encode(),
-            pika.BasicProperties(content_type="application/json", type=f"serq.{type(model).__name__}",
+            pika.BasicProperties(content_type="application/json", type=type_name(model),
                                  correlation_id=correlation_id, delivery_mode=2 if persistent else 1,
                                  app_id="serq-trainer"),
         )
@@ -282,9 +268,8 @@ class Trainer:
         channel = job.channel
         if not channel.is_open:  # the delivery died with its connection; the broker redelivers it
             return
-        if activated is not None:
-            self._publish(channel, self.settings.name("models"), "", activated, correlation_id=job.correlation_id,
-                          persistent=True)
+        if activated is not None:  # first, so workers start loading while the client reads the result
+            publish_event(activated, settings=self.settings, channel=channel)
         if job.reply_to:
             self._publish(channel, "", job.reply_to, result, correlation_id=job.correlation_id, persistent=True)
         self._publish(channel, self.settings.name("events"), f"train.{result.job_id}.{'done' if result.ok else 'failed'}",
@@ -307,8 +292,8 @@ class Trainer:
         try:
             result = run_training(request, self.settings, report=report, roots=self.settings.data_root_paths,
                                   n_jobs=self.n_jobs)
-            activated = activation_event(self.settings, result.version, "trained") if result.activated else None
-        except SerqError as exc:  # run_training types its own failures; this is the activation event's read
+            activated = self._event(result.version) if result.activated else None
+        except SerqError as exc:  # run_training types its own failures; this is reading the new artifact back
             result, activated = failure(request.job_id, exc, time.monotonic() - started), None
         except Exception as exc:  # a bug must not kill the service nor loop the job: answer and ack it
             log(logger, "job_crashed", level=logging.ERROR, job_id=request.job_id, exc_info=True)
@@ -317,6 +302,12 @@ class Trainer:
             activated = None
         self._remember(request.job_id, result, activated)
         self._on_io(self._complete, job, result, activated)
+
+    def _event(self, version: str) -> ModelActivated:
+        from serq.models.registry import Registry
+
+        registry = Registry(self.settings.model_dir)
+        return activation_event(registry.metadata(version), registry.artifact_bytes(version), "trained")
 
     def _on_io(self, fn, *args) -> None:
         """Run ``fn(*args)`` on the connection's I/O thread; dropped if the connection is gone."""

@@ -18,9 +18,11 @@ def register(sub) -> None:
     act = msub.add_parser("activate", help="make VERSION the active model")
     act.add_argument("version")
     act.add_argument("--json", action="store_true")
+    act.add_argument("--no-publish", action="store_true", help="only change the registry; do not tell running workers")
     act.set_defaults(func=run_activate)
     rb = msub.add_parser("rollback", help="re-activate the version active before the current one")
     rb.add_argument("--json", action="store_true")
+    rb.add_argument("--no-publish", action="store_true", help="only change the registry; do not tell running workers")
     rb.set_defaults(func=run_rollback)
     bd = msub.add_parser("build-default", help="rebuild the shipped default model from RAVDESS, reproducibly")
     bd.add_argument("--data", metavar="DIR", help="RAVDESS directory (default: SERQ_RAVDESS_DIR)")
@@ -74,22 +76,39 @@ def run_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _announce(meta, args, verb: str) -> int:
+def _announce(meta, args, verb: str, reason: str) -> int:
+    """Report a registry change, and publish it on <prefix>.models (hot-swap) unless --no-publish."""
+    import sys
+
     from serq.output import print_json
 
+    published, note = False, "not published (--no-publish)"
+    if not args.no_publish:
+        from serq.client.errors import BrokerUnavailable
+        from serq.client.models import announce_version
+        from serq.settings import get_settings
+
+        settings = get_settings()
+        try:
+            announce_version(meta.version, reason=reason, settings=settings)
+            published, note = True, f"published on {settings.name('models')}"
+        except BrokerUnavailable as exc:
+            # The registry change stands: workers sharing SERQ_MODEL_DIR load it when they (re)start.
+            note = f"not published: {exc}; running workers keep their model until they restart"
     if getattr(args, "json", False):
-        print_json({"version": meta.version, "active": True})
+        print_json({"version": meta.version, "active": True, "published": published})
     else:
         print(f"{verb} {meta.version}")
+        print(note, file=sys.stdout if published else sys.stderr)
     return 0
 
 
 def run_activate(args: argparse.Namespace) -> int:
-    return _announce(_registry().activate(args.version), args, "activated")
+    return _announce(_registry().activate(args.version), args, "activated", "activate")
 
 
 def run_rollback(args: argparse.Namespace) -> int:
-    return _announce(_registry().rollback(), args, "rolled back to")
+    return _announce(_registry().rollback(), args, "rolled back to", "rollback")
 
 
 def run_build_default(args: argparse.Namespace) -> int:
