@@ -293,6 +293,24 @@ class Bot(cmd.Cmd):
             self.out(f"{agree}/{labelled} agree with the label in the file name "
                      "(a demo, not an accuracy figure: see `accuracy`)")
 
+    def do_train(self, arg: str) -> None:
+        """train [--emotions a,b] [--speakers 01,02] [--activate [POLICY]] [--max-iter N] ...: a training job through the trainer; progress, then accuracy and confusion matrix (options as `serq train`)"""
+        from serq.cli import build_parser
+
+        # The same parser, request and result printing as `serq train --wait`: one code path.
+        with contextlib.redirect_stderr(self.stdout):
+            try:
+                args = build_parser().parse_args(["train", "--wait", *shlex.split(arg)])
+            except SystemExit:
+                raise Usage("usage: train [--emotions a,b,...] [--speakers ID,...] [--activate [POLICY]] "
+                            "(the options of `serq train --help`)") from None
+        if args.local or args.json:
+            raise Usage("the bot trains through the trainer service; for --local or --json use `serq train`")
+        with contextlib.redirect_stdout(self.stdout), contextlib.redirect_stderr(self.stdout):
+            status = args.func(args)
+        if status:
+            self.failures += 1
+
     def _registry(self):
         from serq.models.registry import Registry
 
