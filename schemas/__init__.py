@@ -19,6 +19,16 @@ from .engine import (
     Timings,
 )
 from .training import ModelActivated, Stage, TrainProgress, TrainRequest, TrainResult
+from .timeline import (
+    Moment,
+    Timeline,
+    TimelineChunkHeaders,
+    TimelineChunkResult,
+    TimelineParams,
+    TimelineSegment,
+    TimelineStreamState,
+    TimelineSummary,
+)
 
 __all__ = [
     "ErrorInfo",
@@ -37,4 +47,12 @@ __all__ = [
     "TrainProgress",
     "TrainRequest",
     "TrainResult",
+    "Moment",
+    "Timeline",
+    "TimelineChunkHeaders",
+    "TimelineChunkResult",
+    "TimelineParams",
+    "TimelineSegment",
+    "TimelineStreamState",
+    "TimelineSummary",
 ]

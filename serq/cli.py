@@ -18,6 +18,7 @@ from serq.errors import SerqError
 COMMAND_MODULES = (
     "serq.commands.predict",
     "serq.commands.classify",
+    "serq.commands.timeline",
     "serq.commands.worker",
     "serq.commands.evaluate",
     "serq.commands.train",

@@ -1,0 +1,115 @@
+"""Showing a timeline to people: a terminal strip chart, a segment list, a PNG.
+
+Only the standard library here (matplotlib is imported by :func:`save_png` alone,
+from the ``bot`` extra). The bot shows a timeline with one line::
+
+    print(render_timeline(timeline))          # or save_png(timeline, "call.png")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from serq.labels import EMOTIONS
+from serq.output import bar
+from serq.schemas.timeline import Timeline
+
+#: One colour per emotion, for the PNG (matplotlib's tab10, in EMOTIONS order).
+COLOURS = dict(zip(EMOTIONS, ("#7f7f7f", "#17becf", "#ffbf00", "#1f77b4", "#d62728", "#9467bd", "#2ca02c", "#ff7f0e")))
+
+
+def clock(seconds: float) -> str:
+    """``75.25 -> "1:15.2"``; ``3725 -> "1:02:05"``."""
+    if seconds >= 3600:
+        h, rest = divmod(int(seconds), 3600)
+        return f"{h}:{rest // 60:02d}:{rest % 60:02d}"
+    m, s = divmod(seconds, 60)
+    return f"{int(m)}:{s:04.1f}"
+
+
+def _labels_in_order(timeline: Timeline) -> list[str]:
+    present = {s.label for s in timeline.segments}
+    return [e for e in EMOTIONS if e in present] + sorted(present - set(EMOTIONS))
+
+
+def strip_chart(timeline: Timeline, width: int = 64) -> list[str]:
+    """One row per emotion present, one column per ``duration / width`` seconds.
+
+    A cell is ``█`` where that emotion holds most of the column's speech, ``░``
+    where it holds some; silence stays blank.
+    """
+    duration = max(timeline.duration_s, 1e-9)
+    step = duration / width
+    labels = _labels_in_order(timeline)
+    cover = {label: [0.0] * width for label in labels}
+    for seg in timeline.segments:
+        first, last = int(seg.start / step), min(width - 1, int(seg.end / step))
+        for col in range(first, last + 1):
+            lo, hi = max(seg.start, col * step), min(seg.end, (col + 1) * step)
+            if hi > lo:
+                cover[seg.label][col] += hi - lo
+    rows = []
+    name_w = max([len(x) for x in labels] + [4])
+    rows.append(f"  {'':<{name_w}} {clock(0):<{width // 2}}{clock(duration):>{width - width // 2}}")
+    for label in labels:
+        cells = []
+        for col in range(width):
+            mine = cover[label][col]
+            most = max(c[col] for c in cover.values())
+            cells.append("█" if mine > 0 and mine >= most else "░" if mine > 0 else " ")
+        rows.append(f"  {label:<{name_w}} {''.join(cells)}")
+    return rows
+
+
+def render_timeline(timeline: Timeline | dict, width: int = 64, max_segments: int = 40) -> str:
+    """The whole picture for a terminal: header, strip chart, segments with a bar each, summary."""
+    tl = timeline if isinstance(timeline, Timeline) else Timeline.model_validate(timeline)
+    s = tl.summary
+    name = tl.file or "recording"
+    lines = [f"{name}: {clock(tl.duration_s)}, {len(tl.segments)} speech segment(s), "
+             f"{clock(s.speech_s)} of speech, model {tl.model_version}"]
+    if not tl.segments:
+        lines.append("  (no speech found)")
+        return "\n".join(lines)
+    lines += strip_chart(tl, width)
+    lines.append("")
+    shown = tl.segments if len(tl.segments) <= max_segments else tl.segments[:max_segments]
+    for seg in shown:
+        span = f"{clock(seg.start)}–{clock(seg.end)}"
+        lines.append(f"  {span:>17}  {seg.label:<10} {bar(seg.confidence, 20)} {seg.confidence:4.0%}")
+    if len(shown) < len(tl.segments):
+        lines.append(f"  ... {len(tl.segments) - len(shown)} more (use --json for all)")
+    lines.append("")
+    share = sorted(((v, k) for k, v in s.share_of_time.items() if v > 0), reverse=True)
+    lines.append("  share of speech: " + ", ".join(f"{k} {v:.0%}" for v, k in share))
+    if s.strongest:
+        lines.append("  strongest: " + ", ".join(f"{clock(m.start)} {m.label} {m.confidence:.0%}" for m in s.strongest))
+    return "\n".join(lines)
+
+
+def save_png(timeline: Timeline | dict, path: str | Path, *, dpi: int = 120) -> Path:
+    """A PNG of the timeline: a bar per segment on its emotion's row, shaded by confidence."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tl = timeline if isinstance(timeline, Timeline) else Timeline.model_validate(timeline)
+    labels = _labels_in_order(tl) or ["neutral"]
+    fig, ax = plt.subplots(figsize=(10, 0.5 * len(labels) + 1.5))
+    try:
+        for row, label in enumerate(labels):
+            for seg in (x for x in tl.segments if x.label == label):
+                ax.broken_barh([(seg.start, seg.end - seg.start)], (row - 0.4, 0.8),
+                               facecolors=COLOURS.get(label, "#444444"), alpha=0.35 + 0.65 * seg.confidence)
+        ax.set_yticks(range(len(labels)), labels)
+        ax.set_xlim(0, max(tl.duration_s, 1e-3))
+        ax.set_xlabel("time (s)")
+        ax.set_title(f"{tl.file or 'recording'}: emotion over time (model {tl.model_version})", fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+        fig.tight_layout()
+        out = Path(path)
+        fig.savefig(out, dpi=dpi)
+    finally:
+        plt.close(fig)
+    return out
