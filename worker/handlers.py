@@ -120,3 +120,4 @@ def classify_handler(body: bytes, props: "pika.BasicProperties", ctx: Context) -
 
 
 register(CLASSIFY, classify_handler)
+register("timeline.chunk", "serq.worker.timeline_handler:handle_chunk")  # issue 9: streamed timelines
