@@ -40,9 +40,10 @@ from serq.client.topology import declare_classify, declare_models
 from serq.errors import InvalidRequest, ModelError, SerqError, TooLarge
 from serq.models.registry import LoadedModel, Registry, load_artifact
 from serq.schemas import ErrorInfo, ErrorReply, ModelActivated
+from serq.schemas.contract import CLASSIFY
 from serq.settings import Settings
 
-from .handlers import Context, Reply, handler_for
+from .handlers import Context, Reply, handler_for, known_types
 from .logging import log
 from .metrics import Metrics, serve
 
@@ -263,7 +264,8 @@ class Worker:
             except pika.exceptions.NackError:
                 log(logger, "results publish refused", level=logging.WARNING, request_id=request_id)
         ch.basic_ack(tag)
-        kind = props.type or "classify"
+        kind = props.type or CLASSIFY
+        kind = kind if kind in known_types() else "unknown"  # a metric label must not be client-chosen
         seconds = time.monotonic() - started
         self.metrics.requests.labels(kind).inc()
         self.metrics.latency.labels(kind).observe(seconds)

@@ -37,8 +37,9 @@ def run(args: argparse.Namespace) -> int:
                 raise outcome  # nothing has answered at all: no worker, say so once
             if isinstance(outcome, ClientError):
                 reply = outcome.reply if isinstance(outcome, ServiceError) and outcome.reply else None
-                result = reply or ErrorReply(error=ErrorInfo(code=outcome.code, message=outcome.message))
-                result = result.model_copy(update={"file": str(path)})
+                # The same fields `serq predict` prints for a failed file: the error and the file.
+                result = ErrorReply(file=str(path), error=reply.error if reply else
+                                    ErrorInfo(code=outcome.code, message=outcome.message))
                 failed += 1
             else:
                 result = outcome.model_copy(update={"file": str(path)})
