@@ -189,3 +189,24 @@ def start_worker(amqp_url, prefix, tmp_path):
 def start_trainer(amqp_url, prefix, tmp_path):
     """Factory: ``start_trainer(env={...})`` runs `serq trainer` as a real subprocess (pass SERQ_DATA_ROOTS)."""
     yield from _service_factory("trainer", amqp_url, prefix, tmp_path)
+
+
+def close_broker_connections(match: str) -> int:
+    """Close (broker side, like a network cut) every connection whose client properties contain ``match``.
+
+    Needs ``rabbitmqctl`` on this host; skips the test otherwise. Returns how many were closed.
+    """
+    import shutil
+    import subprocess
+
+    if shutil.which("rabbitmqctl") is None:
+        pytest.skip("rabbitmqctl is not available to cut connections")
+    listing = subprocess.run(["rabbitmqctl", "list_connections", "pid", "client_properties", "-q", "--no-table-headers"],
+                             capture_output=True, text=True, timeout=60)
+    if listing.returncode != 0:
+        pytest.skip(f"rabbitmqctl cannot list connections: {listing.stderr[-300:]}")
+    pids = [line.split("\t")[0] for line in listing.stdout.splitlines() if match in line]
+    for pid in pids:
+        subprocess.run(["rabbitmqctl", "close_connection", pid, "serq test: simulated network cut"],
+                       capture_output=True, timeout=60)
+    return len(pids)
