@@ -114,7 +114,9 @@ def summarise(segments: list[TimelineSegment], labels: list[str], *, top: int = 
 class VadState(_Model):
     """The voice-activity detector between two chunks (frames are 10 ms; indices count from the recording's start)."""
 
-    noise_db: float | None = Field(None, description="tracked noise floor, dBFS (null before the first frame)")
+    noise_db: float | None = Field(None, description="quietest frame of the current 0.5 s bucket, dBFS (null: none yet)")
+    noise_buckets: list[float] = Field(default_factory=list, max_length=16,
+                                       description="quietest frame of each recent complete bucket, dBFS (the floor's memory)")
     run_start: int | None = Field(None, ge=0, description="first frame of the current run above the off threshold")
     seg_start: int | None = Field(None, ge=0, description="first frame of the open speech segment (null: silence)")
     last_active: int = Field(0, ge=0, description="end (exclusive) of the open segment's last active frame")

@@ -9,9 +9,9 @@ The pipeline, all at :data:`RATE` and on a 10 ms frame grid:
 2. **Windows** of ``window_s`` every ``hop_s`` over each segment (the last one
    aligned to the segment's end), classified with the engine
    (:func:`window_probabilities`: the same features and model as ``serq predict``).
-3. **Smoothing** (:func:`smooth`): the per-class median of each window and its two
-   neighbours, then a window whose two neighbours agree on another label takes
-   theirs, so one noisy window never flips the label.
+3. **Smoothing**: a window's label is the majority label of the three windows
+   nearest it (:func:`decide`), so one noisy window never flips the label; its
+   probabilities are the per-class median of it and its neighbours (:func:`smooth`).
 4. **Merging** runs of one label into :class:`~serq.schemas.TimelineSegment`.
 
 :class:`TimelineProcessor` does all of it incrementally: ``feed(samples)``
@@ -58,16 +58,19 @@ RATE = TIMELINE_RATE  # Hz
 FRAME = RATE // 100  # samples per 10 ms frame
 FPS = RATE // FRAME  # frames per second
 
-# Voice activity. Levels are frame RMS in dBFS; the floor follows the quietest
-# frames at once and rises slowly (so a floor that rose during a long stretch of
-# speech drops back at the next pause). Absolute minima keep a near-digital-silence
-# floor from making breath and hiss "speech".
+# Voice activity. Levels are frame RMS in dBFS. The noise floor is the quietest
+# frame of the last few seconds (minimum statistics over 0.5 s buckets): speech
+# dips between words every few hundred ms, steady noise never does, so the floor
+# follows a change of background within NOISE_MEMORY_S. Absolute minima keep a
+# near-digital-silence floor from making breath and hiss "speech".
 ON_MARGIN_DB = 12.0  # a segment opens this far above the noise floor ...
 OFF_MARGIN_DB = 6.0  # ... and stays open while frames are this far above it
 ABS_ON_DBFS = -55.0
 ABS_OFF_DBFS = -61.0
 NOISE_MIN_DBFS = -90.0
-NOISE_RISE_DB = 2.0 / FPS  # floor rise per frame (2 dB/s)
+NOISE_BUCKET = FPS // 2  # frames per bucket of the floor's memory
+NOISE_MEMORY_S = 3.0  # the floor is the minimum over this many seconds of complete buckets (+ the current one)
+NOISE_BUCKETS = int(NOISE_MEMORY_S * FPS) // NOISE_BUCKET
 BACKDATE_FRAMES = 20  # a segment starts at the rise above `off`, at most 0.2 s before `on`
 TAIL_TOLERANCE_FRAMES = 25  # a segment end this close after the last regular window needs no extra window
 
@@ -108,11 +111,20 @@ def smooth(probs: list[np.ndarray], i: int) -> np.ndarray:
     return med / total if total > 0 else np.full(len(med), 1.0 / len(med))
 
 
-def decide(medians: list[int], i: int) -> int:
-    """Window ``i``'s final label index: its median label, unless both neighbours agree on another one."""
-    if 0 < i < len(medians) - 1 and medians[i - 1] == medians[i + 1] != medians[i]:
-        return medians[i - 1]
-    return medians[i]
+def decide(labels: list[int], i: int) -> int:
+    """Window ``i``'s final label: the majority of the three windows nearest it, else its own.
+
+    ``labels`` are the windows' own (argmax) labels. A single window that disagrees
+    with two agreeing neighbours (or, at a segment's edge, with the next two) takes
+    their label, and changes nobody else's: one noisy window never flips a label,
+    while a change that lasts two windows or more is kept.
+    """
+    n = len(labels)
+    if n < 3:
+        return labels[i]
+    lo = min(max(i - 1, 0), n - 3)
+    trio = labels[lo : lo + 3]
+    return next((x for x in trio if trio.count(x) >= 2), labels[i])
 
 
 class TimelineProcessor:
@@ -209,10 +221,15 @@ class TimelineProcessor:
     def _vad(self, levels: np.ndarray, first_frame: int) -> None:
         """Run the detector over frame levels (dBFS) starting at absolute frame ``first_frame``."""
         v = self.state.vad
-        noise = v.noise_db if v.noise_db is not None else max(float(levels[0]), NOISE_MIN_DBFS)
+        past = min(v.noise_buckets, default=np.inf)
+        current = v.noise_db if v.noise_db is not None else np.inf
         for k, e in enumerate(levels.tolist()):
             f = first_frame + k
-            noise = min(noise + NOISE_RISE_DB, max(e, NOISE_MIN_DBFS))
+            if f % NOISE_BUCKET == 0 and current < np.inf:  # a bucket is complete: remember its minimum
+                v.noise_buckets = (v.noise_buckets + [current])[-NOISE_BUCKETS:]
+                past, current = min(v.noise_buckets), np.inf
+            current = min(current, e)
+            noise = max(min(past, current), NOISE_MIN_DBFS)
             if e > max(noise + OFF_MARGIN_DB, ABS_OFF_DBFS):
                 if v.seg_start is None:
                     if v.run_start is None:
@@ -229,7 +246,7 @@ class TimelineProcessor:
                 v.run_start = None
                 if v.seg_start is not None and f + 1 - v.last_active > self.pause:
                     self._close(v.last_active)
-        v.noise_db = noise
+        v.noise_db = float(current) if current < np.inf else None
 
     def _open(self, frame: int) -> None:
         s = self.state
@@ -280,14 +297,12 @@ class TimelineProcessor:
             base = s.window_base
             probs = [np.asarray(w.probs) for w in s.windows]  # windows base .. windows_seen-1
             local = j - base
-            near = range(max(0, local - 1), min(len(probs), local + 2))
-            smoothed = {i: smooth(probs, i) for i in near}
-            medians = [int(np.argmax(smoothed[i])) for i in near]
-            label = decide(medians, local - near.start)
+            label = decide([int(np.argmax(p)) for p in probs], local)
+            smoothed = smooth(probs, local)
             window = s.windows[local]
             nxt = s.windows[local + 1] if local + 1 < len(s.windows) else None
             end = (nxt.start + window.end) / 2 / FPS if nxt is not None else closed_at / FPS
-            self._accumulate(label, smoothed[local], window, float(s.last_boundary), end)
+            self._accumulate(label, smoothed, window, float(s.last_boundary), end)
             s.last_boundary = end
             s.decided += 1
             drop = max(0, s.decided - 2 - s.window_base)  # keep two decided windows as context
