@@ -98,7 +98,7 @@ class Client:
     # --- connection ----------------------------------------------------------------------------
 
     def _connect(self) -> None:
-        conn = connect(self.settings, "serq-client")
+        conn = connect(self.settings, f"serq-client {self.settings.prefix}")
         try:
             ch = conn.channel()
             ch.confirm_delivery()
@@ -297,7 +297,7 @@ class Subscription:
         backoff = Backoff(self.settings.reconnect_max_s)
         while not self._stop.is_set():
             try:
-                conn = connect(self.settings, "serq-subscriber")
+                conn = connect(self.settings, f"serq-subscriber {self.settings.prefix}")
             except BrokerUnavailable as exc:
                 if not self._ready.is_set():  # the first attempt fails loudly in subscribe()
                     self._error = exc

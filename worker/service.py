@@ -170,7 +170,7 @@ class Worker:
 
     def _session(self, backoff: Backoff) -> None:
         """One connection's life: declare, consume, serve until stopped and drained (or the link drops)."""
-        conn = connect(self.settings, f"serq-worker {self.worker_id}")
+        conn = connect(self.settings, f"serq-worker {self.settings.prefix} {self.worker_id}")
         try:
             ch = conn.channel()
             ch.confirm_delivery()
