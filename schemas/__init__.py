@@ -19,6 +19,7 @@ from .engine import (
     Timings,
 )
 from .training import ModelActivated, Stage, TrainProgress, TrainRequest, TrainResult
+from .profiles import EnrollHeaders, EnrollResult, SpeakerPrior, SpeakerProfile
 from .timeline import (
     Moment,
     Timeline,
@@ -47,6 +48,10 @@ __all__ = [
     "TrainProgress",
     "TrainRequest",
     "TrainResult",
+    "EnrollHeaders",
+    "EnrollResult",
+    "SpeakerPrior",
+    "SpeakerProfile",
     "Moment",
     "Timeline",
     "TimelineChunkHeaders",

@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from serq.labels import EMOTIONS
 
+from .profiles import ProfileStatus, SpeakerPrior, SpeakerProfile
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -79,6 +81,11 @@ class PredictionResult(_Model):
     timings_ms: Timings
     request_id: str | None = Field(None, description="the request's correlation id (broker replies)")
     worker: str | None = Field(None, description="the worker that answered (broker replies)")
+    normalisation: Literal["none", "speaker"] = Field(
+        "none", description="'speaker': the speaker-normalised model used the request's profile; 'none': the plain model")
+    profile_status: ProfileStatus | None = Field(None, description="what became of the request's profile (null: none sent)")
+    profile_clips: int | None = Field(None, description="clips in the profile sent (before this one was added)")
+    profile: SpeakerProfile | None = Field(None, description="the profile with this clip added, when it allows updates")
 
 
 class Hyperparameters(_Model):
@@ -132,6 +139,7 @@ class ModelMetadata(_Model):
     sha256: str = Field(description="sha256 of the artifact file")
     hyperparameters: Hyperparameters
     normalisation: Literal["none", "speaker"] = Field("none", description="feature normalisation the model expects")
+    speaker_prior: SpeakerPrior | None = Field(None, description="for normalisation 'speaker': how profiles are applied")
     training_data: dict = Field(default_factory=dict, description="summary of the data it was fitted on")
     metrics: EvaluationReport | None = Field(None, description="cross-validated, speaker-independent")
     notes: str = ""
