@@ -1,0 +1,76 @@
+"""Streamed timelines through the real broker and two real worker processes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import ravdess_clip
+from serq.client.errors import ServiceError
+from serq.client.timeline import TimelineStream, stream_timeline
+from serq.settings import Settings
+from serq.worker.timeline import RATE, read_blocks, timeline_file
+from test_timeline_corpus import CLIPS, join, trimmed
+
+pytestmark = [pytest.mark.broker, pytest.mark.corpus]
+
+
+@pytest.fixture
+def call(ravdess_dir, tmp_path):
+    """Eight clips 2 s apart, plus two of them 0.6 s apart (one segment across a short pause)."""
+    clips = [trimmed(ravdess_clip(actor, emotion, intensity=2)) for actor, emotion in CLIPS]
+    audio, _ = join(clips + clips[:2], pause=2.0)
+    short, _ = join(clips[2:4], pause=0.6)
+    path = tmp_path / "call.flac"
+    sf.write(path, np.concatenate([audio, short]), RATE)
+    return path
+
+
+def test_streamed_over_two_workers_equals_local(call, start_worker, amqp_url, prefix):
+    from serq.models.registry import load_default
+
+    local = timeline_file(call, load_default())
+    start_worker()
+    start_worker()
+    settings = Settings(amqp_url=amqp_url, prefix=prefix)
+    workers, early = set(), 0
+    with TimelineStream(settings=settings, timeout=60) as stream:
+        for block in read_blocks(call, block_s=1.5):
+            reply = stream.send(block)
+            workers.add(reply.worker)
+            early += len(reply.segments)
+        streamed = stream.close(file=str(call))
+    assert workers == {"worker0", "worker1"}  # the chunks of one stream went to both workers
+    assert early > len(local.segments) // 2  # segments arrive while the stream is still going
+    assert len(streamed.segments) == len(local.segments) >= 10
+    for a, b in zip(streamed.segments, local.segments):
+        assert (a.start, a.end, a.label, a.windows, a.peak.start) == (b.start, b.end, b.label, b.windows, b.peak.start)
+        assert a.probabilities == pytest.approx(b.probabilities, abs=1e-5)
+    assert streamed.duration_s == local.duration_s
+    assert streamed.summary.share_of_time == pytest.approx(local.summary.share_of_time, abs=1e-4)
+    assert streamed.model_version == local.model_version
+
+
+def test_stream_timeline_calls_back_per_segment(call, start_worker, amqp_url, prefix):
+    from serq.client import Client
+
+    start_worker()
+    seen = []
+    with Client(url=amqp_url, prefix=prefix) as client:
+        timeline = stream_timeline(client, call, seen.append, chunk_s=4.0, timeout=60)
+    assert seen == timeline.segments and len(seen) >= 10
+    assert timeline.file == str(call)
+
+
+def test_out_of_order_chunk_is_an_error_reply(call, start_worker, amqp_url, prefix):
+    start_worker()
+    settings = Settings(amqp_url=amqp_url, prefix=prefix)
+    blocks = read_blocks(call, block_s=2.0)
+    with TimelineStream(settings=settings, timeout=60) as stream:
+        stream.send(next(blocks))
+        stream._seq += 1  # skip a chunk, as a buggy client would
+        with pytest.raises(ServiceError) as err:
+            stream.send(next(blocks))
+    assert err.value.code == "invalid_request" and "expected chunk 1" in str(err.value)
+
