@@ -17,6 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .engine import ErrorReply, PredictionResult
+from .timeline import PCM_CONTENT_TYPE, TimelineChunkHeaders, TimelineChunkResult
 from .training import ModelActivated, TrainProgress, TrainRequest, TrainResult
 
 #: Content types a classify request may carry (absent is accepted too).
@@ -43,7 +44,7 @@ def type_name(model: type[BaseModel] | BaseModel) -> str:
 
 #: Replies a caller can receive on its ``reply_to``, by AMQP ``type``.
 REPLY_MODELS: dict[str, type[BaseModel]] = {
-    type_name(m): m for m in (PredictionResult, ErrorReply, TrainProgress, TrainResult)
+    type_name(m): m for m in (PredictionResult, ErrorReply, TrainProgress, TrainResult, TimelineChunkResult)
 }
 
 
@@ -128,15 +129,29 @@ TRAIN_PROGRESS = Message("TrainProgress", "progress of a training job", TrainPro
 TRAIN_RESULT = Message("TrainResult", "the final message of a training job", TrainResult)
 MODEL_ACTIVATED = Message("ModelActivated", "a model version became active; workers verify and hot-swap it",
                           ModelActivated)
+TIMELINE_CHUNK_REQUEST = Message(
+    "TimelineChunkRequest",
+    "one chunk of a streamed recording (emotion timeline, docs/timeline.md)",
+    None,
+    content_type=PCM_CONTENT_TYPE,
+    headers=TimelineChunkHeaders,
+    description="Body: raw little-endian float32 PCM, mono, 16 kHz (not an audio file), starting at sample "
+    "`x-serq-offset`: the previous reply's `next_offset` (the undecided tail is re-sent), then the new audio. "
+    "Properties: `type` `timeline.chunk`, `content_type` as given, `reply_to`, `correlation_id`. The stream's "
+    "state travels in `x-serq-state` (the previous reply's `state`), so any worker can take any chunk; send "
+    "chunk n+1 after the reply to chunk n. Body at most SERQ_MAX_BYTES.",
+)
+TIMELINE_RESULT = Message("TimelineChunkResult", "segments decided by a chunk, and the stream's next state",
+                          TimelineChunkResult)
 
 CHANNELS: tuple[Channel, ...] = (
     Channel("classify", "classify", "queue",
             "Classify requests. Durable quorum queue; a request delivered SERQ_DELIVERY_LIMIT times without an "
             "ack (it kills workers) is dead-lettered to `{prefix}.dead`.",
-            (CLASSIFY_REQUEST,), quorum=True),
+            (CLASSIFY_REQUEST, TIMELINE_CHUNK_REQUEST), quorum=True),
     Channel("classifyReply", None, "reply", "The caller's `reply_to` (e.g. direct reply-to `amq.rabbitmq.reply-to`): "
             "exactly one reply per request, same `correlation_id`, AMQP `type` naming the schema.",
-            (PREDICTION, ERROR)),
+            (PREDICTION, ERROR, TIMELINE_RESULT)),
     Channel("results", "results", "topic",
             "Every reply again, for followers (`emotion.silent`: a clip without speech).",
             (PREDICTION, ERROR), routing_keys="emotion.<label> | emotion.silent | error.<code>"),
@@ -155,6 +170,9 @@ CHANNELS: tuple[Channel, ...] = (
 
 OPERATIONS: tuple[Operation, ...] = (
     Operation("classify", "receive", "classify", "A worker classifies a clip and replies to `reply_to`.",
+              reply_channel="classifyReply"),
+    Operation("timelineChunk", "receive", "classify",
+              "A worker continues a streamed timeline with one chunk and replies with the decided segments.",
               reply_channel="classifyReply"),
     Operation("publishResult", "send", "results", "A worker publishes every reply to the results exchange."),
     Operation("train", "receive", "train", "A trainer runs a training job, reporting progress to `reply_to`.",
