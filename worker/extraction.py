@@ -26,10 +26,15 @@ Progress = Callable[[int, int], None]
 
 
 class FeatureCache:
-    """Feature vectors on disk under ``root/FEATURE_VERSION/ab/<sha256>.npy``."""
+    """Feature vectors on disk under ``root/<version>/ab/<sha256>.npy``.
 
-    def __init__(self, root: str | Path):
-        self.root = Path(root) / FEATURE_VERSION
+    ``version`` and ``width`` default to serq's layout; another recipe (the seed's,
+    in ``bench/``) passes its own, so the two never read each other's vectors.
+    """
+
+    def __init__(self, root: str | Path, version: str = FEATURE_VERSION, width: int | None = None):
+        self.root = Path(root) / version
+        self.width = len(FEATURE_NAMES) if width is None else width
 
     def _path(self, digest: str) -> Path:
         return self.root / digest[:2] / f"{digest}.npy"
@@ -40,7 +45,7 @@ class FeatureCache:
             vec = np.load(path, allow_pickle=False)
         except (OSError, ValueError):
             return None
-        return vec if vec.shape == (len(FEATURE_NAMES),) else None
+        return vec if vec.shape == (self.width,) else None
 
     def put(self, digest: str, vec: np.ndarray) -> None:
         path = self._path(digest)
@@ -83,7 +88,7 @@ def extract_clips(
     errors: dict[str, str] = {}
     todo: list[int] = []
     for i, clip in enumerate(clips):
-        hit = cache.get(_digest(clip.path)) if cache else None
+        hit = cache.get(file_digest(clip.path)) if cache else None
         if hit is not None:
             vectors[i] = hit
         else:
@@ -116,7 +121,7 @@ def extract_clips(
 _digest_memo: dict[tuple[str, int, int], str] = {}
 
 
-def _digest(path: Path) -> str:
+def file_digest(path: Path) -> str:
     """sha256 of a file's content, memoised per (path, size, mtime) within this process."""
     st = path.stat()
     key = (str(path), st.st_size, st.st_mtime_ns)
