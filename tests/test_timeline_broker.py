@@ -74,3 +74,24 @@ def test_out_of_order_chunk_is_an_error_reply(call, start_worker, amqp_url, pref
             stream.send(next(blocks))
     assert err.value.code == "invalid_request" and "expected chunk 1" in str(err.value)
 
+
+
+def test_cli_broker_prints_the_local_timeline(call, start_worker, amqp_url, prefix, monkeypatch, capsys):
+    import json
+
+    from serq.cli import main
+    from serq.models.registry import load_default
+    from serq.schemas import Timeline
+    from serq.settings import get_settings
+
+    start_worker()
+    monkeypatch.setenv("SERQ_AMQP_URL", amqp_url)
+    monkeypatch.setenv("SERQ_PREFIX", prefix)
+    get_settings.cache_clear()
+    try:
+        assert main(["timeline", "--broker", "--chunk", "3", "--json", str(call)]) == 0
+    finally:
+        get_settings.cache_clear()
+    printed = Timeline.model_validate(json.loads(capsys.readouterr().out))
+    local = timeline_file(call, load_default())
+    assert [(s.start, s.end, s.label) for s in printed.segments] == [(s.start, s.end, s.label) for s in local.segments]
