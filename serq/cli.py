@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "serq.commands.data",
     "serq.commands.schemas",
     "serq.commands.bot",
+    "serq.commands.demo",
 )
 
 
