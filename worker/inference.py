@@ -14,10 +14,12 @@ import numpy as np
 from serq.schemas import PredictionResult, SpectralSummary, Timings
 
 from .audio import decode
-from .features import analyse, feature_vector, spectral_summary
+from .features import FEATURE_VERSION, analyse, feature_vector, spectral_summary
+from .profiles import route, updated
 
 if TYPE_CHECKING:
     from serq.models.registry import LoadedModel
+    from serq.schemas import SpeakerProfile
     from serq.settings import Settings
 
 
@@ -29,8 +31,13 @@ def probabilities(model: "LoadedModel", vectors: np.ndarray) -> np.ndarray:
     return proba[:, order]
 
 
-def classify(source, model: "LoadedModel", settings: "Settings", *, file: str | None = None) -> PredictionResult:
-    """Classify one clip (bytes or a path). Raises :class:`serq.errors.AudioError` on bad audio."""
+def classify(source, model: "LoadedModel", settings: "Settings", *, file: str | None = None,
+             profile: "SpeakerProfile | None" = None, speaker_model: "LoadedModel | None" = None) -> PredictionResult:
+    """Classify one clip (bytes or a path). Raises :class:`serq.errors.AudioError` on bad audio.
+
+    With a speaker ``profile`` of enough clips and a ``speaker_model``, the speaker-normalised
+    model answers; otherwise ``model`` does, and the result says which and why (docs/profiles.md).
+    """
     t0 = time.perf_counter()
     audio = decode(source, max_bytes=settings.max_bytes, max_seconds=settings.max_seconds)
     t1 = time.perf_counter()
@@ -38,12 +45,15 @@ def classify(source, model: "LoadedModel", settings: "Settings", *, file: str | 
     vector = feature_vector(analysis)
     spectral = spectral_summary(analysis, audio.original_rate)
     t2 = time.perf_counter()
+    speaker_input, profile_status = route(vector, profile, speaker_model, FEATURE_VERSION)
+    if speaker_input is not None:
+        model = speaker_model
     labels = list(model.meta.labels)
     if analysis.silent:
         # No speech energy: claim no emotion rather than a confident guess.
         label, confidence, probs = None, 0.0, {name: 1.0 / len(labels) for name in labels}
     else:
-        p = probabilities(model, vector)[0]
+        p = probabilities(model, vector if speaker_input is None else speaker_input)[0]
         best = int(np.argmax(p))
         label, confidence = labels[best], float(p[best])
         probs = {name: round(float(v), 6) for name, v in zip(labels, p)}
@@ -61,4 +71,8 @@ def classify(source, model: "LoadedModel", settings: "Settings", *, file: str | 
             features=round((t2 - t1) * 1000, 3),
             inference=round((t3 - t2) * 1000, 3),
         ),
+        normalisation="none" if speaker_input is None else "speaker",
+        profile_status=profile_status,
+        profile_clips=None if profile is None else profile.count,
+        profile=updated(profile, vector, silent=analysis.silent, status=profile_status),
     )

@@ -1,0 +1,390 @@
+"""Speaker-normalised models: training, honest evaluation, and which one a worker serves.
+
+Training normalises every training speaker the way profiles are built at run
+time: a profile from ``enrol_clips`` of the speaker's clips (neutral/calm first,
+or random, or one of each: ``mixed``, the default, so that a profile enrolled from
+calm speech and one later updated with every kind of clip both suit the model),
+then :func:`serq.worker.profiles.model_input` on all of the speaker's clips.
+
+Evaluation (:func:`evaluate_profiles`) is speaker-grouped k-fold: the models of
+a fold never saw its test speakers; a test speaker's profile is built only from
+clips that are then *not* scored (``enroll:N``), or, in ``online`` mode, each clip
+is normalised only by the clips before it in a random order.
+
+A worker serves two models: the plain one (the registry's ACTIVE, else the
+shipped default) and the speaker model: the version named in
+``<SERQ_MODEL_DIR>/SPEAKER_ACTIVE`` (:func:`activate_speaker`), else the shipped
+``serq/models/default_speaker``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from serq.errors import DatasetError, ModelError
+from serq.models.registry import (
+    ARTIFACT,
+    CARD,
+    DEFAULT_DIR,
+    METADATA,
+    LoadedModel,
+    Registry,
+    _atomic_write,
+    feature_names_sha256,
+    load_folder,
+    new_version,
+    serialise,
+    sha256_bytes,
+)
+from serq.schemas import EvaluationReport, Hyperparameters, ModelMetadata, SpeakerPrior, TrainRequest, TrainResult
+from serq.schemas.profiles import Enrolment
+
+from . import profiles
+from .features import FEATURE_NAMES, FEATURE_VERSION
+from .training import FoldProgress, check_trainable, fit, folds_for, score
+
+logger = logging.getLogger("serq.profiles")
+
+DEFAULT_SPEAKER_DIR = DEFAULT_DIR.parent / "default_speaker"  # beside the shipped plain model
+SPEAKER_POINTER = "SPEAKER_ACTIVE"
+#: Labels a dataset uses for speech "talking normally": enrolment prefers them.
+ENROL_LABELS = ("neutral", "calm")
+
+
+@dataclass(frozen=True)
+class ProfileRecipe:
+    """How training builds profiles and how a model applies them (stored as its :class:`SpeakerPrior`)."""
+
+    enrolment: Enrolment = "mixed"
+    enrol_clips: int = 8
+    min_clips: int = 4
+    prior_clips: float = 8.0
+    std_floor: float = 0.1
+    random_state: int = 0
+
+
+def enrolment_indices(labels: np.ndarray, n: int, rng: np.random.Generator, kind: str = "neutral_calm") -> np.ndarray:
+    """Indices of the ``n`` clips a profile is built from, among one speaker's clips with ``labels``.
+
+    ``neutral_calm``: the neutral/calm clips first (in random order), topped up with
+    random others; ``random``: any ``n``.
+    """
+    order = rng.permutation(len(labels))
+    if kind == "neutral_calm":
+        calm = np.isin(np.asarray(labels)[order], ENROL_LABELS)
+        order = np.concatenate([order[calm], order[~calm]])
+    return order[:n]
+
+
+def _kinds(enrolment: str) -> tuple[str, ...]:
+    return ("neutral_calm", "random") if enrolment == "mixed" else (enrolment,)
+
+
+def speaker_training_set(X: np.ndarray, y: np.ndarray, groups: np.ndarray, recipe: ProfileRecipe
+                         ) -> tuple[np.ndarray, np.ndarray, SpeakerPrior]:
+    """Every training speaker's clips as model inputs ``[x, z]`` by a profile of their own enrolment clips.
+
+    Returns ``(inputs, labels, prior)``; ``inputs`` has shape ``(n * kinds, 2 * f)``
+    (``mixed`` gives each speaker one neutral/calm and one random profile).
+    """
+    rng = np.random.default_rng(recipe.random_state)
+    built: list[tuple[np.ndarray, object]] = []
+    for speaker in np.unique(groups):
+        rows = np.flatnonzero(groups == speaker)
+        for kind in _kinds(recipe.enrolment):
+            chosen = rows[enrolment_indices(y[rows], recipe.enrol_clips, rng, kind)]
+            built.append((rows, profiles.build(str(speaker), X[chosen], FEATURE_VERSION)))
+    prior = SpeakerPrior(
+        enrolment=recipe.enrolment, enrol_clips=recipe.enrol_clips, min_clips=recipe.min_clips,
+        prior_clips=recipe.prior_clips, std_floor=recipe.std_floor,
+        mean=np.mean([p.mean for _, p in built], axis=0).tolist(),
+        var=np.mean([profiles.variance(p) for _, p in built], axis=0).tolist(),
+    )
+    inputs = np.vstack([profiles.model_input(X[rows], p, prior) for rows, p in built])
+    return inputs, np.concatenate([y[rows] for rows, _ in built]), prior
+
+
+def fit_speaker_model(X, y, groups, hp: Hyperparameters | None, recipe: ProfileRecipe):
+    """A pipeline over ``[x, z]`` inputs and the prior it expects."""
+    inputs, labels, prior = speaker_training_set(X, np.asarray(y), np.asarray(groups), recipe)
+    return fit(inputs, labels, hp), prior
+
+
+# ---------------------------------------------------------------- honest evaluation
+
+
+def enrol_plan(X_s: np.ndarray, y_s: np.ndarray, n: int, rng: np.random.Generator
+               ) -> tuple[np.ndarray, "profiles.SpeakerProfile"]:
+    """``enroll:N`` for one test speaker: ``(scored indices, profile)``; the profile's clips are never scored."""
+    chosen = enrolment_indices(y_s, n, rng, "neutral_calm")
+    scored = np.setdiff1d(np.arange(len(y_s)), chosen)
+    return scored, profiles.build("eval", X_s[chosen], FEATURE_VERSION)
+
+
+def online_inputs(X_s: np.ndarray, prior: SpeakerPrior, rng: np.random.Generator) -> list[np.ndarray | None]:
+    """``online`` for one test speaker: clips in a random order, each normalised only by the clips before it.
+
+    Returns, per clip (in the speaker's original order), its model input, or
+    ``None`` when fewer than ``prior.min_clips`` clips came before it (the plain
+    model answers, as a worker would).
+    """
+    out: list[np.ndarray | None] = [None] * len(X_s)
+    profile = profiles.new_profile("eval", X_s.shape[1], FEATURE_VERSION)
+    for i in rng.permutation(len(X_s)):
+        if profile.count >= prior.min_clips:
+            out[i] = profiles.model_input(X_s[i], profile, prior)[0]
+        profile = profiles.add(profile, X_s[i])  # only after the clip was classified
+    return out
+
+
+def parse_mode(text: str) -> tuple[str, int]:
+    """``"enroll:8" -> ("enroll", 8)``, ``"online" -> ("online", 0)``; :class:`ValueError` otherwise."""
+    kind, _, n = text.partition(":")
+    if kind == "online" and not n:
+        return "online", 0
+    if kind == "enroll" and n.isdigit() and int(n) >= 1:
+        return "enroll", int(n)
+    raise ValueError(f"--speaker-profiles {text!r}: use enroll:N (N >= 1 clips per speaker) or online")
+
+
+def evaluate_profiles(X: np.ndarray, y: np.ndarray, groups: np.ndarray, hp: Hyperparameters | None, *,
+                      labels: list[str], mode: str, recipe: ProfileRecipe = ProfileRecipe(), k: int = 5,
+                      random_state: int = 0, progress: FoldProgress | None = None,
+                      skipped: dict[str, int] | None = None, with_plain: bool = True) -> dict[str, EvaluationReport]:
+    """Plain vs speaker-profile figures by speaker-grouped ``k``-fold.
+
+    Returns ``{"plain": all clips, "plain_same_clips": the clips the profile path
+    scored, "speaker_profiles": the profile path}``; the last two are on exactly
+    the same clips. In ``enroll:N`` mode a test speaker's ``N`` enrolment clips
+    (neutral/calm first) build the profile and are not scored; in ``online`` mode
+    every clip is scored, clips before ``recipe.min_clips`` by the plain model.
+    ``with_plain=False`` (``enroll`` only) skips the plain model: only ``speaker_profiles``.
+    """
+    return evaluate_modes(X, y, groups, hp, labels=labels, modes=[mode], recipe=recipe, k=k,
+                          random_state=random_state, progress=progress, skipped=skipped, with_plain=with_plain)[mode]
+
+
+def evaluate_modes(X: np.ndarray, y: np.ndarray, groups: np.ndarray, hp: Hyperparameters | None, *,
+                   labels: list[str], modes: list[str], recipe: ProfileRecipe = ProfileRecipe(), k: int = 5,
+                   random_state: int = 0, progress: FoldProgress | None = None,
+                   skipped: dict[str, int] | None = None, with_plain: bool = True
+                   ) -> dict[str, dict[str, EvaluationReport]]:
+    """:func:`evaluate_profiles` for several modes on the same folds and fitted models: ``{mode: reports}``."""
+    parsed = {mode: parse_mode(mode) for mode in modes}
+    if not with_plain and any(kind == "online" for kind, _ in parsed.values()):
+        raise ValueError("online mode needs the plain model for a speaker's first clips")
+    y, groups = np.asarray(y), np.asarray(groups)
+    check_trainable(y, labels)
+    splits = folds_for(y, groups, protocol="speaker", k=k, random_state=random_state)
+    plain_pred = np.empty(len(y), dtype=object)
+    speaker_pred = {mode: np.empty(len(y), dtype=object) for mode in modes}
+    scored = {mode: np.zeros(len(y), dtype=bool) for mode in modes}
+    rngs = {mode: np.random.default_rng(random_state) for mode in modes}
+    for f, (train, test) in enumerate(splits):
+        if with_plain:
+            plain_pred[test] = fit(X[train], y[train], hp).predict(X[test])
+        model, prior = fit_speaker_model(X[train], y[train], groups[train], hp, recipe)
+        for speaker in np.unique(groups[test]):
+            rows = np.flatnonzero(groups == speaker)
+            for mode, (kind, n) in parsed.items():
+                pred, rng = speaker_pred[mode], rngs[mode]
+                if kind == "enroll":
+                    keep, profile = enrol_plan(X[rows], y[rows], n, rng)
+                    if len(keep):
+                        pred[rows[keep]] = model.predict(profiles.model_input(X[rows[keep]], profile, prior))
+                    scored[mode][rows[keep]] = True
+                else:
+                    for row, inp in zip(rows, online_inputs(X[rows], prior, rng)):
+                        pred[row] = plain_pred[row] if inp is None else model.predict(inp[None, :])[0]
+                    scored[mode][rows] = True
+        if progress:
+            progress(f + 1, len(splits))
+    protocol = f"speaker-grouped {k}-fold"
+    out: dict[str, dict[str, EvaluationReport]] = {}
+    for mode, (kind, n) in parsed.items():
+        sel = scored[mode]
+        ys = y[sel].astype(str)
+        spk = score(ys, speaker_pred[mode][sel].astype(str), labels, protocol=protocol, speaker_independent=True,
+                    skipped=skipped)
+        spk.speaker_profiles = (
+            f"enroll:{n}: profile from {n} clips per test speaker (neutral/calm first), those clips not scored"
+            if kind == "enroll" else
+            f"online: random order, each clip normalised only by the clips before it (plain model for the "
+            f"first {recipe.min_clips})")
+        out[mode] = {"speaker_profiles": spk}
+        if with_plain:
+            out[mode]["plain"] = score(y, plain_pred.astype(str), labels, protocol=protocol,
+                                       speaker_independent=True, skipped=skipped)
+            out[mode]["plain_same_clips"] = score(ys, plain_pred[sel].astype(str), labels,
+                                                  protocol=f"{protocol}, the clips the profile path scored",
+                                                  speaker_independent=True, skipped=skipped)
+            out[mode]["plain"].speaker_profiles = out[mode]["plain_same_clips"].speaker_profiles = "none"
+    return out
+
+
+# ---------------------------------------------------------------- training jobs and the served model
+
+
+def train_speaker_model(request: TrainRequest, settings, report, X, y, groups, labels: list[str],
+                        summary: dict, started: float, recipe: ProfileRecipe = ProfileRecipe()) -> TrainResult:
+    """The speaker-normalised branch of :func:`serq.worker.trainjob.run_training` (``speaker_normalisation``).
+
+    Metrics are ``enroll:<enrol_clips>`` figures by speaker-grouped k-fold; the model
+    is registered with ``normalisation="speaker"`` and its prior, and activation
+    moves the speaker pointer (never the plain model's ACTIVE).
+    """
+    from serq.models.card import model_card
+
+    from .trainjob import _decide
+
+    if request.protocol != "speaker":
+        raise DatasetError("a speaker-normalised model is evaluated by speaker only (protocol 'speaker')")
+    cv = lambda hp, progress=None: evaluate_profiles(  # noqa: E731
+        X, y, groups, hp, labels=labels, mode=f"enroll:{recipe.enrol_clips}", recipe=recipe, k=request.folds,
+        progress=progress, with_plain=False)["speaker_profiles"]
+    metrics = cv(request.hyperparameters, lambda done, total: report("cross-validating", done, total))
+    registry = Registry(settings.model_dir)
+    baseline = None
+    if request.activate == "if_better":
+        current = current_speaker_metadata(registry)
+        if current is not None and sorted(current.labels) == sorted(labels):
+            baseline = cv(current.hyperparameters)
+    report("fitting", 0, 1)
+    model, prior = fit_speaker_model(X, y, groups, request.hyperparameters, recipe)
+    report("fitting", 1, 1)
+    report("registering", 0, 1)
+    data = serialise(model)
+    digest = sha256_bytes(data)
+    meta = _metadata(new_version(digest), digest, labels, request.hyperparameters, prior, summary, metrics)
+    meta = registry.register(data, meta, model_card(meta, extra=CARD_NOTE))
+    activated, reason = _decide(request.activate, metrics, baseline)
+    if activated:
+        activate_speaker(registry, meta.version)
+    report("registering", 1, 1)
+    return TrainResult(job_id=request.job_id, ok=True, version=meta.version, activated=activated,
+                       activation_reason=reason + (" (speaker model)" if activated else ""), metrics=metrics,
+                       baseline=baseline, dataset=summary, duration_s=time.monotonic() - started)
+
+
+def _metadata(version, digest, labels, hp, prior, summary, metrics, notes="") -> ModelMetadata:
+    return ModelMetadata(
+        version=version, created=datetime.now(timezone.utc).replace(microsecond=0),
+        feature_version=FEATURE_VERSION, feature_names_sha256=feature_names_sha256(FEATURE_NAMES),
+        labels=labels, sha256=digest, hyperparameters=hp, normalisation="speaker", speaker_prior=prior,
+        training_data=summary, metrics=metrics, notes=notes,
+    )
+
+
+CARD_NOTE = """## Speaker profiles
+This model expects speaker-normalised input: `[x, z]`, the feature vector and its z-score by the
+speaker's profile (see docs/profiles.md). Requests without a profile of at least `min_clips`
+clips are answered by the plain model. Its figures are `enroll:N`: the N enrolment clips of each
+test speaker build the profile and are not scored."""
+
+
+def activate_speaker(registry: Registry, version: str) -> ModelMetadata:
+    """Serve ``version`` (a registered speaker-normalised model) on the profile path."""
+    model = registry.load(version)  # verified before it is pointed at
+    if model.meta.normalisation != "speaker" or model.meta.speaker_prior is None:
+        raise ModelError(f"model {version} is not speaker-normalised; activate it with `serq models activate`")
+    _atomic_write(registry.root / SPEAKER_POINTER, version.encode() + b"\n")
+    return model.meta
+
+
+def speaker_version(registry: Registry) -> str | None:
+    try:
+        return (registry.root / SPEAKER_POINTER).read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def current_speaker_metadata(registry: Registry) -> ModelMetadata | None:
+    version = speaker_version(registry)
+    if version:
+        return registry.metadata(version)
+    try:
+        from serq.models.registry import read_metadata
+
+        return read_metadata(DEFAULT_SPEAKER_DIR)
+    except ModelError:
+        return None
+
+
+_loaded: dict[tuple[str, str | None], LoadedModel | None] = {}
+
+
+def load_speaker_model(model_dir: str | Path) -> LoadedModel | None:
+    """The speaker model a worker serves: SPEAKER_ACTIVE's version, else the shipped one; ``None`` if unusable.
+
+    Unusable (e.g. the shipped model predates the running feature version) means
+    every request falls back to the plain model, with ``profile_status``
+    ``no_speaker_model``; it is logged once, never fatal. Cached per version.
+    """
+    registry = Registry(model_dir)
+    version = speaker_version(registry)
+    key = (str(model_dir), version)
+    if key not in _loaded:
+        try:
+            _loaded[key] = registry.load(version) if version else load_folder(DEFAULT_SPEAKER_DIR)
+        except ModelError as exc:
+            logger.warning("no speaker-normalised model (profiles fall back to the plain model): %s", exc)
+            _loaded[key] = None
+    return _loaded[key]
+
+
+def build_default_speaker(data: str | Path, out: str | Path | None = None, *, recipe: ProfileRecipe = ProfileRecipe(),
+                          folds: int = 5, progress: Callable[[str], Callable[[int, int], None]] | None = None
+                          ) -> tuple[ModelMetadata, dict[str, EvaluationReport]]:
+    """Rebuild ``serq/models/default_speaker`` from RAVDESS (every clip, default hyperparameters, fixed seeds).
+
+    Returns the metadata and the ``enroll:<enrol_clips>`` and ``online`` evaluations
+    (both also in the model card).
+    """
+    from serq.labels import EMOTIONS
+    from serq.models.card import metrics_table, model_card
+    from serq.settings import get_settings
+
+    from .datasets import scan
+    from .extraction import extract_clips
+
+    out = Path(out) if out else DEFAULT_SPEAKER_DIR
+    progress = progress or (lambda stage: None)
+    dataset = scan(data)
+    X, ok, _ = extract_clips(dataset.clips, get_settings().cache_dir, progress=progress("extracting"))
+    clips = [c for c, good in zip(dataset.clips, ok) if good]
+    y = np.array([c.label for c in clips])
+    groups = np.array([c.speaker for c in clips])
+    labels = [e for e in EMOTIONS if e in set(y)]
+    hp = Hyperparameters()
+    evaluations = evaluate_modes(X, y, groups, hp, labels=labels, modes=[f"enroll:{recipe.enrol_clips}", "online"],
+                                 recipe=recipe, k=folds, progress=progress("cross-validating"),
+                                 skipped=dict(dataset.skipped))
+    model, prior = fit_speaker_model(X, y, groups, hp, recipe)
+    data_bytes = serialise(model)
+    digest = sha256_bytes(data_bytes)
+    summary = dataset.summary() | {
+        "path": "RAVDESS speech (Zenodo record 1188976), 16 kHz FLAC",
+        "clips": len(clips), "speakers": len(set(groups)), "speaker_ids": sorted(set(groups.tolist())),
+    }
+    enrol = evaluations[f"enroll:{recipe.enrol_clips}"]
+    meta = _metadata(f"speaker-ravdess-{FEATURE_VERSION}-{digest[:8]}", digest, labels, hp, prior, summary,
+                     enrol["speaker_profiles"], notes="The speaker-normalised model shipped with serq.")
+    extra = [CARD_NOTE, "", "## Beside the plain model (same folds, same clips)"]
+    for mode, reports in evaluations.items():
+        for name in ("plain", "plain_same_clips", "speaker_profiles"):
+            extra += ["", f"### {mode}: {name}", "", metrics_table(reports[name])]
+    extra += ["", "## Rebuilding", "`serq profiles build-model --data ../shared/data/ravdess` rebuilds it "
+              "(same clips, same seeds)."]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / ARTIFACT).write_bytes(data_bytes)
+    (out / METADATA).write_text(meta.model_dump_json(indent=2) + "\n")
+    (out / CARD).write_text(model_card(meta, extra="\n".join(extra)))
+    _loaded.clear()
+    return meta, evaluations
