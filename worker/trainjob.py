@@ -107,6 +107,12 @@ def _run(request: TrainRequest, settings: Settings, report: Report, roots, n_job
         skipped["unreadable audio"] = len(errors)
     y = np.array([c.label for c in clips])
     groups = np.array([c.speaker for c in clips])
+    if request.speaker_normalisation:  # issue 8: a model that expects speaker profiles
+        from .speaker_training import train_speaker_model
+
+        summary = dataset.summary() | {"path": str(path), "clips": len(clips), "speakers": len(set(groups)),
+                                       "speaker_ids": sorted(set(groups.tolist()))}
+        return train_speaker_model(request, settings, report, X, y, groups, labels, summary, started)
 
     metrics = cross_validate(
         X, y, groups, request.hyperparameters, labels=labels, protocol=request.protocol, k=request.folds,
