@@ -388,3 +388,52 @@ def build_default_speaker(data: str | Path, out: str | Path | None = None, *, re
     (out / CARD).write_text(model_card(meta, extra="\n".join(extra)))
     _loaded.clear()
     return meta, evaluations
+
+
+def evaluate_dataset(model: LoadedModel, data: str, settings, mode: str, *, folds: int = 5,
+                     progress: str | None = None, recipe: ProfileRecipe = ProfileRecipe()) -> dict[str, EvaluationReport]:
+    """``serq evaluate --speaker-profiles MODE``: :func:`evaluate_profiles` on ``data`` with ``model``'s recipe.
+
+    Speaker-grouped ``folds``-fold on ``data`` (fresh models per fold, with the
+    hyperparameters and labels of ``model``), so no test speaker is ever heard in
+    training, whichever speakers ``model`` itself was fitted on.
+    """
+    from collections import Counter
+
+    from .datasets import scan
+    from .extraction import extract_clips
+    from .progress import progress_printer
+
+    try:
+        parse_mode(mode)
+    except ValueError as exc:
+        from serq.errors import InvalidRequest
+
+        raise InvalidRequest(str(exc)) from None
+    labels = list(model.meta.labels)
+    dataset = scan(data).restrict(tuple(labels))
+    skipped = Counter(dataset.skipped)
+    X, ok, errors = extract_clips(dataset.clips, settings.cache_dir, max_seconds=settings.max_seconds,
+                                  progress=progress_printer("extracting") if progress == "stderr" else None)
+    if errors:
+        skipped["unreadable audio"] += len(errors)
+    clips = [c for c, good in zip(dataset.clips, ok) if good]
+    y = np.array([c.label for c in clips])
+    groups = np.array([c.speaker for c in clips])
+    return evaluate_profiles(X, y, groups, model.meta.hyperparameters, labels=labels, mode=mode, recipe=recipe,
+                             k=folds, progress=progress_printer("cross-validating") if progress == "stderr" else None,
+                             skipped=dict(skipped))
+
+
+def format_profile_reports(reports: dict[str, EvaluationReport]) -> str:
+    """The three figures of :func:`evaluate_profiles` for people, the comparison first."""
+    from serq.output import format_report
+
+    spk, same = reports["speaker_profiles"], reports["plain_same_clips"]
+    head = [f"speaker profiles: {spk.speaker_profiles}",
+            f"  balanced accuracy  plain {same.balanced_accuracy:.3f} -> with profiles {spk.balanced_accuracy:.3f}"
+            f"  (same {spk.n} clips; plain on all {reports['plain'].n} clips: {reports['plain'].balanced_accuracy:.3f})",
+            f"  accuracy           plain {same.accuracy:.3f} -> with profiles {spk.accuracy:.3f}", ""]
+    parts = [f"== {name} ==\n" + format_report(reports[name].model_dump())
+             for name in ("plain", "plain_same_clips", "speaker_profiles")]
+    return "\n".join(head) + "\n\n".join(parts)

@@ -18,6 +18,10 @@ def register(sub) -> None:
     p.add_argument("--model", metavar="VERSION")
     p.add_argument("--include-seen-speakers", action="store_true",
                    help="also score clips of speakers the model was trained on (speaker-dependent)")
+    p.add_argument("--speaker-profiles", metavar="enroll:N|online",
+                   help="compare plain vs speaker-profile figures by speaker-grouped k-fold on --data "
+                        "(the model's recipe refitted per fold; see docs/profiles.md)")
+    p.add_argument("--folds", type=int, default=5, help="folds for --speaker-profiles (default 5)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
@@ -31,6 +35,16 @@ def run(args: argparse.Namespace) -> int:
     settings = get_settings()
     registry = Registry(settings.model_dir)
     model = registry.load(args.model) if args.model else registry.load_active()
+    if args.speaker_profiles:  # issue 8: logic in serq.worker.speaker_training
+        from serq.worker.speaker_training import evaluate_dataset, format_profile_reports
+
+        reports = evaluate_dataset(model, args.data, settings, args.speaker_profiles, folds=args.folds,
+                                   progress=None if args.json else "stderr")
+        if args.json:
+            print_json({k: v.model_dump(mode="json") for k, v in reports.items()})
+        else:
+            print(f"recipe of model {model.version}\n" + format_profile_reports(reports))
+        return 0
     report = evaluate_model(model, args.data, settings, include_seen_speakers=args.include_seen_speakers,
                             progress=None if args.json else "stderr")
     if args.json:

@@ -27,6 +27,8 @@ def register(sub) -> None:
     p.add_argument("--alpha", type=float, help="L2 penalty")
     p.add_argument("--max-iter", type=int)
     p.add_argument("--seed", type=int, help="random_state")
+    p.add_argument("--speaker-normalisation", action="store_true",
+                   help="train a model that expects speaker profiles (served on the profile path; docs/profiles.md)")
     p.add_argument("--wait", action="store_true", help="(broker) wait for the result, showing progress")
     p.add_argument("--timeout", type=float, default=3600.0, help="(broker) seconds to wait for the result")
     p.add_argument("--json", action="store_true")
@@ -59,6 +61,7 @@ def build_request(args: argparse.Namespace, default_data: str):
             protocol=args.protocol,
             folds=args.folds,
             activate=args.activate,
+            speaker_normalisation=args.speaker_normalisation,
         )
     except ValidationError as exc:
         raise request_error(exc) from None
