@@ -17,6 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .engine import ErrorReply, PredictionResult
+from .profiles import PROFILE_HEADER, EnrollHeaders, EnrollResult
 from .timeline import PCM_CONTENT_TYPE, TimelineChunkHeaders, TimelineChunkResult
 from .training import ModelActivated, TrainProgress, TrainRequest, TrainResult
 
@@ -34,6 +35,11 @@ class ClassifyHeaders(BaseModel):
     filename: str | None = Field(
         None, max_length=255, description="the clip's file name, echoed in the reply's `file`; informational only"
     )
+    profile: str | None = Field(
+        None, alias=PROFILE_HEADER, max_length=65_536,
+        description="the speaker's profile (JSON of SpeakerProfile, docs/profiles.md): with enough clips the "
+        "speaker-normalised model answers; the reply says which path was used",
+    )
 
 
 def type_name(model: type[BaseModel] | BaseModel) -> str:
@@ -44,7 +50,8 @@ def type_name(model: type[BaseModel] | BaseModel) -> str:
 
 #: Replies a caller can receive on its ``reply_to``, by AMQP ``type``.
 REPLY_MODELS: dict[str, type[BaseModel]] = {
-    type_name(m): m for m in (PredictionResult, ErrorReply, TrainProgress, TrainResult, TimelineChunkResult)
+    type_name(m): m for m in (PredictionResult, ErrorReply, TrainProgress, TrainResult, TimelineChunkResult,
+                              EnrollResult)
 }
 
 
@@ -143,15 +150,27 @@ TIMELINE_CHUNK_REQUEST = Message(
 )
 TIMELINE_RESULT = Message("TimelineChunkResult", "segments decided by a chunk, and the stream's next state",
                           TimelineChunkResult)
+ENROLL_REQUEST = Message(
+    "EnrollRequest",
+    "one clip of a speaker talking normally, to add to the speaker's profile (docs/profiles.md)",
+    None,
+    content_type="audio/*",
+    headers=EnrollHeaders,
+    description="Body: the bytes of an audio file, as for classify. Properties: `type` `enroll`, `reply_to`, "
+    "`correlation_id`. Headers: `x-serq-profile` (the profile to add to) or `x-serq-speaker` (an opaque key, "
+    "to start one; `x-serq-profile-updates` true if later classify requests may update it). Workers keep "
+    "nothing: the reply carries the profile.",
+)
+ENROLL_RESULT = Message("EnrollResult", "the speaker's profile with the clip added", EnrollResult)
 
 CHANNELS: tuple[Channel, ...] = (
     Channel("classify", "classify", "queue",
             "Classify requests. Durable quorum queue; a request delivered SERQ_DELIVERY_LIMIT times without an "
             "ack (it kills workers) is dead-lettered to `{prefix}.dead`.",
-            (CLASSIFY_REQUEST, TIMELINE_CHUNK_REQUEST), quorum=True),
+            (CLASSIFY_REQUEST, TIMELINE_CHUNK_REQUEST, ENROLL_REQUEST), quorum=True),
     Channel("classifyReply", None, "reply", "The caller's `reply_to` (e.g. direct reply-to `amq.rabbitmq.reply-to`): "
             "exactly one reply per request, same `correlation_id`, AMQP `type` naming the schema.",
-            (PREDICTION, ERROR, TIMELINE_RESULT)),
+            (PREDICTION, ERROR, TIMELINE_RESULT, ENROLL_RESULT)),
     Channel("results", "results", "topic",
             "Every reply again, for followers (`emotion.silent`: a clip without speech).",
             (PREDICTION, ERROR), routing_keys="emotion.<label> | emotion.silent | error.<code>"),
@@ -173,6 +192,9 @@ OPERATIONS: tuple[Operation, ...] = (
               reply_channel="classifyReply"),
     Operation("timelineChunk", "receive", "classify",
               "A worker continues a streamed timeline with one chunk and replies with the decided segments.",
+              reply_channel="classifyReply"),
+    Operation("enroll", "receive", "classify",
+              "A worker adds a clip's feature statistics to the speaker profile the request carries.",
               reply_channel="classifyReply"),
     Operation("publishResult", "send", "results", "A worker publishes every reply to the results exchange."),
     Operation("train", "receive", "train", "A trainer runs a training job, reporting progress to `reply_to`.",

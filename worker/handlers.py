@@ -112,12 +112,14 @@ def request_headers(ctx: Context) -> ClassifyHeaders:
 def classify_handler(body: bytes, props: "pika.BasicProperties", ctx: Context) -> Reply:
     """``classify``: the audio bytes -> :class:`PredictionResult` (same path as ``serq predict``)."""
     from .inference import classify
+    from .profile_handler import profile_args  # issue 8: the x-serq-profile header
 
     require_audio(props)
     headers = request_headers(ctx)
-    result = classify(body, ctx.model, ctx.settings, file=headers.filename)
+    result = classify(body, ctx.model, ctx.settings, file=headers.filename, **profile_args(ctx))
     return Reply.of(result.model_copy(update={"request_id": ctx.request_id, "worker": ctx.worker}))
 
 
 register(CLASSIFY, classify_handler)
 register("timeline.chunk", "serq.worker.timeline_handler:handle_chunk")  # issue 9: streamed timelines
+register("enroll", "serq.worker.profile_handler:handle_enroll")  # issue 8: speaker profiles
