@@ -21,6 +21,7 @@ import os
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -29,19 +30,22 @@ REPO = Path(__file__).resolve().parents[1]
 RATE = 16_000
 
 
-def one_core() -> str:
-    """Pin this process to one CPU and one BLAS/OpenMP thread; say which."""
-    try:
-        from threadpoolctl import threadpool_limits
+@contextmanager
+def one_core():
+    """Pin this process to one CPU and one BLAS/OpenMP thread while inside; yields which CPU."""
+    from threadpoolctl import threadpool_limits
 
-        threadpool_limits(1)
-    except ImportError:  # pragma: no cover - scikit-learn brings it
-        pass
-    if hasattr(os, "sched_setaffinity"):
-        cpu = min(os.sched_getaffinity(0))
+    before = os.sched_getaffinity(0) if hasattr(os, "sched_setaffinity") else None
+    with threadpool_limits(1):
+        if before is None:
+            yield "unpinned"
+            return
+        cpu = min(before)
         os.sched_setaffinity(0, {cpu})
-        return f"cpu {cpu}"
-    return "unpinned"
+        try:
+            yield f"cpu {cpu}"
+        finally:
+            os.sched_setaffinity(0, before)  # other benchmarks in this process get every core back
 
 
 def clips(root: Path, n: int = 24) -> list[np.ndarray]:
@@ -110,7 +114,21 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv if argv is not None else [])
-    where = one_core()
+    with one_core() as where:
+        results = run(args.minutes, where)
+    if args.json:
+        print(json.dumps(results))
+    else:
+        print(f"timeline of a {args.minutes:g}-minute recording, one core ({where}), model {results['model']}")
+        for name in ("call", "dense"):
+            r = results[name]
+            print(f"  {name:<6} {r['audio_s']:>6.0f} s audio ({r['speech_s']:.0f} s speech, {r['segments']} segments, "
+                  f"{r['windows']} windows): {r['wall_s']:.1f} s = {r['x_realtime']:.0f}x real time; "
+                  f"{r['ms_per_window']:.0f} ms/window; read+VAD alone {r['read_and_vad_x_realtime']:.0f}x")
+    return results
+
+
+def run(minutes: float, where: str) -> dict:
     from serq.models.registry import load_default
     from serq.settings import Settings
     from serq.worker.timeline import window_probabilities
@@ -124,17 +142,8 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="serq-bench-") as tmp:
         for name, pauses in (("call", (1.0, 2.5)), ("dense", (0.3, 0.3))):
             path = Path(tmp) / f"{name}.wav"
-            write_recording(path, pieces, args.minutes * 60, pauses, seed=1)
+            write_recording(path, pieces, minutes * 60, pauses, seed=1)
             results[name] = measure(path, model)
-    if args.json:
-        print(json.dumps(results))
-    else:
-        print(f"timeline of a {args.minutes:g}-minute recording, one core ({where}), model {results['model']}")
-        for name in ("call", "dense"):
-            r = results[name]
-            print(f"  {name:<6} {r['audio_s']:>6.0f} s audio ({r['speech_s']:.0f} s speech, {r['segments']} segments, "
-                  f"{r['windows']} windows): {r['wall_s']:.1f} s = {r['x_realtime']:.0f}x real time; "
-                  f"{r['ms_per_window']:.0f} ms/window; read+VAD alone {r['read_and_vad_x_realtime']:.0f}x")
     return results
 
 

@@ -218,23 +218,43 @@ class TimelineProcessor:
 
     # --- voice activity ---------------------------------------------------------------------
 
+    def _noise_floor(self, levels: np.ndarray, first_frame: int) -> np.ndarray:
+        """The noise floor at each frame (dBFS), updating the floor's memory in the state.
+
+        The floor at frame ``f`` is the minimum over the last :data:`NOISE_BUCKETS`
+        complete buckets and the frames of ``f``'s own bucket up to ``f``. Buckets
+        are counted from the recording's start, so chunking never changes it.
+        """
+        v = self.state.vad
+        floor = np.empty(len(levels))
+        current = v.noise_db if v.noise_db is not None else np.inf
+        k = 0
+        while k < len(levels):
+            f = first_frame + k
+            if f % NOISE_BUCKET == 0 and current < np.inf:  # a bucket is complete: remember its minimum
+                v.noise_buckets = (v.noise_buckets + [float(current)])[-NOISE_BUCKETS:]
+                current = np.inf
+            end = min(len(levels), k + NOISE_BUCKET - f % NOISE_BUCKET)
+            running = np.minimum.accumulate(np.minimum(levels[k:end], current))
+            floor[k:end] = np.minimum(running, min(v.noise_buckets, default=np.inf))
+            current = float(running[-1])
+            k = end
+        v.noise_db = current if current < np.inf else None
+        return np.maximum(floor, NOISE_MIN_DBFS)
+
     def _vad(self, levels: np.ndarray, first_frame: int) -> None:
         """Run the detector over frame levels (dBFS) starting at absolute frame ``first_frame``."""
         v = self.state.vad
-        past = min(v.noise_buckets, default=np.inf)
-        current = v.noise_db if v.noise_db is not None else np.inf
-        for k, e in enumerate(levels.tolist()):
+        floor = self._noise_floor(levels, first_frame)
+        above_off = (levels > np.maximum(floor + OFF_MARGIN_DB, ABS_OFF_DBFS)).tolist()
+        above_on = (levels > np.maximum(floor + ON_MARGIN_DB, ABS_ON_DBFS)).tolist()
+        for k, active in enumerate(above_off):
             f = first_frame + k
-            if f % NOISE_BUCKET == 0 and current < np.inf:  # a bucket is complete: remember its minimum
-                v.noise_buckets = (v.noise_buckets + [current])[-NOISE_BUCKETS:]
-                past, current = min(v.noise_buckets), np.inf
-            current = min(current, e)
-            noise = max(min(past, current), NOISE_MIN_DBFS)
-            if e > max(noise + OFF_MARGIN_DB, ABS_OFF_DBFS):
+            if active:
                 if v.seg_start is None:
                     if v.run_start is None:
                         v.run_start = f
-                    if e > max(noise + ON_MARGIN_DB, ABS_ON_DBFS):
+                    if above_on[k]:
                         self._open(max(v.run_start, f - BACKDATE_FRAMES))
                         v.last_active = f + 1
                         self._windows()
@@ -246,7 +266,6 @@ class TimelineProcessor:
                 v.run_start = None
                 if v.seg_start is not None and f + 1 - v.last_active > self.pause:
                     self._close(v.last_active)
-        v.noise_db = float(current) if current < np.inf else None
 
     def _open(self, frame: int) -> None:
         s = self.state
