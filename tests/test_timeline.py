@@ -334,6 +334,8 @@ def test_handler_streams_and_checks_the_state(model):
     bad[-1] = np.nan
     assert refused(bad) == "bad_audio"
     assert refused(rest, ct="audio/wav") == "invalid_request"
+    assert refused(rest, ct="audio/x-raw;format=S16LE;rate=16000") == "invalid_request"
+    assert call(model, rest, headers, "application/octet-stream").segments == last.segments
     assert refused(np.concatenate([rest, np.zeros(20 * RATE, np.float32)])) == "too_long"
 
 

@@ -35,14 +35,17 @@ if TYPE_CHECKING:
 
 
 def require_pcm(content_type: str | None) -> None:
-    """Accept only ``audio/x-raw`` with ``format=F32LE``, ``rate=16000``, ``channels=1`` (order and case free)."""
+    """Accept ``audio/x-raw`` with ``format=F32LE``, ``rate=16000``, ``channels=1`` (order and case free),
+    or ``application/octet-stream`` (the body is the same raw PCM either way)."""
     kind, *params = [part.strip().lower() for part in (content_type or "").split(";")]
+    if kind == "application/octet-stream":
+        return
     fields = dict(p.split("=", 1) for p in params if "=" in p)
     if kind != "audio/x-raw" or fields.get("format") != "f32le" or fields.get("rate") != str(RATE) \
             or fields.get("channels", "1") != "1":
         raise InvalidRequest(
             f"content_type {content_type!r}: a timeline chunk is raw PCM, "
-            f"'audio/x-raw;format=F32LE;rate={RATE};channels=1'"
+            f"'audio/x-raw;format=F32LE;rate={RATE};channels=1' (or application/octet-stream)"
         )
 
 
