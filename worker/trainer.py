@@ -147,6 +147,7 @@ class Trainer:
         self._channel = None
         self._consumer_tag: str | None = None
         self._thread: threading.Thread | None = None
+        self._in_flight: _Job | None = None  # delivered, not yet answered and acked
         self._stopping = False
         self._results: OrderedDict[str, tuple[TrainResult, ModelActivated | None]] = OrderedDict()
 
@@ -197,7 +198,9 @@ class Trainer:
         channel.basic_qos(prefetch_count=1)
         self._consumer_tag = channel.basic_consume(queue, self._on_message)
         log(logger, "consuming", queue=queue, url=self.settings.redacted_amqp_url)
-        channel.start_consuming()
+        channel.start_consuming()  # returns once the consumer is cancelled (stop())
+        while self._in_flight is not None and channel.is_open:  # draining: answer the running job
+            conn.process_data_events(time_limit=1)
 
     def _drain(self) -> None:
         """On the I/O thread: cancel the consumer; stop at once if idle, else after the running job."""
@@ -207,7 +210,7 @@ class Trainer:
         if self._consumer_tag is not None:
             channel.basic_cancel(self._consumer_tag)
             self._consumer_tag = None
-        if not self._busy():
+        if self._in_flight is None:
             channel.stop_consuming()
 
     def _busy(self) -> bool:
@@ -219,6 +222,7 @@ class Trainer:
 
     def _close(self) -> None:
         conn, self._conn, self._channel, self._consumer_tag = self._conn, None, None, None
+        self._in_flight = None  # its delivery died with the connection; the broker redelivers it
         if conn is not None and conn.is_open:
             try:
                 conn.close()
@@ -237,7 +241,8 @@ class Trainer:
             job = _Job(None, channel, method.delivery_tag, props.reply_to, props.correlation_id or job_id)
             self._complete(job, failure(job_id, exc, time.monotonic() - started), None)
             return
-        job = _Job(request, channel, method.delivery_tag, props.reply_to, props.correlation_id or request.job_id)
+        job = self._in_flight = _Job(request, channel, method.delivery_tag, props.reply_to,
+                                     props.correlation_id or request.job_id)
         if method.redelivered and request.job_id in self._results:
             log(logger, "job_redelivered", job_id=request.job_id)
             self._complete(job, *self._results[request.job_id])
@@ -275,6 +280,8 @@ class Trainer:
         self._publish(channel, self.settings.name("events"), f"train.{result.job_id}.{'done' if result.ok else 'failed'}",
                       result, correlation_id=job.correlation_id, persistent=True)
         channel.basic_ack(job.delivery_tag)
+        if self._in_flight is job:
+            self._in_flight = None
         log(logger, "job_answered", job_id=result.job_id, ok=result.ok, version=result.version,
             activated=result.activated, code=result.error.code if result.error else None,
             seconds=round(result.duration_s, 1))

@@ -40,14 +40,14 @@ def resolve_dataset(dataset: str, roots: list[Path] | None) -> Path:
         if not roots:
             raise DatasetError("no data roots configured: set SERQ_DATA_ROOTS to the directories training may read")
         candidates = [path] if path.is_absolute() else [root / path for root in roots]
-        inside = False
+        escapes = False
         for candidate in candidates:  # a relative name may live under any of the roots
             real = candidate.resolve()
-            if _inside(real, roots):
-                if real.exists():
-                    return real
-                inside = True
-        if inside:
+            if not _inside(real, roots):
+                escapes = True
+            elif real.exists():
+                return real
+        if not escapes:
             raise DatasetError(f"dataset not found: {dataset}")
         raise DatasetError(f"dataset {dataset!r} is outside the data roots ({':'.join(map(str, roots))})")
     if not path.exists():

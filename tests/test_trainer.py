@@ -1,0 +1,436 @@
+"""The trainer service: typed failures, progress events, results, activation events, `serq train` remote.
+
+Unit tests cover request parsing, throttling and dataset confinement. The rest run
+the real `serq trainer` as a subprocess against the real broker on a small RAVDESS
+subset (a directory of symlinks under a temp data root); the models are small
+because what is tested is the plumbing, not the accuracy.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pika
+import pytest
+
+from serq.errors import DatasetError, SerqError
+from serq.schemas import ModelActivated, TrainProgress, TrainRequest, TrainResult
+from serq.settings import Settings
+from serq.worker.trainer import ProgressThrottle, job_id_of, parse_request
+from serq.worker.trainjob import confine, resolve_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = ["scanning", "extracting", "cross-validating", "fitting", "registering"]
+#: A quick recipe: the tests check plumbing, not accuracy.
+QUICK = {"hidden_layers": [32], "max_iter": 30}
+
+
+# --------------------------------------------------------------------------- unit
+
+
+@pytest.mark.parametrize("body, code", [
+    (b"not json", "invalid_request"),
+    (b"\xff\xfe", "invalid_request"),
+    (b"[1, 2]", "invalid_request"),
+    (b"{}", "invalid_request"),  # no dataset
+    (json.dumps({"dataset": "d", "colour": "red"}).encode(), "invalid_request"),
+    (json.dumps({"dataset": "d", "folds": 1}).encode(), "invalid_request"),
+    (json.dumps({"dataset": "d", "activate": "sometimes"}).encode(), "invalid_request"),
+    (json.dumps({"dataset": "d", "emotions": ["angry", "joy"]}).encode(), "unknown_emotion"),
+    (json.dumps({"dataset": "d", "emotions": ["angry"]}).encode(), "invalid_request"),  # one class
+    (json.dumps({"dataset": "d", "hyperparameters": {"alpha": -1}}).encode(), "bad_hyperparameter"),
+    (json.dumps({"dataset": "d", "hyperparameters": {"max_iter": 3}}).encode(), "bad_hyperparameter"),
+    (json.dumps({"dataset": "d", "hyperparameters": {"hidden_layers": [1]}}).encode(), "bad_hyperparameter"),
+    (json.dumps({"dataset": "d", "hyperparameters": {"hidden_layers": []}}).encode(), "bad_hyperparameter"),
+    (json.dumps({"dataset": "d", "hyperparameters": {"dropout": 0.5}}).encode(), "bad_hyperparameter"),
+])
+def test_invalid_requests_get_typed_codes(body, code):
+    with pytest.raises(SerqError) as err:
+        parse_request(body)
+    assert err.value.code == code
+    assert str(err.value)
+
+
+def test_a_valid_request_parses_with_defaults():
+    request = parse_request(json.dumps({"dataset": "ravdess", "emotions": ["sad", "angry"], "job_id": "j-1"}).encode())
+    assert request.job_id == "j-1"
+    assert request.emotions == ["sad", "angry"]
+    assert request.protocol == "speaker" and request.folds == 5
+    assert request.hyperparameters.hidden_layers == [256]
+
+
+def test_a_failure_is_reported_under_the_best_job_id_available():
+    props = pika.BasicProperties(correlation_id="corr-1")
+    assert job_id_of(json.dumps({"job_id": "mine", "folds": 0}).encode(), props) == "mine"
+    assert job_id_of(b"not json", props) == "corr-1"
+    assert job_id_of(json.dumps({"job_id": "../../x"}).encode(), props) == "corr-1"
+    assert job_id_of(b"[]", pika.BasicProperties()) == "invalid"
+
+
+def test_progress_is_throttled_but_every_stage_and_its_end_go_out():
+    sent: list[TrainProgress] = []
+    report = ProgressThrottle("j", sent.append, interval=3600)
+    report("scanning", 0, 1)
+    report("scanning", 1, 1)
+    for done in range(0, 101):
+        report("extracting", done, 100)
+    report("fitting", 0, 1)
+    report("fitting", 1, 1)
+    assert [(e.stage, e.done) for e in sent] == [
+        ("scanning", 0), ("scanning", 1), ("extracting", 0), ("extracting", 100), ("fitting", 0), ("fitting", 1)]
+    assert all(e.job_id == "j" and e.total for e in sent)
+
+    sent.clear()
+    report = ProgressThrottle("j", sent.append, interval=0.0)
+    for done in range(1, 11):
+        report("extracting", done, 10)
+        time.sleep(0.02)
+    assert len(sent) == 10
+    assert any(e.eta_s is not None and e.eta_s > 0 for e in sent[:-1]) and sent[-1].eta_s == 0
+
+
+@pytest.fixture
+def roots_layout(tmp_path):
+    """root/ (the data root) with a good dataset, an escaping symlink and an escaping manifest; outside/ next to it."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "good").mkdir(parents=True)
+    outside.mkdir()
+    clip = "03-01-05-01-01-01-01.wav"
+    (outside / clip).write_bytes(b"RIFF")
+    (root / "good" / clip).write_bytes(b"RIFF")
+    (root / "escape").symlink_to(outside, target_is_directory=True)
+    (root / "linked").mkdir()
+    (root / "linked" / clip).symlink_to(outside / clip)
+    (root / "manifest.csv").write_text(f"path,label,speaker\n../outside/{clip},angry,01\n")
+    return root, outside
+
+
+def test_datasets_are_confined_to_the_data_roots(roots_layout):
+    from serq.worker.datasets import scan
+
+    root, outside = roots_layout
+    roots = [root.resolve()]
+    assert resolve_dataset("good", roots) == (root / "good").resolve()
+    assert resolve_dataset(str(root / "good"), roots) == (root / "good").resolve()
+    for bad, words in [("../outside", "outside the data roots"), (str(outside), "outside the data roots"),
+                       ("escape", "outside the data roots"), ("/etc", "outside the data roots"),
+                       ("missing", "not found")]:
+        with pytest.raises(DatasetError, match=words):
+            resolve_dataset(bad, roots)
+    with pytest.raises(DatasetError, match="no data roots"):
+        resolve_dataset("good", [])
+    # Inside a root, but its clips reach out: a manifest entry or a symlinked file.
+    for name in ("manifest.csv", "linked"):
+        with pytest.raises(DatasetError, match="outside the data roots"):
+            confine(scan(resolve_dataset(name, roots)).clips, roots)
+    confine(scan(resolve_dataset("good", roots)).clips, roots)
+    confine(scan(resolve_dataset("linked", roots)).clips, roots + [outside.resolve()])  # a second root allows it
+
+
+def test_a_relative_dataset_is_looked_up_under_every_root(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    (b / "set").mkdir(parents=True)
+    assert resolve_dataset("set", [a, b]) == (b / "set").resolve()
+
+
+def test_the_cli_types_bad_requests_before_sending(capsys):
+    from serq.cli import main
+
+    assert main(["train", "--emotions", "angry,joy", "--data", "x"]) == 2
+    assert "[unknown_emotion]" in capsys.readouterr().err
+    assert main(["train", "--max-iter", "2", "--data", "x"]) == 2
+    assert "[bad_hyperparameter]" in capsys.readouterr().err
+    assert main(["train", "--hidden", "64,x", "--data", "x"]) == 2
+    assert "[bad_hyperparameter]" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- with the broker
+
+
+def make_subset(root: Path, ravdess: Path, actors: list[int], name: str) -> str:
+    """``root/name/Actor_XX/*.flac`` as symlinks into the corpus (a second data root); returns ``name``."""
+    for actor in actors:
+        folder = root / name / f"Actor_{actor:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for clip in (ravdess / f"Actor_{actor:02d}").glob("*.flac"):
+            (folder / clip.name).symlink_to(clip)
+    return name
+
+
+@pytest.fixture(scope="session")
+def feature_cache(tmp_path_factory) -> Path:
+    """One feature cache for this module's jobs, as a deployment shares one between jobs."""
+    return tmp_path_factory.mktemp("features")
+
+
+@pytest.fixture
+def data_root(tmp_path, ravdess_dir) -> Path:
+    root = tmp_path / "data"
+    make_subset(root, ravdess_dir, [1, 2, 3, 4], "four")
+    return root
+
+
+@pytest.fixture
+def trainer_env(data_root, ravdess_dir, feature_cache) -> dict:
+    return {"SERQ_DATA_ROOTS": f"{data_root}:{ravdess_dir}", "SERQ_CACHE_DIR": str(feature_cache)}
+
+
+class Tap:
+    """Sends jobs and collects what comes back: the reply queue, ``<p>.events`` and ``<p>.models``."""
+
+    def __init__(self, amqp_url: str, prefix: str):
+        from serq.client.topology import declare_models, declare_train
+
+        self.settings = Settings(amqp_url=amqp_url, prefix=prefix)
+        self.conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+        self.ch = self.conn.channel()
+        self.ch.confirm_delivery()
+        self.queue = declare_train(self.ch, self.settings)
+        self.got: dict[str, list[tuple[str, pika.BasicProperties, bytes]]] = {"reply": [], "events": [], "models": []}
+        self.reply_to = self._tap("reply", None, None)
+        self._tap("events", self.settings.name("events"), "train.#")
+        self._tap("models", declare_models(self.ch, self.settings), "")
+
+    def _tap(self, kind: str, exchange: str | None, key: str | None) -> str:
+        queue = self.ch.queue_declare("", exclusive=True).method.queue
+        if exchange:
+            self.ch.queue_bind(queue, exchange, routing_key=key)
+        self.ch.basic_consume(queue, lambda ch, m, p, b: self.got[kind].append((m.routing_key, p, b)), auto_ack=True)
+        return queue
+
+    def send(self, body: dict | bytes, correlation_id: str | None = None) -> str:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        cid = correlation_id or (body.get("job_id") if isinstance(body, dict) else None) or os.urandom(6).hex()
+        self.ch.basic_publish("", self.queue, data, pika.BasicProperties(
+            reply_to=self.reply_to, correlation_id=cid, content_type="application/json"))
+        return cid
+
+    def result(self, correlation_id: str, timeout: float = 300) -> TrainResult:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for _, props, body in self.got["reply"]:
+                if props.correlation_id == correlation_id and props.type == "serq.TrainResult":
+                    return TrainResult.model_validate_json(body)
+            self.conn.process_data_events(time_limit=0.5)
+        pytest.fail(f"no TrainResult for {correlation_id} within {timeout} s")
+
+    def pump(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.conn.process_data_events(time_limit=0.2)
+
+    def progress(self, correlation_id: str, kind: str = "reply") -> list[TrainProgress]:
+        return [TrainProgress.model_validate_json(b) for _, p, b in self.got[kind]
+                if p.correlation_id == correlation_id and p.type == "serq.TrainProgress"]
+
+    def close(self) -> None:
+        if self.conn.is_open:
+            self.conn.close()
+
+
+@pytest.fixture
+def tap(amqp_url, prefix):
+    t = Tap(amqp_url, prefix)
+    yield t
+    t.close()
+
+
+def job(job_id: str, dataset: str = "four", **fields) -> dict:
+    return {"job_id": job_id, "dataset": dataset, "folds": 2, "hyperparameters": QUICK, "activate": "never"} | fields
+
+
+def registry_state(models: Path) -> tuple[list[str], str | None]:
+    versions = sorted(p.name for p in (models / "versions").glob("*")) if (models / "versions").is_dir() else []
+    active = (models / "ACTIVE").read_text().strip() if (models / "ACTIVE").exists() else None
+    return versions, active
+
+
+@pytest.mark.broker
+@pytest.mark.corpus
+def test_bad_training_requests_get_typed_failures_and_touch_nothing(tap, start_trainer, trainer_env, data_root,
+                                                                      ravdess_dir, tmp_path):
+    outside = tmp_path / "outside"  # not a data root
+    (outside / "clips").mkdir(parents=True)
+    clip = "03-01-05-01-01-01-05.flac"
+    (outside / "clips" / clip).write_bytes((ravdess_dir / "Actor_05" / clip).read_bytes())
+    (data_root / "escape").symlink_to(outside / "clips", target_is_directory=True)
+    (data_root / "manifest.csv").write_text(f"path,label,speaker\n../outside/clips/{clip},angry,05\n")
+    start_trainer(env=trainer_env)
+    cases = {
+        "not-json": (b"{oops", "invalid_request", "JSON"),
+        "unknown-emotion": (job("unknown-emotion", emotions=["angry", "joy"]), "unknown_emotion", "joy"),
+        "bad-hp": (job("bad-hp", hyperparameters={"alpha": 0}), "bad_hyperparameter", "alpha"),
+        "dotdot": (job("dotdot", dataset="../outside/clips"), "dataset_error", "outside the data roots"),
+        "absolute": (job("absolute", dataset=str(outside / "clips")), "dataset_error", "outside the data roots"),
+        "symlink": (job("symlink", dataset="escape"), "dataset_error", "outside the data roots"),
+        "manifest": (job("manifest", dataset="manifest.csv"), "dataset_error", "outside the data roots"),
+        "missing": (job("missing", dataset="nothing-here"), "dataset_error", "not found"),
+        "no-clips": (job("no-clips", speakers=["24"]), "dataset_error", "no clips"),
+        "few-speakers": (job("few-speakers", folds=5), "dataset_error", "at least 5 speakers"),
+    }
+    for cid, (body, _, _) in cases.items():
+        tap.send(body, correlation_id=cid)
+    for cid, (_, code, words) in cases.items():
+        result = tap.result(cid, timeout=120)
+        assert not result.ok and result.error.code == code, (cid, result)
+        assert words in result.error.message, (cid, result.error.message)
+        assert result.version is None and not result.activated
+    tap.pump(0.5)
+    failed = {key for key, props, _ in tap.got["events"] if props.type == "serq.TrainResult"}
+    assert {f"train.{cid}.failed" for cid in cases if cid != "not-json"} <= failed
+    assert not tap.got["models"]
+    assert registry_state(tmp_path / "models") == ([], None)
+
+
+@pytest.mark.broker
+@pytest.mark.corpus
+@pytest.mark.slow
+def test_a_job_reports_progress_registers_activates_and_announces(tap, start_trainer, trainer_env, tmp_path):
+    from serq.models.registry import Registry, sha256_bytes
+
+    start_trainer(env=trainer_env)
+    cid = tap.send(job("first", activate="always"))
+    result = tap.result(cid)
+    assert result.ok and result.activated and result.version, result
+    assert result.metrics.protocol == "speaker-grouped 2-fold" and result.metrics.speaker_independent
+    assert result.dataset["clips"] == 240 and result.dataset["speakers"] == 4
+
+    progress = tap.progress(cid)
+    assert [s for s in STAGES if s in {e.stage for e in progress}] == STAGES
+    order = [STAGES.index(e.stage) for e in progress]
+    assert order == sorted(order), "stages arrive in order"
+    assert all(e.job_id == "first" and 0 <= e.done <= e.total for e in progress)
+    assert any(e.stage == "extracting" and e.done == e.total == 240 for e in progress)
+    tap.pump(0.5)
+    keys = [key for key, props, _ in tap.got["events"] if props.correlation_id == cid]
+    assert {f"train.first.{s}" for s in STAGES} | {"train.first.done"} <= set(keys)
+    assert keys[-1] == "train.first.done"
+
+    registry = Registry(tmp_path / "models")
+    assert registry.active_version() == result.version
+    [(_, props, body)] = tap.got["models"]
+    assert props.type == "serq.ModelActivated"
+    event = ModelActivated.model_validate_json(body)
+    data = base64.b64decode(event.artifact_b64)
+    assert event.version == result.version and event.reason == "trained"
+    assert event.sha256 == sha256_bytes(data) == registry.metadata(result.version).sha256
+    assert data == registry.artifact_bytes(result.version)
+
+    # The same data again: every feature vector comes from the shared cache.
+    cid = tap.send(job("second"))
+    second = tap.result(cid)
+    assert second.ok and not second.activated and registry.active_version() == result.version
+    extracting = [e for e in tap.progress(cid) if e.stage == "extracting"]
+    assert extracting[0].done == extracting[0].total == 240
+    assert len(tap.got["models"]) == 1, "no activation, no announcement"
+
+
+@pytest.mark.broker
+@pytest.mark.corpus
+@pytest.mark.slow
+def test_if_better_keeps_the_active_model_against_a_worse_recipe(amqp_url, prefix, start_trainer, trainer_env,
+                                                                  tmp_path, tap):
+    from serq.models.registry import Registry
+
+    start_trainer(env=trainer_env)
+    env = os.environ | {"SERQ_AMQP_URL": amqp_url, "SERQ_PREFIX": prefix, "SERQ_MODEL_DIR": str(tmp_path / "models")}
+    decent = subprocess.run([sys.executable, "-m", "serq", "train", "--data", "four", "--folds", "2", "--hidden", "64",
+                             "--max-iter", "80", "--activate", "always", "--wait"],
+                            env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert decent.returncode == 0, decent.stderr
+    assert "activated: True" in decent.stdout and "balanced accuracy" in decent.stdout
+    assert "surprised" in decent.stdout.splitlines()[-1] or "skipped" in decent.stdout.splitlines()[-1]
+    assert "fitting" in decent.stderr  # the progress bars
+    registry = Registry(tmp_path / "models")
+    active = registry.active_version()
+    assert active and registry.active_metadata().hyperparameters.hidden_layers == [64]
+
+    worse = subprocess.run([sys.executable, "-m", "serq", "train", "--data", "four", "--folds", "2", "--hidden", "2",
+                            "--max-iter", "10", "--activate", "if_better", "--wait", "--json"],
+                           env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert worse.returncode == 0, worse.stderr
+    result = TrainResult.model_validate_json(worse.stdout)
+    assert result.ok and result.version and result.version != active
+    assert not result.activated and "not activated" in result.activation_reason
+    assert result.baseline is not None and result.baseline.n == result.metrics.n
+    assert result.baseline.balanced_accuracy >= result.metrics.balanced_accuracy
+    assert registry.active_version() == active
+    tap.pump(0.5)
+    assert [ModelActivated.model_validate_json(b).version for _, _, b in tap.got["models"]] == [active]
+
+
+@pytest.mark.broker
+def test_wait_without_a_trainer_says_so(amqp_url, prefix):
+    env = os.environ | {"SERQ_AMQP_URL": amqp_url, "SERQ_PREFIX": prefix}
+    out = subprocess.run([sys.executable, "-m", "serq", "train", "--data", "four", "--wait"],
+                         env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert out.returncode == 2
+    assert "[no_trainer]" in out.stderr and "serq trainer" in out.stderr
+    # Without --wait the job is queued (durably) for a trainer that starts later.
+    out = subprocess.run([sys.executable, "-m", "serq", "train", "--data", "four", "--json"],
+                         env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    sent = json.loads(out.stdout)
+    assert sent["trainers"] == 0 and sent["queue"] == f"{prefix}.train"
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        method, props, body = conn.channel().basic_get(f"{prefix}.train", auto_ack=True)
+        assert TrainRequest.model_validate_json(body).job_id == sent["job_id"] == props.correlation_id
+    finally:
+        conn.close()
+
+
+@pytest.mark.broker
+def test_serq_train_reports_an_unreachable_broker():
+    env = os.environ | {"SERQ_AMQP_URL": "amqp://guest:guest@127.0.0.1:1/%2F"}
+    out = subprocess.run([sys.executable, "-m", "serq", "train", "--data", "x", "--wait"],
+                         env=env, capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert out.returncode == 2 and "[no_broker]" in out.stderr and "SERQ_AMQP_URL" in out.stderr
+    assert "guest:guest" not in out.stderr
+
+
+@pytest.mark.broker
+@pytest.mark.corpus
+def test_sigterm_lets_the_running_job_finish_and_answer(tap, start_trainer, trainer_env):
+    proc = start_trainer(env=trainer_env)
+    cid = tap.send(job("drain", hyperparameters={"hidden_layers": [64], "max_iter": 200}))
+    deadline = time.monotonic() + 120
+    while not any(e.stage == "cross-validating" for e in tap.progress(cid)):
+        assert time.monotonic() < deadline, "the job never reached cross-validation"
+        tap.pump(0.2)
+    proc.send_signal(signal.SIGTERM)
+    result = tap.result(cid)
+    assert result.ok and result.job_id == "drain"
+    assert proc.wait(60) == 0
+    assert tap.ch.queue_declare(tap.queue, passive=True).method.message_count == 0, "acked, not requeued"
+
+
+@pytest.mark.broker
+@pytest.mark.corpus
+def test_wait_notices_when_the_trainer_goes_away(amqp_url, prefix, start_trainer, trainer_env, tap):
+    proc = start_trainer(env=trainer_env)
+    env = os.environ | {"SERQ_AMQP_URL": amqp_url, "SERQ_PREFIX": prefix}
+    client = subprocess.Popen([sys.executable, "-m", "serq", "train", "--data", "four", "--folds", "2", "--hidden",
+                               "256", "--max-iter", "2000", "--wait"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 120
+        while "job_started" not in proc.log_path.read_text():
+            assert time.monotonic() < deadline and client.poll() is None, "the job never started"
+            time.sleep(0.2)
+        proc.kill()  # not a graceful stop: the job is lost mid-way
+        out, err = client.communicate(timeout=90)
+    finally:
+        if client.poll() is None:
+            client.kill()
+    assert client.returncode == 2
+    assert "[no_trainer]" in err and "went away" in err and "stays queued" in err
+    assert tap.ch.queue_declare(tap.queue, passive=True).method.message_count == 1, "the job went back to the queue"
