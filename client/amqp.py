@@ -57,6 +57,15 @@ def connect(settings: "Settings", name: str) -> pika.BlockingConnection:
         ) from None
 
 
+def close_quietly(conn: pika.BlockingConnection | None) -> None:
+    """Close ``conn`` if it is open; a connection that is already dying is not an error here."""
+    if conn is not None and conn.is_open:
+        try:
+            conn.close()
+        except CONNECTION_ERRORS:
+            pass
+
+
 class Backoff:
     """Exponential backoff with full jitter: 0.25 s, 0.5 s, 1 s ... capped at ``cap`` seconds."""
 

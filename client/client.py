@@ -30,7 +30,7 @@ from serq.schemas import ErrorReply, PredictionResult
 from serq.schemas.contract import parse_reply
 from serq.settings import Settings, get_settings
 
-from .amqp import CONNECTION_ERRORS, Backoff, connect
+from .amqp import CONNECTION_ERRORS, Backoff, close_quietly, connect
 from .errors import BrokerUnavailable, ClientError, ConnectionLost, ServiceError, Timeout
 from .topology import declare_classify, declare_results, error_key, result_key
 
@@ -57,6 +57,8 @@ class _Pending:
     timeout: float
     reply: tuple[str | None, bytes] | None = None
     sent_at: float = field(default_factory=time.monotonic)
+    headers: dict = field(default_factory=dict)  # extra AMQP headers (e.g. x-serq-profile)
+    type: str | None = None  # AMQP type of the request (None = classify)
 
 
 def read_clip(source: Source, filename: str | None = None) -> tuple[bytes, str | None, str]:
@@ -127,11 +129,7 @@ class Client:
 
     def _drop_connection(self) -> None:
         conn, self._conn, self._ch = self._conn, None, None
-        if conn is not None and conn.is_open:
-            try:
-                conn.close()
-            except CONNECTION_ERRORS:
-                pass
+        close_quietly(conn)
 
     def close(self) -> None:
         """Close the connection; unanswered requests are abandoned (their replies are dropped)."""
@@ -158,14 +156,17 @@ class Client:
         ttl_ms = max(1, int((pending.deadline - time.monotonic()) * 1000))
         props = pika.BasicProperties(
             reply_to=DIRECT_REPLY_TO, correlation_id=pending.id, content_type=pending.content_type,
-            headers={"filename": pending.filename} if pending.filename else None,
+            headers=({"filename": pending.filename} if pending.filename else {}) | pending.headers or None,
+            type=pending.type,
             expiration=str(ttl_ms),  # nobody waits for it after the deadline
         )
         self._ch.basic_publish("", self._queue, pending.body, props, mandatory=True)
 
-    def _send(self, source: Source, timeout: float, filename: str | None = None) -> _Pending:
+    def _send(self, source: Source, timeout: float, filename: str | None = None, *, headers: dict | None = None,
+              type: str | None = None) -> _Pending:
         data, name, ctype = read_clip(source, filename)
-        pending = _Pending(uuid.uuid4().hex, data, ctype, name, time.monotonic() + timeout, timeout)
+        pending = _Pending(uuid.uuid4().hex, data, ctype, name, time.monotonic() + timeout, timeout,
+                           headers=dict(headers or {}), type=type)
         self._pending[pending.id] = pending
         try:
             self._publish(pending)
@@ -196,14 +197,24 @@ class Client:
             raise ServiceError(reply.error.message, code=reply.error.code, reply=reply)
         return reply
 
-    def classify(self, source: Source, *, timeout: float | None = None, filename: str | None = None) -> ClassifyResult:
+    def classify(self, source: Source, *, timeout: float | None = None, filename: str | None = None,
+                 headers: dict | None = None) -> ClassifyResult:
         """Classify one clip (a path or the file's bytes) through the broker.
 
+        ``headers``: extra AMQP headers, e.g. ``x-serq-profile`` (see :mod:`serq.client.profiles`).
         Raises :class:`ServiceError` (``.code``: ``too_long``, ``unsupported_format``...),
         :class:`Timeout`, :class:`ConnectionLost`, or :class:`ClientError` ``not_found``.
         """
+        return self.call(source, timeout=timeout, filename=filename, headers=headers)
+
+    def call(self, source: Source, *, type: str | None = None, headers: dict | None = None,
+             timeout: float | None = None, filename: str | None = None):
+        """One request of AMQP ``type`` (``None`` = classify, ``"enroll"``...) -> its parsed reply model.
+
+        Same errors as :meth:`classify`.
+        """
         with self._lock:
-            pending = self._send(source, timeout or self.timeout, filename)
+            pending = self._send(source, timeout or self.timeout, filename, headers=headers, type=type)
             try:
                 self._wait(pending)
                 return self._outcome(pending)
@@ -320,11 +331,7 @@ class Subscription:
                 logger.warning("subscription lost its connection (%s); reconnecting", exc.__class__.__name__)
                 self._stop.wait(backoff.next_delay())
             finally:
-                if conn.is_open:
-                    try:
-                        conn.close()
-                    except CONNECTION_ERRORS:
-                        pass
+                close_quietly(conn)
 
     def _on_message(self, ch, method, props, body: bytes) -> None:
         try:

@@ -35,7 +35,7 @@ import pika
 import pika.exceptions
 from pydantic import ValidationError
 
-from serq.client.amqp import CONNECTION_ERRORS, Backoff, connect
+from serq.client.amqp import CONNECTION_ERRORS, Backoff, close_quietly, connect
 from serq.client.topology import declare_classify, declare_models
 from serq.errors import InvalidRequest, ModelError, SerqError, TooLarge
 from serq.models.registry import LoadedModel, Registry, load_artifact
@@ -181,7 +181,10 @@ class Worker:
             mine = events.queue_declare("", exclusive=True, auto_delete=True).method.queue
             events.queue_bind(mine, exchange)
             events.basic_consume(mine, self._on_model_event, auto_ack=True)
-            tag = ch.basic_consume(queue, partial(self._on_request, conn))
+            # Results go out on a channel without confirms: followers are best-effort, and the one
+            # confirm the request waits for (its reply's) then costs one round trip, not two.
+            results = conn.channel()
+            tag = ch.basic_consume(queue, partial(self._on_request, conn, results))
             self.metrics.set_connected(True)
             backoff.reset()
             log(logger, "consuming", queue=queue, models=exchange)
@@ -194,27 +197,23 @@ class Worker:
                 if cancelled and self._in_flight == 0:
                     break
         finally:
-            if conn.is_open:
-                try:
-                    conn.close()
-                except CONNECTION_ERRORS:
-                    pass
+            close_quietly(conn)
 
     # --- requests ----------------------------------------------------------------------------
 
-    def _on_request(self, conn, ch, method, props: pika.BasicProperties, body: bytes) -> None:
+    def _on_request(self, conn, results, ch, method, props: pika.BasicProperties, body: bytes) -> None:
         """I/O thread: count the request in and hand it to the compute thread."""
         self._in_flight += 1
         self.metrics.in_flight.inc()
         started = time.monotonic()
-        self._compute.submit(self._work, conn, ch, method.delivery_tag, props, body, started)
+        self._compute.submit(self._work, conn, results, ch, method.delivery_tag, props, body, started)
 
-    def _work(self, conn, ch, tag: int, props: pika.BasicProperties, body: bytes, started: float) -> None:
+    def _work(self, conn, results, ch, tag: int, props: pika.BasicProperties, body: bytes, started: float) -> None:
         """Compute thread: run the handler, then schedule reply + ack on the I/O thread."""
         request_id = props.correlation_id or props.message_id or uuid.uuid4().hex
         reply = self._handle(body, props, request_id)
         try:
-            conn.add_callback_threadsafe(partial(self._finish, ch, tag, props, reply, request_id, started))
+            conn.add_callback_threadsafe(partial(self._finish, ch, results, tag, props, reply, request_id, started))
         except CONNECTION_ERRORS:  # the connection died meanwhile: the broker redelivers the request
             log(logger, "reply dropped: connection lost; the request will be redelivered", level=logging.WARNING,
                 request_id=request_id)
@@ -237,8 +236,9 @@ class Worker:
             error = ErrorInfo(code="internal", message=f"internal error ({exc.__class__.__name__}); see the worker log")
         return Reply.of(ErrorReply(error=error, request_id=request_id, worker=self.worker_id))
 
-    def _finish(self, ch, tag: int, props: pika.BasicProperties, reply: Reply, request_id: str, started: float) -> None:
-        """I/O thread: publish the reply (confirmed), publish to results, then ack."""
+    def _finish(self, ch, results, tag: int, props: pika.BasicProperties, reply: Reply, request_id: str,
+                started: float) -> None:
+        """I/O thread: publish to results, publish the reply (confirmed), then ack."""
         if not ch.is_open:
             return  # a channel of a lost connection: the request comes back via redelivery
         self._in_flight -= 1
@@ -247,6 +247,8 @@ class Worker:
         payload = reply.body.model_dump_json(exclude_none=is_error).encode()
         out = pika.BasicProperties(content_type="application/json", correlation_id=props.correlation_id,
                                    type=reply.type, app_id="serq-worker")
+        if reply.routing_key:
+            results.basic_publish(self._results, reply.routing_key, payload, out)
         delivered = "no reply_to"
         if props.reply_to:
             try:
@@ -258,11 +260,6 @@ class Worker:
                 log(logger, "reply refused by the broker; requeued", level=logging.WARNING, request_id=request_id)
                 ch.basic_nack(tag, requeue=True)
                 return
-        if reply.routing_key:
-            try:
-                ch.basic_publish(self._results, reply.routing_key, payload, out)
-            except pika.exceptions.NackError:
-                log(logger, "results publish refused", level=logging.WARNING, request_id=request_id)
         ch.basic_ack(tag)
         kind = props.type or CLASSIFY
         kind = kind if kind in known_types() else "unknown"  # a metric label must not be client-chosen
