@@ -72,11 +72,6 @@ def amqp_ok(settings: Settings) -> bool:
         return False
 
 
-def which(name: str) -> str | None:
-    """``name`` on PATH, or in the sbin folders a non-root PATH often lacks (rabbitmq-server lives there)."""
-    return shutil.which(name) or shutil.which(name, path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin", "/sbin"]))
-
-
 def docker_works() -> bool:
     if not shutil.which("docker"):
         return False
@@ -117,11 +112,14 @@ class LocalBroker:
     workdir: Path
     proc: subprocess.Popen | None = None
     epmd_was_running: bool = True
+    base: Path | None = None
+    node: str = ""
 
     def start(self, timeout: float = 120.0) -> str:
         parts = urlsplit(self.url)
         host, port = parts.hostname or "127.0.0.1", parts.port or 5672
-        base = self.workdir / "rabbitmq"
+        # Its own temp dir (not inside the 0700 workdir): the node may run as another user.
+        base = self.base = Path(tempfile.mkdtemp(prefix="serq-demo-rabbitmq-"))
         for sub in ("mnesia", "log"):
             (base / sub).mkdir(parents=True, exist_ok=True)
         (base / "enabled_plugins").write_text("[].\n")  # no management UI/ports to clash with another node
@@ -130,15 +128,15 @@ class LocalBroker:
             with contextlib.suppress(OSError, LookupError):  # no rabbitmq user: run as we are
                 for path in [base, *base.rglob("*")]:
                     shutil.chown(path, "rabbitmq", "rabbitmq")
-        epmd = which("epmd")
+        epmd = shutil.which("epmd")
         self.epmd_was_running = not epmd or subprocess.run([epmd, "-names"], capture_output=True).returncode == 0
-        node = f"serq-demo-{secrets.token_hex(3)}@localhost"
+        node = self.node = f"serq-demo-{secrets.token_hex(3)}@localhost"
         env = dict(os.environ)
         env.update({
             "RABBITMQ_NODENAME": node, "RABBITMQ_NODE_PORT": str(port), "RABBITMQ_DIST_PORT": str(port + 20000),
             "RABBITMQ_NODE_IP_ADDRESS": host, "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
             "RABBITMQ_LOG_BASE": str(base / "log"), "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq.conf"),
-            "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"), "RABBITMQ_PID_FILE": str(base / "node.pid"),
             # The URL's account, so a fresh node accepts exactly what SERQ_AMQP_URL says.
             "RABBITMQ_DEFAULT_USER": unquote(parts.username or "guest"),
             "RABBITMQ_DEFAULT_PASS": unquote(parts.password or "guest"),
@@ -146,7 +144,7 @@ class LocalBroker:
         })
         log = open(self.workdir / "rabbitmq-server.log", "wb")
         say(f"no broker at {redact_url(self.url)}: starting a private RabbitMQ node {node} on {host}:{port}")
-        self.proc = subprocess.Popen([which("rabbitmq-server")], env=env, stdout=log, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen([shutil.which("rabbitmq-server")], env=env, stdout=log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
         settings = Settings(amqp_url=self.url)
@@ -157,19 +155,42 @@ class LocalBroker:
                 self.stop()
                 raise NoBroker(f"rabbitmq-server did not come up on {host}:{port}:\n{tail}")
             time.sleep(0.5)
-        say(f"RabbitMQ is up (pid {self.proc.pid})")
+        say(f"RabbitMQ node {node} is up")
         return self.url
 
     def stop(self) -> None:
         if self.proc is None:
             return
-        stop_process(self.proc, "rabbitmq-server", grace=60)
-        say(f"stopped the RabbitMQ node it started (pid {self.proc.pid})")
+        # The node may not be our child (Debian's wrapper runs it through `su` in a session of
+        # its own): ask it to shut down by name, then make sure of it by the pid it wrote.
+        ctl, done = shutil.which("rabbitmqctl"), False
+        if ctl:
+            with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+                done = subprocess.run([ctl, "-n", self.node, "shutdown"], capture_output=True, timeout=120).returncode == 0
+        if not done:  # `shutdown` returns once the node's process has exited
+            self._kill_node()
+        stop_process(self.proc, "rabbitmq-server", grace=30)
+        say(f"stopped the RabbitMQ node it started ({self.node})")
         self.proc = None
-        epmd = which("epmd")
+        shutil.rmtree(self.base, ignore_errors=True)
+        epmd = shutil.which("epmd")
         if epmd and not self.epmd_was_running:
             # Erlang started epmd for our node; it refuses to die while other nodes use it.
             subprocess.run([epmd, "-kill"], capture_output=True)
+
+
+    def _kill_node(self, grace: float = 30.0) -> None:
+        """SIGTERM (then SIGKILL) to the pid the node wrote, if it still runs."""
+        try:
+            beam = int((self.base / "node.pid").read_text().strip())
+            os.kill(beam, signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline:
+                os.kill(beam, 0)  # ProcessLookupError once it is gone
+                time.sleep(0.1)
+            os.kill(beam, signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
 
 
 @dataclass
@@ -214,7 +235,7 @@ def obtain_broker(settings: Settings, workdir: Path, stack: ExitStack) -> tuple[
     if local and port_open(parts.hostname or "127.0.0.1", parts.port or 5672):
         raise NoBroker(f"something listens at {settings.redacted_amqp_url} but refuses an AMQP login: "
                        "check the credentials in SERQ_AMQP_URL")
-    if local and which("rabbitmq-server"):
+    if local and shutil.which("rabbitmq-server"):
         broker = LocalBroker(settings.amqp_url, workdir)
         stack.callback(broker.stop)
         return broker.start(), "local"
@@ -248,24 +269,30 @@ def consumers(settings: Settings, queue: str) -> int:
             conn.close()
 
 
-def start_service(command: str, env: dict, workdir: Path, settings: Settings, stack: ExitStack,
-                  timeout: float = 180.0) -> subprocess.Popen:
-    """`serq COMMAND` as a child in its own session; returns once it consumes its queue."""
-    log_path = workdir / f"{command}.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "serq", command], env=env, stdout=log,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    stack.callback(lambda: (stop_process(proc, command), say(f"stopped {command} (pid {proc.pid})")))
-    queue = settings.name({"worker": "classify", "trainer": "train"}[command])
+def start_services(commands: list[str], env: dict, workdir: Path, settings: Settings, stack: ExitStack,
+                   timeout: float = 180.0) -> dict[str, subprocess.Popen]:
+    """`serq COMMAND` children, each in its own session, started together; returns once each consumes its queue."""
+    procs: dict[str, subprocess.Popen] = {}
+    for command in commands:
+        with open(workdir / f"{command}.log", "wb") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "serq", command], env=env, stdout=log,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        procs[command] = proc
+        stack.callback(lambda c=command, p=proc: (stop_process(p, c), say(f"stopped {c} (pid {p.pid})")))
+    waiting = dict(procs)
     deadline = time.monotonic() + timeout
-    while consumers(settings, queue) < 1:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            tail = log_path.read_text(errors="replace")[-2000:]
-            raise SerqError(f"`serq {command}` did not start (exit {proc.poll()}); its log:\n{tail}",
-                            code="demo_failed")
+    while waiting:
+        for command, proc in list(waiting.items()):
+            queue = settings.name({"worker": "classify", "trainer": "train"}[command])
+            if consumers(settings, queue) >= 1:
+                say(f"started {command} (pid {proc.pid}), consuming {queue}")
+                del waiting[command]
+            elif proc.poll() is not None or time.monotonic() > deadline:
+                tail = (workdir / f"{command}.log").read_text(errors="replace")[-2000:]
+                raise SerqError(f"`serq {command}` did not start (exit {proc.poll()}); its log:\n{tail}",
+                                code="demo_failed")
         time.sleep(0.3)
-    say(f"started {command} (pid {proc.pid}), consuming {queue}")
-    return proc
+    return procs
 
 
 def delete_names(settings: Settings) -> None:
@@ -345,8 +372,7 @@ def run(*, samples_dir: Path | None = None, train: bool = False, play: bool = Tr
                 "SERQ_CACHE_DIR": str(base.cache_dir), "NUMBA_CACHE_DIR": env.get("NUMBA_CACHE_DIR", str(workdir / "numba")),
             })
             say(f"prefix {settings.prefix}, models in {settings.model_dir} (removed afterwards)")
-            start_service("worker", env, workdir, settings, stack)
-            start_service("trainer", env, workdir, settings, stack)
+            start_services(["worker", "trainer"], env, workdir, settings, stack)
             script_path = workdir / "demo.bot"
             script_path.write_text(script(samples, play=play, train=train, png_dir=png_dir))
             say(f"running the bot over {len(samples)} clips in {samples_dir}")
