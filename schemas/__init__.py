@@ -18,6 +18,7 @@ from .engine import (
     SpectralSummary,
     Timings,
 )
+from .contract import ClassifyHeaders, type_name
 from .training import ModelActivated, Stage, TrainProgress, TrainRequest, TrainResult
 from .profiles import EnrollHeaders, EnrollResult, SpeakerPrior, SpeakerProfile
 from .timeline import (
@@ -32,6 +33,8 @@ from .timeline import (
 )
 
 __all__ = [
+    "ClassifyHeaders",
+    "type_name",
     "ErrorInfo",
     "ErrorReply",
     "EvaluationReport",
