@@ -1,0 +1,132 @@
+"""Issue 5 end to end: while a client streams classify requests at two real workers, a real trainer
+retrains on a few RAVDESS actors and activates; every reply succeeds and both workers switch from
+the old version to the new one; `serq models rollback` swaps them back through the same event; a
+tampered activation is refused while serving goes on; a worker started later loads the active model."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from conftest import ravdess_clip
+from serq.client import Client
+from serq.client.models import activation_event, publish_event
+from serq.models.registry import Registry, default_metadata
+from serq.schemas import TrainResult
+from serq.settings import Settings
+from test_trainer import REPO, feature_cache, make_subset  # noqa: F401  (feature_cache is a fixture)
+
+pytestmark = [pytest.mark.broker, pytest.mark.corpus, pytest.mark.slow]
+
+#: Clips of actors the new model never trains on (it trains on 1..6).
+CLIPS = [ravdess_clip(actor, emotion, intensity=2) for actor in (7, 8) for emotion in (3, 4, 5, 6)]
+
+
+class Stream:
+    """Classify requests in a background thread, a few per second, two in flight (so both workers serve)."""
+
+    def __init__(self, amqp_url: str, prefix: str):
+        self.replies: list[tuple[str, str]] = []  # (worker, model_version), in arrival order
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._client = Client(amqp_url, prefix, timeout=60)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        clips = itertools.cycle(CLIPS)
+        while not self._stop.is_set():
+            for _, outcome in self._client.classify_many([next(clips), next(clips)], max_in_flight=2):
+                if isinstance(outcome, Exception):
+                    self.failures.append(f"{type(outcome).__name__}: {outcome}")
+                else:
+                    self.replies.append((outcome.worker, outcome.model_version))
+            time.sleep(0.25)  # leave the cores to the trainer
+
+    def wait_until(self, what: str, predicate, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert not self.failures, self.failures
+            assert self._thread.is_alive(), "the stream stopped"
+            assert time.monotonic() < deadline, f"{what}: not within {timeout} s; last replies {self.replies[-6:]}"
+            time.sleep(0.2)
+
+    def every_worker_on(self, version: str, workers: set[str], since: int) -> bool:
+        return {w for w, v in self.replies[since:] if v == version} >= workers
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(120)
+        self._client.close()
+
+
+def _runs(versions: list[str]) -> list[str]:
+    """``[a, a, b, b, a] -> [a, b, a]``."""
+    return [v for i, v in enumerate(versions) if i == 0 or versions[i - 1] != v]
+
+
+def test_a_retrain_hot_swaps_into_every_worker_and_no_request_fails(
+        amqp_url, prefix, tmp_path, ravdess_dir, feature_cache, start_worker, start_trainer):  # noqa: F811
+    root = tmp_path / "data"
+    make_subset(root, ravdess_dir, [1, 2, 3, 4, 5, 6], "six")
+    workers = [start_worker(), start_worker()]
+    names = {"worker0", "worker1"}
+    start_trainer(env={"SERQ_DATA_ROOTS": f"{root}:{ravdess_dir}", "SERQ_CACHE_DIR": str(feature_cache)})
+    default = default_metadata().version
+    env = os.environ | {"SERQ_AMQP_URL": amqp_url, "SERQ_PREFIX": prefix, "SERQ_MODEL_DIR": str(tmp_path / "models")}
+
+    stream = Stream(amqp_url, prefix)
+    try:
+        stream.wait_until("both workers serve the default model", lambda: stream.every_worker_on(default, names, 0))
+
+        # A tampered announcement (its bytes do not match its checksum) is refused by both workers.
+        registry = Registry(tmp_path / "models")
+        meta = default_metadata().model_copy(update={"version": "tampered-1"})
+        artifact = bytearray(registry.artifact_bytes(default))
+        artifact[len(artifact) // 2] ^= 0xFF
+        publish_event(activation_event(meta, bytes(artifact), "tamper test"),
+                      settings=Settings(amqp_url=amqp_url, prefix=prefix))
+        for proc in workers:
+            stream.wait_until("the tampered model is refused",
+                              lambda: "checksum mismatch" in proc.log_path.read_text(), timeout=60)
+
+        # Retrain through the broker (`serq train --wait --json`) while the stream goes on.
+        trained = subprocess.run(
+            [sys.executable, "-m", "serq", "train", "--data", "six", "--folds", "3", "--hidden", "64", "--max-iter", "60",
+             "--activate", "always", "--wait", "--json"],
+            env=env, capture_output=True, text=True, timeout=900, cwd=REPO)
+        assert trained.returncode == 0, trained.stderr
+        result = TrainResult.model_validate_json(trained.stdout)
+        assert result.ok and result.activated and result.version != default
+        assert result.dataset["speakers"] == 6 and result.metrics.protocol == "speaker-grouped 3-fold"
+        assert registry.active_version() == result.version
+        mark = len(stream.replies)
+        stream.wait_until("both workers switch to the new model",
+                          lambda: stream.every_worker_on(result.version, names, mark), timeout=120)
+
+        # A worker that starts now loads the active version from the shared registry.
+        late = start_worker()
+        assert re.search(rf"starting .*model_version={re.escape(result.version)}", late.log_path.read_text())
+
+        # Roll back with the CLI: the same event path swaps every worker back.
+        rolled = subprocess.run([sys.executable, "-m", "serq", "models", "rollback"], env=env,
+                                capture_output=True, text=True, timeout=120, cwd=REPO)
+        assert rolled.returncode == 0 and f"published on {prefix}.models" in rolled.stdout, rolled.stderr
+        mark = len(stream.replies)
+        stream.wait_until("every worker rolls back",
+                          lambda: stream.every_worker_on(default, names | {"worker2"}, mark), timeout=120)
+    finally:
+        stream.stop()
+
+    assert not stream.failures, stream.failures
+    for name in names:
+        versions = [v for w, v in stream.replies if w == name]
+        assert _runs(versions) == [default, result.version, default], (name, _runs(versions))
+    assert "tampered-1" not in {v for _, v in stream.replies}
