@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "serq.commands.evaluate",
     "serq.commands.train",
     "serq.commands.models",
+    "serq.commands.profiles",
     "serq.commands.trainer",
     "serq.commands.data",
     "serq.commands.schemas",

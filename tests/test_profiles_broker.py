@@ -126,3 +126,26 @@ def test_raw_pika_enrol_matches_the_contract(client, amqp_url, prefix):
                                          "created", "updated"}
     finally:
         conn.close()
+
+
+def test_serq_profiles_commands(client, speaker_version, amqp_url, prefix, tmp_path, monkeypatch, capsys):
+    import json
+
+    from serq.cli import main
+
+    monkeypatch.setenv("SERQ_AMQP_URL", amqp_url)
+    monkeypatch.setenv("SERQ_PREFIX", prefix)
+    get_settings.cache_clear()
+    try:
+        store = ["--dir", str(tmp_path / "p")]
+        calm = [str(ravdess_clip(15, *c)) for c in CALM[:4]]
+        assert main(["profiles", "enroll", "caller-15", *calm, *store, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["count"] == 4
+        assert main(["profiles", "classify", "caller-15", str(ravdess_clip(15, 3)), *store, "--json"]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert result["normalisation"] == "speaker" and result["model_version"] == speaker_version
+        assert main(["profiles", "list", *store]) == 0 and capsys.readouterr().out.split() == ["caller-15"]
+        assert main(["profiles", "delete", "caller-15", *store]) == 0
+        assert main(["profiles", "show", "caller-15", *store]) == 1
+    finally:
+        get_settings.cache_clear()
