@@ -3,7 +3,9 @@
 Only the standard library here (matplotlib is imported by :func:`save_png` alone,
 from the ``bot`` extra). The bot shows a timeline with one line::
 
-    print(render_timeline(timeline))          # or save_png(timeline, "call.png")
+    print(show_timeline("call.wav", png="call.png", client=client))   # client=None: computed locally
+
+or renders one it already has with :func:`render_timeline` / :func:`save_png`.
 """
 
 from __future__ import annotations
@@ -113,3 +115,25 @@ def save_png(timeline: Timeline | dict, path: str | Path, *, dpi: int = 120) -> 
     finally:
         plt.close(fig)
     return out
+
+
+def show_timeline(path: str | Path, *, png: str | Path | None = None, client=None) -> str:
+    """What the bot's ``timeline FILE [--png OUT]`` prints: compute the timeline and render it.
+
+    With a :class:`serq.client.Client` the workers compute it (streamed through the
+    broker); without one it is computed here with the active model (the ``worker``
+    extra). Writes the PNG too when ``png`` is given. Raises :class:`serq.errors.SerqError`.
+    """
+    if client is not None:
+        from serq.client.timeline import stream_timeline
+
+        timeline = stream_timeline(client, path)
+    else:
+        from serq.settings import get_settings
+        from serq.worker.timeline import local_timeline
+
+        timeline = local_timeline(path, get_settings())
+    text = render_timeline(timeline)
+    if png is not None:
+        text += f"\n  wrote {save_png(timeline, png)}"
+    return text

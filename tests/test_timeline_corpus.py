@@ -153,6 +153,18 @@ def test_cli_json_and_strip_chart(joined, model, capsys, isolated_env):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_bot_view_renders_what_the_cli_prints(joined, capsys, isolated_env):
+    from serq.cli import main
+    from serq.client.timeline_view import show_timeline
+
+    path, _, _ = joined
+    assert main(["timeline", str(path)]) == 0
+    printed = capsys.readouterr().out.rstrip("\n")
+    png = isolated_env / "bot.png"
+    assert show_timeline(path, png=png) == printed + f"\n  wrote {png}"
+    assert png.stat().st_size > 1000
+
+
 def test_cli_errors(capsys, tmp_path):
     from serq.cli import main
 

@@ -463,3 +463,14 @@ def timeline_file(path: str | os.PathLike, model: "LoadedModel", *, params: Time
     """The timeline of an audio file, read block by block (memory bounded by the window, not the file)."""
     return timeline_of_blocks(read_blocks(path, block_s=block_s, max_seconds=max_seconds), model, params,
                               file=file, on_segment=on_segment)
+
+
+def local_timeline(path: str | os.PathLike, settings: "Settings", *, version: str | None = None,
+                   on_segment=None) -> Timeline:
+    """``serq timeline FILE``: the registry's active model (or ``version``) with the ``SERQ_TIMELINE_*`` settings."""
+    from serq.models.registry import Registry
+
+    registry = Registry(settings.model_dir)
+    model = registry.load(version) if version else registry.load_active()
+    return timeline_file(path, model, params=params_from_settings(settings), max_seconds=settings.max_recording_seconds,
+                         file=str(path), on_segment=on_segment)

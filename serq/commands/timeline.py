@@ -45,13 +45,9 @@ def run(args: argparse.Namespace) -> int:
 
             timeline = stream_timeline(None, args.path, on_segment=show, chunk_s=args.chunk, timeout=args.timeout)
         else:
-            from serq.models.registry import Registry
-            from serq.worker.timeline import params_from_settings, timeline_file
+            from serq.worker.timeline import local_timeline
 
-            registry = Registry(settings.model_dir)
-            model = registry.load(args.model) if args.model else registry.load_active()
-            timeline = timeline_file(args.path, model, params=params_from_settings(settings),
-                                     max_seconds=settings.max_recording_seconds, file=args.path, on_segment=show)
+            timeline = local_timeline(args.path, settings, version=args.model, on_segment=show)
     except OSError as exc:
         raise SerqError(f"cannot read {args.path}: {exc.strerror or exc}", code="not_found") from None
     if args.json:
