@@ -434,3 +434,42 @@ def test_wait_notices_when_the_trainer_goes_away(amqp_url, prefix, start_trainer
     assert client.returncode == 2
     assert "[no_trainer]" in err and "went away" in err and "stays queued" in err
     assert tap.ch.queue_declare(tap.queue, passive=True).method.message_count == 1, "the job went back to the queue"
+
+
+def _close_connection(name: str) -> bool:
+    """Have the broker drop the connection called ``name`` (rabbitmqctl); ``False`` if that is not possible."""
+    import shutil
+
+    if not shutil.which("rabbitmqctl"):
+        return False
+    listing = subprocess.run(["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
+                             capture_output=True, text=True, timeout=60)
+    pids = [line.split("\t")[0] for line in listing.stdout.splitlines() if f'"{name}"' in line]
+    if listing.returncode or not pids:
+        return False
+    return subprocess.run(["rabbitmqctl", "close_connection", pids[0], "test: connection lost"],
+                          capture_output=True, timeout=60).returncode == 0
+
+
+@pytest.mark.broker
+@pytest.mark.corpus
+def test_a_job_outliving_its_connection_is_answered_once_without_retraining(tap, start_trainer, trainer_env):
+    import socket
+
+    proc = start_trainer(env=trainer_env)
+    cid = tap.send(job("lost", hyperparameters={"hidden_layers": [64], "max_iter": 300}, activate="always"))
+    deadline = time.monotonic() + 120
+    while not any(e.stage == "cross-validating" for e in tap.progress(cid)):
+        assert time.monotonic() < deadline, "the job never reached cross-validation"
+        tap.pump(0.2)
+    if not _close_connection(f"serq-trainer-{socket.gethostname()}-{proc.pid}"):
+        pytest.skip("cannot close a connection with rabbitmqctl here")
+    result = tap.result(cid)
+    assert result.ok and result.activated
+    tap.pump(1.0)
+    log = proc.log_path.read_text()
+    assert "broker_lost" in log and "job_redelivered" in log
+    assert log.count("job_started") == 1, "trained once"
+    assert [ModelActivated.model_validate_json(b).version for _, _, b in tap.got["models"]] == [result.version]
+    assert len([1 for _, p, _ in tap.got["reply"] if p.type == "serq.TrainResult"]) == 1, "answered once"
+    assert tap.ch.queue_declare(tap.queue, passive=True).method.message_count == 0
