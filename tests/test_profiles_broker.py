@@ -7,6 +7,8 @@ the profile goes out in ``x-serq-profile`` and comes back in the reply.
 
 from __future__ import annotations
 
+import time
+
 import pika
 import pytest
 from conftest import ravdess_clip
@@ -58,7 +60,14 @@ def test_enrol_then_classify_with_the_profile_round_trip(client, speaker_version
     assert sorted(speakers.store.keys()) == ["caller-11"]
 
     clip = ravdess_clip(actor, 5, 2, 1, 1)
-    result = speakers.classify("caller-11", clip)
+    followed = []
+    with client.subscribe(None, lambda r, key: followed.append(r)):
+        result = speakers.classify("caller-11", clip)
+        deadline = time.monotonic() + 10
+        while not followed and time.monotonic() < deadline:
+            time.sleep(0.05)
+    # Followers on <prefix>.results see the result, never the speaker's profile.
+    assert [r.request_id for r in followed] == [result.request_id] and followed[0].profile is None
     assert result.normalisation == "speaker" and result.profile_status == "used"
     assert result.model_version == speaker_version and result.profile_clips == 5
     assert result.profile.count == 6 and speakers.get("caller-11").count == 6  # the update came back and was kept

@@ -248,7 +248,10 @@ class Worker:
         out = pika.BasicProperties(content_type="application/json", correlation_id=props.correlation_id,
                                    type=reply.type, app_id="serq-worker")
         if reply.routing_key:
-            results.basic_publish(self._results, reply.routing_key, payload, out)
+            # A speaker profile goes back to its caller only, never to followers (docs/profiles.md).
+            public = payload if getattr(reply.body, "profile", None) is None else \
+                reply.body.model_copy(update={"profile": None}).model_dump_json().encode()
+            results.basic_publish(self._results, reply.routing_key, public, out)
         delivered = "no reply_to"
         if props.reply_to:
             try:
