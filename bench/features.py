@@ -13,7 +13,7 @@ Accuracy, RAVDESS speech, 8 classes, the same speaker-grouped 5 folds for both:
 the seed's 180 features with the seed's MLP, against serq's features with serq's
 default pipeline; plus the seed's own random 75/25 split, which is speaker-dependent.
 Features come from caches under SERQ_CACHE_DIR (serq's feature cache, and
-``bench-seed-180`` for the seed's), so a second run takes seconds.
+``bench-seed-180`` for the seed's), so only the first run extracts.
 """
 
 from __future__ import annotations

@@ -133,6 +133,20 @@ def test_download_verifies_and_extracts(tmp_path, zipped):
     assert fake.requests == [(RECORD_PATH, None), (FILE_PATH, None)]
 
 
+def test_a_second_run_skips_the_download_unless_files_are_missing(tmp_path, zipped):
+    payload, members = zipped
+    dest = tmp_path / "ravdess"
+    with FakeZenodo(payload) as fake:
+        download("ravdess", dest, base_url=fake.url)
+        again = download("ravdess", dest, base_url=fake.url)
+        assert not again.downloaded and again.extracted == 0 and again.checksum == fake.checksum
+        assert [p for p, _ in fake.requests].count(FILE_PATH) == 1  # the record is read, the file is not
+        (dest / "Actor_01" / "03-01-05-01-01-01-01.wav").unlink()
+        repaired = download("ravdess", dest, base_url=fake.url)
+        assert repaired.downloaded and repaired.extracted == 1
+    assert_extracted(dest, members)
+
+
 def test_interrupted_download_resumes_with_range(tmp_path, zipped):
     payload, members = zipped
     dest = tmp_path / "ravdess"

@@ -279,9 +279,17 @@ def download(
     dest = Path(dest).expanduser()
     remote = record_file(base_url, source.record, source.key, timeout=timeout)
     algorithm, expected = remote.checksum.split(":", 1)
+    checksum = f"{algorithm}:{expected.lower()}"
     work = dest / ".serq-download"
     archive = work / source.key
     part = work / f"{source.key}.part"
+    marker = dest / f".serq-{source.name}.json"
+
+    if not (keep_archive and not archive.is_file()) and _complete(marker, dest, checksum):
+        # This very archive was verified and extracted before, and every file is still there.
+        size = json.loads(marker.read_text())["bytes"]
+        return DownloadResult(dataset=dataset, dir=str(dest), archive=str(archive) if archive.is_file() else "",
+                              bytes=size, checksum=checksum, resumed_from=0, downloaded=False, extracted=0)
 
     downloaded, resumed_from = False, 0
     if not (archive.is_file() and file_checksum(archive, algorithm) == expected.lower()):
@@ -298,6 +306,7 @@ def download(
         downloaded = True
     size = archive.stat().st_size
     extracted = extract_zip(archive, dest)
+    _write_marker(marker, archive, checksum, size)
     if not keep_archive:
         archive.unlink()
         try:
@@ -306,9 +315,28 @@ def download(
             pass
     return DownloadResult(
         dataset=dataset, dir=str(dest), archive=str(archive) if keep_archive else "", bytes=size,
-        checksum=f"{algorithm}:{expected.lower()}", resumed_from=resumed_from, downloaded=downloaded,
-        extracted=extracted,
+        checksum=checksum, resumed_from=resumed_from, downloaded=downloaded, extracted=extracted,
     )
+
+
+def _write_marker(marker: Path, archive: Path, checksum: str, size: int) -> None:
+    """Record what was extracted (names and sizes), so a re-run can skip the download."""
+    with zipfile.ZipFile(archive) as zf:
+        files = {i.filename: i.file_size for i in zf.infolist() if not i.is_dir()
+                 and not i.filename.startswith("__MACOSX/")}
+    marker.write_text(json.dumps({"checksum": checksum, "bytes": size, "files": files}))
+
+
+def _complete(marker: Path, dest: Path, checksum: str) -> bool:
+    """True if ``marker`` says this checksum was extracted into ``dest`` and every file is still there."""
+    try:
+        record = json.loads(marker.read_text())
+        if record.get("checksum") != checksum:
+            return False
+        return all((dest / name).is_file() and (dest / name).stat().st_size == size
+                   for name, size in record["files"].items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
 
 
 def _why(exc: BaseException) -> str:

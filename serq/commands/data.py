@@ -37,13 +37,13 @@ def run_download(args: argparse.Namespace) -> int:
     if not args.json:
         print(f"{source.description}\nlicence: {source.licence}")
         mib = progress_printer("downloading (MiB)")
-        report = lambda done, total: mib(done >> 20, max(total >> 20, 1))  # noqa: E731
+        report = lambda done, total: mib(-(-done // 2**20), -(-total // 2**20))  # noqa: E731 - MiB, rounded up
     result = download(args.dataset, args.to, base_url=args.base_url or get_settings().zenodo_url,
                       keep_archive=args.keep_archive, retries=max(args.retries, 0), progress=report)
     if args.json:
         print_json(result.to_dict())
     else:
-        how = "downloaded" if result.downloaded else "already downloaded"
+        how = "downloaded" if result.downloaded else "already downloaded and extracted"
         resumed = f", resumed from {result.resumed_from} bytes" if result.resumed_from else ""
         print(f"{how}: {result.bytes} bytes, {result.checksum} verified{resumed}")
         print(f"extracted {result.extracted} new file(s) into {result.dir}")
