@@ -61,6 +61,13 @@ def port_open(host: str, port: int, timeout: float = 1.0) -> bool:
         return False
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on now (for the private node's Erlang distribution)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def amqp_ok(settings: Settings) -> bool:
     """True if ``settings.amqp_url`` accepts an AMQP login (not just a TCP connection)."""
     from serq.client.amqp import connect
@@ -133,7 +140,7 @@ class LocalBroker:
         node = self.node = f"serq-demo-{secrets.token_hex(3)}@localhost"
         env = dict(os.environ)
         env.update({
-            "RABBITMQ_NODENAME": node, "RABBITMQ_NODE_PORT": str(port), "RABBITMQ_DIST_PORT": str(port + 20000),
+            "RABBITMQ_NODENAME": node, "RABBITMQ_NODE_PORT": str(port), "RABBITMQ_DIST_PORT": str(free_port()),
             "RABBITMQ_NODE_IP_ADDRESS": host, "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
             "RABBITMQ_LOG_BASE": str(base / "log"), "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq.conf"),
             "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"), "RABBITMQ_PID_FILE": str(base / "node.pid"),
