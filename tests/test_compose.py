@@ -75,6 +75,10 @@ def test_worker_is_scalable_and_waits_for_a_healthy_broker(compose):
     assert "container_name" not in worker, "a fixed name breaks --scale worker=N"
     assert "ports" not in worker, "a host port breaks --scale worker=N"
     assert worker["command"] == ["serq", "worker"]
+    # Its health is the worker's own /healthz on SERQ_METRICS_PORT's default.
+    from serq.settings import Settings
+
+    assert f":{Settings.model_fields['metrics_port'].default}/healthz" in " ".join(worker["healthcheck"]["test"])
     for name in ("worker", "trainer"):
         assert compose["services"][name]["depends_on"]["rabbitmq"]["condition"] == "service_healthy"
         env = compose["services"][name]["environment"]
