@@ -155,6 +155,8 @@ class Trainer:
 
     def run(self) -> None:
         """Serve until stopped; reconnect with backoff when the broker goes away."""
+        import serq.worker.trainjob  # noqa: F401  (scikit-learn, librosa: seconds the first job should not pay)
+
         backoff = Backoff(cap=self.settings.reconnect_max_s)
         while not self._stopping:
             try:
