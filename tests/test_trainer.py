@@ -473,3 +473,33 @@ def test_a_job_outliving_its_connection_is_answered_once_without_retraining(tap,
     assert [ModelActivated.model_validate_json(b).version for _, _, b in tap.got["models"]] == [result.version]
     assert len([1 for _, p, _ in tap.got["reply"] if p.type == "serq.TrainResult"]) == 1, "answered once"
     assert tap.ch.queue_declare(tap.queue, passive=True).method.message_count == 0
+
+
+@pytest.mark.broker
+def test_models_activate_and_rollback_announce_through_the_same_event(amqp_url, prefix, tmp_path, tap):
+    from serq.models.registry import Registry, default_metadata, sha256_bytes
+
+    default = default_metadata().version
+    env = os.environ | {"SERQ_AMQP_URL": amqp_url, "SERQ_PREFIX": prefix, "SERQ_MODEL_DIR": str(tmp_path / "models")}
+
+    def serq(*args, **extra):
+        return subprocess.run([sys.executable, "-m", "serq", "models", *args], env=env | extra,
+                              capture_output=True, text=True, timeout=120, cwd=REPO)
+
+    out = serq("activate", default, "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"version": default, "active": True, "published": True}
+    tap.pump(1.0)
+    [(_, props, body)] = tap.got["models"]
+    event = ModelActivated.model_validate_json(body)
+    assert props.type == "serq.ModelActivated" and event.reason == "activate" and event.version == default
+    assert event.sha256 == sha256_bytes(base64.b64decode(event.artifact_b64)) == default_metadata().sha256
+
+    out = serq("activate", default, "--no-publish")
+    assert out.returncode == 0 and "not published (--no-publish)" in out.stderr
+    out = serq("activate", default, SERQ_AMQP_URL="amqp://guest:guest@127.0.0.1:1/%2F")
+    assert out.returncode == 0 and "not published: cannot reach RabbitMQ" in out.stderr
+    assert "guest:guest" not in out.stderr
+    assert Registry(tmp_path / "models").active_version() == default
+    tap.pump(1.0)
+    assert len(tap.got["models"]) == 1, "nothing published without a broker or with --no-publish"
