@@ -20,6 +20,7 @@ import contextlib
 import os
 import shlex
 import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -306,10 +307,30 @@ class Bot(cmd.Cmd):
                             "(the options of `serq train --help`)") from None
         if args.local or args.json:
             raise Usage("the bot trains through the trainer service; for --local or --json use `serq train`")
+        before = self._registry().active_version()
         with contextlib.redirect_stdout(self.stdout), contextlib.redirect_stderr(self.stdout):
             status = args.func(args)
         if status:
             self.failures += 1
+            return
+        after = self._registry().active_version()
+        if after and after != before:  # activated in the registry we share with the trainer
+            self._await_model(after)
+
+    def _await_model(self, version: str, timeout: float = 60.0, probe_every: float = 0.5) -> None:
+        """Workers load an activated model in the background: probe until one answers with it."""
+        if not self.files:
+            return
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self.client().classify(self.files[0], filename=self.files[0].name).model_version
+            if got == version:
+                self.out(f"the workers now serve model {version}")
+                return
+            if time.monotonic() > deadline:
+                self.out(f"warning: after {timeout:.0f} s a worker still answers with model {got}, not {version}")
+                return
+            time.sleep(probe_every)
 
     def _registry(self):
         from serq.models.registry import Registry

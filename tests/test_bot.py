@@ -312,17 +312,21 @@ def test_classify_through_a_worker_agrees_with_predict(start_worker, amqp_url, p
 @pytest.mark.broker
 @pytest.mark.corpus
 @pytest.mark.slow
-def test_train_through_the_trainer(start_trainer, amqp_url, prefix, tmp_path, ravdess_dir):
+def test_train_through_the_trainer_then_workers_serve_the_new_model(start_trainer, start_worker, amqp_url, prefix,
+                                                                    tmp_path, ravdess_dir):
     start_trainer(env={"SERQ_DATA_ROOTS": str(ravdess_dir), "SERQ_CACHE_DIR": str(tmp_path / "cache")})
+    start_worker()
     env = {"SERQ_AMQP_URL": amqp_url, "SERQ_PREFIX": prefix, "SERQ_MODEL_DIR": str(tmp_path / "models"),
            "SERQ_RAVDESS_DIR": str(ravdess_dir)}
-    proc = run_bot("train --speakers 01,02 --emotions angry,sad --max-iter 60 --folds 2\nmodels\n", env=env,
-                   timeout=600)
+    proc = run_bot("train --speakers 01,02 --emotions angry,sad --max-iter 60 --folds 2 --activate always\n"
+                   "classify sad\nmodels\n", str(SAMPLES), env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     assert "extracting" in out and "registered" in out
     assert "speaker-grouped 2-fold (speaker-independent), 32 clips" in out
     header = next(line for line in out.splitlines() if line.rstrip().endswith("recall"))
     assert header.split()[:2] == ["sad", "angry"]
-    version = re.search(r"model (\S+) registered", out).group(1)
-    assert f"  {version}" in out.split("serq> models", 1)[1]
+    version = re.search(r"model (\S+) registered; activated: True", out).group(1)
+    assert f"the workers now serve model {version}" in out
+    assert re.search(rf"^{re.escape(sample('sad').name)}: (sad|angry) \(\d+%\)  model {re.escape(version)}", out, re.M)
+    assert f"* {version}" in out.split("serq> models", 1)[1]
