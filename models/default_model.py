@@ -26,7 +26,7 @@ def build_default(data: str | Path, out: str | Path | None = None, *, n_jobs: in
     from serq.labels import EMOTIONS
     from serq.settings import get_settings
     from serq.worker.datasets import scan
-    from serq.worker.extraction import extract_clips
+    from serq.worker.extraction import extract_training_set
     from serq.worker.features import FEATURE_NAMES, FEATURE_VERSION
     from serq.worker.progress import progress_printer
     from serq.worker.training import cross_validate, fit
@@ -34,16 +34,17 @@ def build_default(data: str | Path, out: str | Path | None = None, *, n_jobs: in
     out = Path(out) if out else DEFAULT_DIR
     settings = get_settings()
     dataset = scan(data)
-    X, ok, errors = extract_clips(dataset.clips, settings.cache_dir, n_jobs=n_jobs,
-                                  progress=progress_printer("extracting"))
+    hp = Hyperparameters()
+    X, ok, errors, augmented = extract_training_set(dataset.clips, settings.cache_dir, hp.augment_speeds,
+                                                    n_jobs=n_jobs, progress=progress_printer("extracting"))
     clips = [c for c, good in zip(dataset.clips, ok) if good]
     y = np.array([c.label for c in clips])
     groups = np.array([c.speaker for c in clips])
     labels = [e for e in EMOTIONS if e in set(y)]
-    hp = Hyperparameters()
     metrics = cross_validate(X, y, groups, hp, labels=labels, protocol="speaker", k=5,
-                             progress=progress_printer("cross-validating"), skipped=dict(dataset.skipped))
-    model = fit(X, y, hp)
+                             progress=progress_printer("cross-validating"), skipped=dict(dataset.skipped),
+                             augmented=augmented)
+    model = fit(X, y, hp, augmented)
     data_bytes = serialise(model)
     digest = sha256_bytes(data_bytes)
     summary = dataset.summary() | {

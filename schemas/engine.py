@@ -97,6 +97,18 @@ class Hyperparameters(_Model):
     max_iter: int = Field(400, ge=10, le=5000)
     early_stopping: bool = False
     random_state: int = Field(0, ge=0)
+    augment_speeds: list[float] = Field(
+        default_factory=lambda: [0.9, 1.1], max_length=6,
+        description="speed-perturbed copies of each training clip (1.1 = 10 % faster, higher pitch); "
+        "training folds only, never scored",
+    )
+
+    @field_validator("augment_speeds")
+    @classmethod
+    def _speeds(cls, speeds: list[float]) -> list[float]:
+        if any(not 0.5 <= s <= 2.0 or s == 1.0 for s in speeds):
+            raise ValueError("each speed must be in 0.5..2.0 and not 1.0")
+        return speeds
 
     @field_validator("hidden_layers")
     @classmethod

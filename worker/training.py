@@ -41,8 +41,13 @@ def make_pipeline(hp: Hyperparameters | None = None) -> Pipeline:
     return Pipeline([("scale", StandardScaler()), ("mlp", mlp)])
 
 
-def fit(X: np.ndarray, y: np.ndarray, hp: Hyperparameters | None = None) -> Pipeline:
+def fit(X: np.ndarray, y: np.ndarray, hp: Hyperparameters | None = None,
+        augmented: list[np.ndarray] | None = None) -> Pipeline:
+    """Fit on ``X`` plus its speed-perturbed copies ``augmented`` (rows aligned with ``X``)."""
     model = make_pipeline(hp)
+    if augmented:
+        X = np.concatenate([X, *augmented])
+        y = np.concatenate([y] * (len(augmented) + 1))
     # The MLP's matrices are small: BLAS threads only contend for the cores (7x slower
     # measured on a busy 2-core machine) and parallelism comes from joblib elsewhere.
     with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="blas"):
@@ -112,15 +117,20 @@ def cross_validate(
     random_state: int = 0,
     progress: FoldProgress | None = None,
     skipped: dict[str, int] | None = None,
+    augmented: list[np.ndarray] | None = None,
 ) -> EvaluationReport:
-    """Pooled out-of-fold metrics plus mean/std over folds."""
+    """Pooled out-of-fold metrics plus mean/std over folds.
+
+    ``augmented`` copies (rows aligned with ``X``) join the training folds only: a
+    fold is always scored on original clips of speakers it never trained on.
+    """
     y = np.asarray(y)
     check_trainable(y, labels)
     splits = folds_for(y, groups, protocol=protocol, k=k, random_state=random_state)
     pred = np.empty_like(y)
     per_fold: dict[str, list[float]] = {"accuracy": [], "balanced_accuracy": [], "macro_f1": []}
     for i, (train, test) in enumerate(splits):
-        model = fit(X[train], y[train], hp)
+        model = fit(X[train], y[train], hp, [A[train] for A in augmented or []])
         pred[test] = model.predict(X[test])
         fold = score(y[test], pred[test], labels, protocol="", speaker_independent=True)
         for key in per_fold:

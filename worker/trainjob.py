@@ -22,7 +22,7 @@ from serq.schemas import ModelMetadata, TrainRequest, TrainResult
 from serq.settings import Settings
 
 from .datasets import scan
-from .extraction import extract_clips
+from .extraction import extract_training_set
 from .features import FEATURE_NAMES, FEATURE_VERSION
 from .training import cross_validate, fit
 
@@ -97,10 +97,17 @@ def _run(request: TrainRequest, settings: Settings, report: Report, roots, n_job
         raise DatasetError(f"no clips of {', '.join(labels)} in {request.dataset}")
     report("scanning", 1, 1)
 
-    X, ok, errors = extract_clips(
-        dataset.clips, settings.cache_dir, n_jobs=n_jobs, max_seconds=settings.max_seconds,
+    registry = Registry(settings.model_dir)
+    # Speed-perturbed copies for this recipe and, for if_better, the active model's recipe.
+    speeds = list(request.hyperparameters.augment_speeds)
+    if request.activate == "if_better":
+        speeds += [s for s in registry.active_metadata().hyperparameters.augment_speeds if s not in speeds]
+    X, ok, errors, copies = extract_training_set(
+        dataset.clips, settings.cache_dir, speeds if not request.speaker_normalisation else [],
+        n_jobs=n_jobs, max_seconds=settings.max_seconds,
         progress=lambda done, total: report("extracting", done, total),
     )
+    augmented = dict(zip(speeds, copies))
     clips = [c for c, good in zip(dataset.clips, ok) if good]
     skipped = dict(dataset.skipped)
     if errors:
@@ -114,17 +121,17 @@ def _run(request: TrainRequest, settings: Settings, report: Report, roots, n_job
                                        "speaker_ids": sorted(set(groups.tolist()))}
         return train_speaker_model(request, settings, report, X, y, groups, labels, summary, started)
 
+    own = [augmented[s] for s in request.hyperparameters.augment_speeds]
     metrics = cross_validate(
         X, y, groups, request.hyperparameters, labels=labels, protocol=request.protocol, k=request.folds,
-        progress=lambda done, total: report("cross-validating", done, total), skipped=skipped,
+        progress=lambda done, total: report("cross-validating", done, total), skipped=skipped, augmented=own,
     )
-    registry = Registry(settings.model_dir)
     baseline = None
     if request.activate == "if_better":
-        baseline = _baseline(registry, X, y, groups, labels, request)
+        baseline = _baseline(registry, X, y, groups, labels, request, augmented)
 
     report("fitting", 0, 1)
-    model = fit(X, y, request.hyperparameters)
+    model = fit(X, y, request.hyperparameters, own)
     report("fitting", 1, 1)
 
     report("registering", 0, 1)
@@ -157,13 +164,13 @@ def _run(request: TrainRequest, settings: Settings, report: Report, roots, n_job
     )
 
 
-def _baseline(registry: Registry, X, y, groups, labels, request: TrainRequest):
+def _baseline(registry: Registry, X, y, groups, labels, request: TrainRequest, augmented: dict):
     """The active model's recipe re-fitted on the same folds, so the comparison is like for like."""
     active = registry.active_metadata()
     if sorted(active.labels) != sorted(labels):
         return None
     return cross_validate(X, y, groups, active.hyperparameters, labels=labels, protocol=request.protocol,
-                          k=request.folds)
+                          k=request.folds, augmented=[augmented[s] for s in active.hyperparameters.augment_speeds])
 
 
 def _decide(policy: str, metrics, baseline) -> tuple[bool, str]:
