@@ -22,6 +22,11 @@ ANALYSIS_RATE = 16_000
 MIN_SAMPLES = 512
 #: Beyond this many channels a file is refused (libsndfile allows up to 1024).
 MAX_CHANNELS = 64
+#: Beyond this sample rate (Hz) a header is forged: resampling from it costs seconds of CPU for nothing.
+MAX_RATE = 768_000
+#: Decoded samples (all channels) allowed per second of SERQ_MAX_SECONDS: 8 channels at 48 kHz.
+#: A few MB of FLAC silence can declare 8 channels at 655 kHz: gigabytes once decoded.
+MAX_SAMPLES_PER_SECOND = 384_000
 
 
 @dataclass(frozen=True)
@@ -95,13 +100,18 @@ def decode(
         ) from None
     with handle:
         rate, channels, fmt = int(handle.samplerate), int(handle.channels), handle.format
-        if rate <= 0 or channels <= 0 or channels > MAX_CHANNELS:
+        if not 0 < rate <= MAX_RATE or channels <= 0 or channels > MAX_CHANNELS:
             raise BadAudio(f"implausible header: {rate} Hz, {channels} channels")
         declared = handle.frames
         if max_seconds is not None and 0 < declared < 2**62 and declared / rate > max_seconds:
             raise TooLong(f"{declared / rate:.1f} s exceeds the limit of {max_seconds:g} s (SERQ_MAX_SECONDS)")
         # Never trust a header's length: read at most what the limit allows, plus one frame.
         limit = -1 if max_seconds is None else int(max_seconds * rate) + 1
+        if max_seconds is not None:  # what reading would allocate (soundfile stops at the declared length)
+            frames_out = min(limit, declared) if 0 < declared < 2**62 else limit
+            if frames_out * channels > max_seconds * MAX_SAMPLES_PER_SECOND:
+                raise TooLarge(f"{channels} channels at {rate} Hz decode to {frames_out * channels} samples, over "
+                               f"the limit of {MAX_SAMPLES_PER_SECOND} per second of SERQ_MAX_SECONDS")
         try:
             frames = handle.read(frames=limit, dtype="float32", always_2d=True)
         except (sf.LibsndfileError, RuntimeError, ValueError, MemoryError) as exc:
