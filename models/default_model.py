@@ -52,7 +52,7 @@ def build_default(data: str | Path, out: str | Path | None = None, *, n_jobs: in
         "clips": len(clips), "speakers": len(set(groups)), "speaker_ids": sorted(set(groups.tolist())),
     }
     meta = ModelMetadata(
-        version=f"{DEFAULT_VERSION_PREFIX}-{FEATURE_VERSION}-{digest[:8]}",
+        version=f"{DEFAULT_VERSION_PREFIX}-{FEATURE_VERSION}-{weights_digest(model)[:8]}",
         created=datetime.now(timezone.utc).replace(microsecond=0),
         feature_version=FEATURE_VERSION,
         feature_names_sha256=feature_names_sha256(FEATURE_NAMES),
@@ -70,6 +70,24 @@ def build_default(data: str | Path, out: str | Path | None = None, *, n_jobs: in
     return meta
 
 
+def weights_digest(pipeline) -> str:
+    """sha256 of a fitted pipeline's numbers (scaler statistics, MLP weights).
+
+    The skops file itself is not byte-reproducible (zip timestamps), so the default
+    model's version is named by its weights: a rebuild from the same data, seed and
+    library versions gives the same version.
+    """
+    import hashlib
+
+    scaler, mlp = pipeline.named_steps["scale"], pipeline.named_steps["mlp"]
+    h = hashlib.sha256()
+    for array in [scaler.mean_, scaler.scale_, *mlp.coefs_, *mlp.intercepts_]:
+        h.update(array.tobytes())
+    return h.hexdigest()
+
+
 REBUILD_NOTE = """## Rebuilding
 `serq models build-default --data ../shared/data/ravdess` rebuilds this model from the same
-clips with the same seed (same artifact checksum given the same library versions)."""
+clips with the same seed: the same weights, metrics and version (named by a hash of the
+weights) given the same library versions; the skops file's own sha256 differs between
+rebuilds because the zip records timestamps."""
