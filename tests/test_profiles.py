@@ -16,6 +16,7 @@ from serq.worker.speaker_training import (
     online_inputs,
     parse_mode,
     speaker_training_set,
+    with_copies,
 )
 
 F = 6
@@ -208,3 +209,14 @@ def test_profile_is_statistics_only():
     q = profiles.build("k", np.array([[1.0] * F, [3.0] * F]), "fv")
     r = profiles.build("k", np.array([[3.0] * F, [1.0] * F]), "fv")
     assert q.mean == r.mean and q.m2 == r.m2
+
+
+def test_speed_perturbed_copies_are_speakers_of_their_own():
+    X = np.arange(12.0).reshape(4, 3)
+    y = np.array(["calm", "sad", "calm", "sad"])
+    groups = np.array(["a", "a", "b", "b"])
+    Xa, ya, ga = with_copies(X, y, groups, [X + 100, X + 200])
+    assert Xa.shape == (12, 3) and list(ya) == list(y) * 3
+    assert list(ga) == ["a", "a", "b", "b", "a@copy1", "a@copy1", "b@copy1", "b@copy1",
+                        "a@copy2", "a@copy2", "b@copy2", "b@copy2"]
+    assert with_copies(X, y, groups, None)[0] is X

@@ -34,7 +34,8 @@ def speaker_version(ravdess_dir, model_dir) -> str:
     settings = Settings(model_dir=model_dir, cache_dir=get_settings().cache_dir)
     request = TrainRequest(dataset=str(ravdess_dir), speakers=["01", "02", "03"], folds=2, activate="always",
                            speaker_normalisation=True,
-                           hyperparameters=Hyperparameters(hidden_layers=[16], max_iter=30, random_state=0))
+                           hyperparameters=Hyperparameters(hidden_layers=[16], max_iter=30, random_state=0,
+                                                           augment_speeds=[]))
     result = run_training(request, settings)
     assert result.ok, result.error
     return result.version

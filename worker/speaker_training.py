@@ -111,9 +111,22 @@ def speaker_training_set(X: np.ndarray, y: np.ndarray, groups: np.ndarray, recip
     return inputs, np.concatenate([y[rows] for rows, _ in built]), prior
 
 
-def fit_speaker_model(X, y, groups, hp: Hyperparameters | None, recipe: ProfileRecipe):
-    """A pipeline over ``[x, z]`` inputs and the prior it expects."""
-    inputs, labels, prior = speaker_training_set(X, np.asarray(y), np.asarray(groups), recipe)
+def with_copies(X: np.ndarray, y: np.ndarray, groups: np.ndarray, augmented: list[np.ndarray] | None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows plus their speed-perturbed copies (rows aligned with ``X``), each copy of a speaker a speaker
+    of its own: a faster, higher voice has its own baseline, so it gets its own profile."""
+    if not augmented:
+        return X, y, groups
+    copies = [np.char.add(groups.astype(str), f"@copy{i}") for i in range(1, len(augmented) + 1)]
+    return (np.concatenate([X, *augmented]), np.concatenate([y] * (len(augmented) + 1)),
+            np.concatenate([groups.astype(str), *copies]))
+
+
+def fit_speaker_model(X, y, groups, hp: Hyperparameters | None, recipe: ProfileRecipe,
+                      augmented: list[np.ndarray] | None = None):
+    """A pipeline over ``[x, z]`` inputs and the prior it expects (``augmented``: speed-perturbed copies)."""
+    X, y, groups = with_copies(X, np.asarray(y), np.asarray(groups), augmented)
+    inputs, labels, prior = speaker_training_set(X, y, groups, recipe)
     return fit(inputs, labels, hp), prior
 
 
@@ -157,7 +170,8 @@ def parse_mode(text: str) -> tuple[str, int]:
 def evaluate_profiles(X: np.ndarray, y: np.ndarray, groups: np.ndarray, hp: Hyperparameters | None, *,
                       labels: list[str], mode: str, recipe: ProfileRecipe = ProfileRecipe(), k: int = 5,
                       random_state: int = 0, progress: FoldProgress | None = None,
-                      skipped: dict[str, int] | None = None, with_plain: bool = True) -> dict[str, EvaluationReport]:
+                      skipped: dict[str, int] | None = None, with_plain: bool = True,
+                      augmented: list[np.ndarray] | None = None) -> dict[str, EvaluationReport]:
     """Plain vs speaker-profile figures by speaker-grouped ``k``-fold.
 
     Returns ``{"plain": all clips, "plain_same_clips": the clips the profile path
@@ -166,16 +180,18 @@ def evaluate_profiles(X: np.ndarray, y: np.ndarray, groups: np.ndarray, hp: Hype
     (neutral/calm first) build the profile and are not scored; in ``online`` mode
     every clip is scored, clips before ``recipe.min_clips`` by the plain model.
     ``with_plain=False`` (``enroll`` only) skips the plain model: only ``speaker_profiles``.
+    ``augmented``: speed-perturbed copies of ``X`` (rows aligned), for the training folds only.
     """
     return evaluate_modes(X, y, groups, hp, labels=labels, modes=[mode], recipe=recipe, k=k,
-                          random_state=random_state, progress=progress, skipped=skipped, with_plain=with_plain)[mode]
+                          random_state=random_state, progress=progress, skipped=skipped, with_plain=with_plain,
+                          augmented=augmented)[mode]
 
 
 def evaluate_modes(X: np.ndarray, y: np.ndarray, groups: np.ndarray, hp: Hyperparameters | None, *,
                    labels: list[str], modes: list[str], recipe: ProfileRecipe = ProfileRecipe(), k: int = 5,
                    random_state: int = 0, progress: FoldProgress | None = None,
-                   skipped: dict[str, int] | None = None, with_plain: bool = True
-                   ) -> dict[str, dict[str, EvaluationReport]]:
+                   skipped: dict[str, int] | None = None, with_plain: bool = True,
+                   augmented: list[np.ndarray] | None = None) -> dict[str, dict[str, EvaluationReport]]:
     """:func:`evaluate_profiles` for several modes on the same folds and fitted models: ``{mode: reports}``."""
     parsed = {mode: parse_mode(mode) for mode in modes}
     if not with_plain and any(kind == "online" for kind, _ in parsed.values()):
@@ -188,9 +204,10 @@ def evaluate_modes(X: np.ndarray, y: np.ndarray, groups: np.ndarray, hp: Hyperpa
     scored = {mode: np.zeros(len(y), dtype=bool) for mode in modes}
     rngs = {mode: np.random.default_rng(random_state) for mode in modes}
     for f, (train, test) in enumerate(splits):
+        copies = [A[train] for A in augmented or []]  # training folds only: scored clips are originals
         if with_plain:
-            plain_pred[test] = fit(X[train], y[train], hp).predict(X[test])
-        model, prior = fit_speaker_model(X[train], y[train], groups[train], hp, recipe)
+            plain_pred[test] = fit(X[train], y[train], hp, copies).predict(X[test])
+        model, prior = fit_speaker_model(X[train], y[train], groups[train], hp, recipe, copies)
         for speaker in np.unique(groups[test]):
             rows = np.flatnonzero(groups == speaker)
             for mode, (kind, n) in parsed.items():
@@ -233,12 +250,14 @@ def evaluate_modes(X: np.ndarray, y: np.ndarray, groups: np.ndarray, hp: Hyperpa
 
 
 def train_speaker_model(request: TrainRequest, settings, report, X, y, groups, labels: list[str],
-                        summary: dict, started: float, recipe: ProfileRecipe = ProfileRecipe()) -> TrainResult:
+                        summary: dict, started: float, augmented: dict[float, np.ndarray] | None = None,
+                        recipe: ProfileRecipe = ProfileRecipe()) -> TrainResult:
     """The speaker-normalised branch of :func:`serq.worker.trainjob.run_training` (``speaker_normalisation``).
 
     Metrics are ``enroll:<enrol_clips>`` figures by speaker-grouped k-fold; the model
     is registered with ``normalisation="speaker"`` and its prior, and activation
-    moves the speaker pointer (never the plain model's ACTIVE).
+    moves the speaker pointer (never the plain model's ACTIVE). ``augmented``: speed ->
+    perturbed copy of ``X``; a recipe uses the copies its ``augment_speeds`` name.
     """
     from serq.models.card import model_card
 
@@ -246,9 +265,14 @@ def train_speaker_model(request: TrainRequest, settings, report, X, y, groups, l
 
     if request.protocol != "speaker":
         raise DatasetError("a speaker-normalised model is evaluated by speaker only (protocol 'speaker')")
-    cv = lambda hp, progress=None: evaluate_profiles(  # noqa: E731
-        X, y, groups, hp, labels=labels, mode=f"enroll:{recipe.enrol_clips}", recipe=recipe, k=request.folds,
-        progress=progress, with_plain=False)["speaker_profiles"]
+    def copies(hp: Hyperparameters) -> list[np.ndarray]:
+        return [augmented[s] for s in hp.augment_speeds if s in (augmented or {})]
+
+    def cv(hp: Hyperparameters, progress=None) -> EvaluationReport:
+        return evaluate_profiles(X, y, groups, hp, labels=labels, mode=f"enroll:{recipe.enrol_clips}", recipe=recipe,
+                                 k=request.folds, progress=progress, with_plain=False,
+                                 augmented=copies(hp))["speaker_profiles"]
+
     metrics = cv(request.hyperparameters, lambda done, total: report("cross-validating", done, total))
     registry = Registry(settings.model_dir)
     baseline = None
@@ -257,7 +281,7 @@ def train_speaker_model(request: TrainRequest, settings, report, X, y, groups, l
         if current is not None and sorted(current.labels) == sorted(labels):
             baseline = cv(current.hyperparameters)
     report("fitting", 0, 1)
-    model, prior = fit_speaker_model(X, y, groups, request.hyperparameters, recipe)
+    model, prior = fit_speaker_model(X, y, groups, request.hyperparameters, recipe, copies(request.hyperparameters))
     report("fitting", 1, 1)
     report("registering", 0, 1)
     data = serialise(model)
@@ -352,21 +376,22 @@ def build_default_speaker(data: str | Path, out: str | Path | None = None, *, re
     from serq.settings import get_settings
 
     from .datasets import scan
-    from .extraction import extract_clips
+    from .extraction import extract_training_set
 
     out = Path(out) if out else DEFAULT_SPEAKER_DIR
     progress = progress or (lambda stage: None)
     dataset = scan(data)
-    X, ok, _ = extract_clips(dataset.clips, get_settings().cache_dir, progress=progress("extracting"))
+    hp = Hyperparameters()
+    X, ok, _, augmented = extract_training_set(dataset.clips, get_settings().cache_dir, hp.augment_speeds,
+                                               progress=progress("extracting"))
     clips = [c for c, good in zip(dataset.clips, ok) if good]
     y = np.array([c.label for c in clips])
     groups = np.array([c.speaker for c in clips])
     labels = [e for e in EMOTIONS if e in set(y)]
-    hp = Hyperparameters()
     evaluations = evaluate_modes(X, y, groups, hp, labels=labels, modes=[f"enroll:{recipe.enrol_clips}", "online"],
                                  recipe=recipe, k=folds, progress=progress("cross-validating"),
-                                 skipped=dict(dataset.skipped))
-    model, prior = fit_speaker_model(X, y, groups, hp, recipe)
+                                 skipped=dict(dataset.skipped), augmented=augmented)
+    model, prior = fit_speaker_model(X, y, groups, hp, recipe, augmented)
     data_bytes = serialise(model)
     digest = sha256_bytes(data_bytes)
     summary = dataset.summary() | {
@@ -401,7 +426,7 @@ def evaluate_dataset(model: LoadedModel, data: str, settings, mode: str, *, fold
     from collections import Counter
 
     from .datasets import scan
-    from .extraction import extract_clips
+    from .extraction import extract_training_set
     from .progress import progress_printer
 
     try:
@@ -413,16 +438,18 @@ def evaluate_dataset(model: LoadedModel, data: str, settings, mode: str, *, fold
     labels = list(model.meta.labels)
     dataset = scan(data).restrict(tuple(labels))
     skipped = Counter(dataset.skipped)
-    X, ok, errors = extract_clips(dataset.clips, settings.cache_dir, max_seconds=settings.max_seconds,
-                                  progress=progress_printer("extracting") if progress == "stderr" else None)
+    hp = model.meta.hyperparameters
+    X, ok, errors, augmented = extract_training_set(
+        dataset.clips, settings.cache_dir, hp.augment_speeds, max_seconds=settings.max_seconds,
+        progress=progress_printer("extracting") if progress == "stderr" else None)
     if errors:
         skipped["unreadable audio"] += len(errors)
     clips = [c for c, good in zip(dataset.clips, ok) if good]
     y = np.array([c.label for c in clips])
     groups = np.array([c.speaker for c in clips])
-    return evaluate_profiles(X, y, groups, model.meta.hyperparameters, labels=labels, mode=mode, recipe=recipe,
-                             k=folds, progress=progress_printer("cross-validating") if progress == "stderr" else None,
-                             skipped=dict(skipped))
+    return evaluate_profiles(X, y, groups, hp, labels=labels, mode=mode, recipe=recipe, k=folds,
+                             progress=progress_printer("cross-validating") if progress == "stderr" else None,
+                             skipped=dict(skipped), augmented=augmented)
 
 
 def format_profile_reports(reports: dict[str, EvaluationReport]) -> str:

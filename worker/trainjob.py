@@ -103,7 +103,7 @@ def _run(request: TrainRequest, settings: Settings, report: Report, roots, n_job
     if request.activate == "if_better":
         speeds += [s for s in registry.active_metadata().hyperparameters.augment_speeds if s not in speeds]
     X, ok, errors, copies = extract_training_set(
-        dataset.clips, settings.cache_dir, speeds if not request.speaker_normalisation else [],
+        dataset.clips, settings.cache_dir, speeds,
         n_jobs=n_jobs, max_seconds=settings.max_seconds,
         progress=lambda done, total: report("extracting", done, total),
     )
@@ -119,7 +119,7 @@ def _run(request: TrainRequest, settings: Settings, report: Report, roots, n_job
 
         summary = dataset.summary() | {"path": str(path), "clips": len(clips), "speakers": len(set(groups)),
                                        "speaker_ids": sorted(set(groups.tolist()))}
-        return train_speaker_model(request, settings, report, X, y, groups, labels, summary, started)
+        return train_speaker_model(request, settings, report, X, y, groups, labels, summary, started, augmented)
 
     own = [augmented[s] for s in request.hyperparameters.augment_speeds]
     metrics = cross_validate(
