@@ -1,0 +1,154 @@
+"""Fixtures of the reliability suite: short real clips, a private RabbitMQ node, RSS, the fault report.
+
+Every fault test records a row with :func:`record` (fault, requests, answered, lost,
+errors by code, the command that reproduces it); the rows are printed as a Markdown
+table at the end of the run (the table in ``docs/reliability.md`` is that output), and
+written as JSON to ``$SERQ_RELIABILITY_REPORT`` when it is set.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+
+from serq.errors import ERROR_CODES
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLES = REPO / "samples"
+#: Rows of the fault report, in the order the tests ran.
+REPORT: list[dict] = []
+
+
+@pytest.fixture(scope="session")
+def short_clips() -> list[bytes]:
+    """24 one-second WAV clips of real speech: three windows of each shipped sample (samples/, RAVDESS)."""
+    clips = []
+    for path in sorted(SAMPLES.glob("*.flac")):
+        x, rate = sf.read(path, dtype="float32")
+        for start in (0.4, 0.9, 1.4):
+            buf = io.BytesIO()
+            sf.write(buf, x[int(start * rate):int((start + 1.0) * rate)], rate, format="WAV", subtype="PCM_16")
+            clips.append(buf.getvalue())
+    assert len(clips) >= 24, f"expected the 8 shipped samples in {SAMPLES}"
+    return clips
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of ``pid`` in KiB, from /proc/<pid>/status (VmRSS)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def tally(outcomes) -> tuple[int, Counter]:
+    """``(answered, errors by code)`` of a list of outcomes (results, ClientErrors, or error codes as str)."""
+    errors: Counter = Counter()
+    answered = 0
+    for outcome in outcomes:
+        code = outcome if isinstance(outcome, str) else getattr(outcome, "code", None)
+        if code in ("timeout", "connection_lost"):  # the client gave up: not an answer
+            errors[code] += 1
+            continue
+        answered += 1
+        if code is not None and code != "result":
+            errors[code] += 1
+    return answered, errors
+
+
+def record(fault: str, requests: int, outcomes, command: str, **notes) -> dict:
+    """Add a row to the fault report; returns it (``lost`` = requests - answered)."""
+    answered, errors = tally(outcomes)
+    row = {"fault": fault, "requests": requests, "answered": answered, "lost": requests - answered,
+           "errors": dict(sorted(errors.items())), "command": command, **notes}
+    REPORT.append(row)
+    return row
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not REPORT:
+        return
+    tr = terminalreporter
+    tr.section("serq reliability report")
+    tr.write_line("| fault | requests | answered | lost | errors by code | notes | reproduce |")
+    tr.write_line("|---|---:|---:|---:|---|---|---|")
+    for row in REPORT:
+        errors = ", ".join(f"{k} {v}" for k, v in row["errors"].items()) or "none"
+        notes = "; ".join(f"{k} {v}" for k, v in row.items()
+                          if k not in {"fault", "requests", "answered", "lost", "errors", "command"})
+        tr.write_line(f"| {row['fault']} | {row['requests']} | {row['answered']} | {row['lost']} | {errors} | "
+                      f"{notes} | `{row['command']}` |")
+    target = os.environ.get("SERQ_RELIABILITY_REPORT")
+    if target:
+        Path(target).write_text(json.dumps(REPORT, indent=2))
+
+
+def assert_typed(code: str) -> None:
+    """A reply's code is one of the contract's, and not ``internal`` (which means a bug)."""
+    assert code in ERROR_CODES, f"unknown error code {code!r}"
+    assert code != "internal", "an internal error: a bug the input revealed (see the worker log)"
+
+
+# --------------------------------------------------------------------------- a private broker
+
+
+def _free_port_pair() -> int:
+    """A free port p with p + 20000 free too (the private node's AMQP and distribution ports)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port + 20000 > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 20000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair")
+
+
+class PrivateBroker:
+    """A RabbitMQ node of this test alone (serq.demo.LocalBroker), which it may stop and start at will."""
+
+    def __init__(self, workdir: Path):
+        from serq.demo import LocalBroker
+
+        self.url = f"amqp://guest:guest@127.0.0.1:{_free_port_pair()}/%2F"
+        self.node = LocalBroker(self.url, workdir)
+
+    def start(self) -> None:
+        self.node.start(timeout=180)
+
+    def ctl(self, *args: str, timeout: float = 120) -> None:
+        done = subprocess.run([shutil.which("rabbitmqctl"), "-n", self.node.node, *args],
+                              capture_output=True, text=True, timeout=timeout)
+        assert done.returncode == 0, f"rabbitmqctl {' '.join(args)}: {done.stderr[-1000:]}"
+
+    def stop(self) -> None:
+        self.node.stop()
+
+
+@pytest.fixture
+def private_broker(tmp_path):
+    """A private RabbitMQ node on free ports (never the shared broker); always stopped at the end."""
+    if shutil.which("rabbitmq-server") is None or shutil.which("rabbitmqctl") is None:
+        pytest.skip("rabbitmq-server is not installed: the broker-restart test needs a private node")
+    workdir = tmp_path / "broker"
+    workdir.mkdir()
+    broker = PrivateBroker(workdir)
+    try:
+        broker.start()
+        yield broker
+    finally:
+        broker.stop()
