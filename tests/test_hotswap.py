@@ -99,8 +99,8 @@ def test_a_retrain_hot_swaps_into_every_worker_and_no_request_fails(
 
         # Retrain through the broker (`serq train --wait --json`) while the stream goes on.
         trained = subprocess.run(
-            [sys.executable, "-m", "serq", "train", "--data", "six", "--folds", "3", "--hidden", "64", "--max-iter", "60",
-             "--activate", "always", "--wait", "--json"],
+            [sys.executable, "-m", "serq", "train", "--data", "six", "--folds", "3", "--hidden", "64",
+             "--max-iter", "60", "--augment", "none", "--activate", "always", "--wait", "--json"],
             env=env, capture_output=True, text=True, timeout=900, cwd=REPO)
         assert trained.returncode == 0, trained.stderr
         result = TrainResult.model_validate_json(trained.stdout)

@@ -29,7 +29,7 @@ from serq.worker.trainjob import confine, resolve_dataset
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ["scanning", "extracting", "cross-validating", "fitting", "registering"]
 #: A quick recipe: the tests check plumbing, not accuracy.
-QUICK = {"hidden_layers": [32], "max_iter": 30}
+QUICK = {"hidden_layers": [32], "max_iter": 30, "augment_speeds": []}
 
 
 # --------------------------------------------------------------------------- unit
@@ -150,6 +150,9 @@ def test_the_cli_types_bad_requests_before_sending(capsys):
     assert "[bad_hyperparameter]" in capsys.readouterr().err
     assert main(["train", "--hidden", "64,x", "--data", "x"]) == 2
     assert "[bad_hyperparameter]" in capsys.readouterr().err
+    for speeds in ("1.0", "fast"):
+        assert main(["train", "--augment", speeds, "--data", "x"]) == 2
+        assert "[bad_hyperparameter]" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- with the broker
@@ -243,8 +246,10 @@ def tap(amqp_url, prefix):
     t.close()
 
 
-def job(job_id: str, dataset: str = "four", **fields) -> dict:
-    return {"job_id": job_id, "dataset": dataset, "folds": 2, "hyperparameters": QUICK, "activate": "never"} | fields
+def job(job_id: str, dataset: str = "four", hyperparameters: dict | None = None, **fields) -> dict:
+    """A quick training request on the 4-actor subset; ``hyperparameters`` override :data:`QUICK`."""
+    hp = QUICK | (hyperparameters or {})
+    return {"job_id": job_id, "dataset": dataset, "folds": 2, "hyperparameters": hp, "activate": "never"} | fields
 
 
 def registry_state(models: Path) -> tuple[list[str], str | None]:
@@ -343,7 +348,7 @@ def test_if_better_keeps_the_active_model_against_a_worse_recipe(amqp_url, prefi
     start_trainer(env=trainer_env)
     env = os.environ | {"SERQ_AMQP_URL": amqp_url, "SERQ_PREFIX": prefix, "SERQ_MODEL_DIR": str(tmp_path / "models")}
     decent = subprocess.run([sys.executable, "-m", "serq", "train", "--data", "four", "--folds", "2", "--hidden", "64",
-                             "--max-iter", "80", "--activate", "always", "--wait"],
+                             "--max-iter", "80", "--augment", "none", "--activate", "always", "--wait"],
                             env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert decent.returncode == 0, decent.stderr
     assert "activated: True" in decent.stdout and "balanced accuracy" in decent.stdout
@@ -354,7 +359,7 @@ def test_if_better_keeps_the_active_model_against_a_worse_recipe(amqp_url, prefi
     assert active and registry.active_metadata().hyperparameters.hidden_layers == [64]
 
     worse = subprocess.run([sys.executable, "-m", "serq", "train", "--data", "four", "--folds", "2", "--hidden", "2",
-                            "--max-iter", "10", "--activate", "if_better", "--wait", "--json"],
+                            "--max-iter", "10", "--augment", "none", "--activate", "if_better", "--wait", "--json"],
                            env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert worse.returncode == 0, worse.stderr
     result = TrainResult.model_validate_json(worse.stdout)

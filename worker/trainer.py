@@ -279,8 +279,9 @@ class Trainer:
             publish_event(activated, settings=self.settings, channel=channel)
         if job.reply_to:
             self._publish(channel, "", job.reply_to, result, correlation_id=job.correlation_id, persistent=True)
-        self._publish(channel, self.settings.name("events"), f"train.{result.job_id}.{'done' if result.ok else 'failed'}",
-                      result, correlation_id=job.correlation_id, persistent=True)
+        outcome = "done" if result.ok else "failed"
+        self._publish(channel, self.settings.name("events"), f"train.{result.job_id}.{outcome}", result,
+                      correlation_id=job.correlation_id, persistent=True)
         channel.basic_ack(job.delivery_tag)
         if self._in_flight is job:
             self._in_flight = None
@@ -306,8 +307,8 @@ class Trainer:
             result, activated = failure(request.job_id, exc, time.monotonic() - started), None
         except Exception as exc:  # a bug must not kill the service nor loop the job: answer and ack it
             log(logger, "job_crashed", level=logging.ERROR, job_id=request.job_id, exc_info=True)
-            result = failure(request.job_id, SerqError(f"training failed unexpectedly: {exc.__class__.__name__}: {exc}"),
-                             time.monotonic() - started)
+            crash = SerqError(f"training failed unexpectedly: {exc.__class__.__name__}: {exc}")
+            result = failure(request.job_id, crash, time.monotonic() - started)
             activated = None
         self._remember(request.job_id, result, activated)
         self._on_io(self._complete, job, result, activated)

@@ -27,6 +27,8 @@ def register(sub) -> None:
     p.add_argument("--alpha", type=float, help="L2 penalty")
     p.add_argument("--max-iter", type=int)
     p.add_argument("--seed", type=int, help="random_state")
+    p.add_argument("--augment", metavar="S,S|none",
+                   help="speed-perturbed copies of each training clip, e.g. 0.9,1.1 (the default); none = no copies")
     p.add_argument("--speaker-normalisation", action="store_true",
                    help="train a model that expects speaker profiles (served on the profile path; docs/profiles.md)")
     p.add_argument("--wait", action="store_true", help="(broker) wait for the result, showing progress")
@@ -48,6 +50,13 @@ def build_request(args: argparse.Namespace, default_data: str):
             hp["hidden_layers"] = [int(x) for x in args.hidden.split(",")]
         except ValueError:
             raise SerqError(f"--hidden wants layer sizes like 256 or 128,64, not {args.hidden!r}",
+                            code="bad_hyperparameter") from None
+    if args.augment is not None:
+        try:
+            none = args.augment.strip().lower() == "none"
+            hp["augment_speeds"] = [] if none else [float(x) for x in args.augment.split(",")]
+        except ValueError:
+            raise SerqError(f"--augment wants speeds like 0.9,1.1 or none, not {args.augment!r}",
                             code="bad_hyperparameter") from None
     for key, value in (("alpha", args.alpha), ("max_iter", args.max_iter), ("random_state", args.seed)):
         if value is not None:
