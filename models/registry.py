@@ -212,7 +212,8 @@ class Registry:
 
     def activate(self, version: str) -> ModelMetadata:
         """Point ACTIVE at ``version`` (verified first), atomically; record it for rollback."""
-        self.load(version)  # never activate what would not load
+        if self.load(version).meta.normalisation == "speaker":  # never activate what would not load
+            raise ModelError(f"model {version} expects speaker profiles: serve it with `serq profiles activate`")
         _atomic_write(self.root / "ACTIVE", version.encode() + b"\n")
         history = self.history() + [version]
         _atomic_write(self.root / "history.json", json.dumps(history[-100:]).encode())

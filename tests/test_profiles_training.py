@@ -85,6 +85,25 @@ def test_speaker_normalised_training_registers_a_speaker_model_beside_the_plain_
     assert served is not None and served.version == trained["version"]
 
 
+def test_a_speaker_model_never_replaces_the_plain_model(trained, workdir):
+    import base64
+
+    from serq.errors import ModelError
+    from serq.models.registry import Registry
+    from serq.schemas import ModelActivated
+    from serq.worker.service import verify_event
+
+    registry = Registry(workdir / "models")
+    with pytest.raises(ModelError, match="speaker profiles"):
+        registry.activate(trained["version"])
+    assert registry.active_version() is None
+    meta = registry.metadata(trained["version"])
+    event = ModelActivated(version=meta.version, sha256=meta.sha256, feature_version=meta.feature_version,
+                           metadata=meta, artifact_b64=base64.b64encode(registry.artifact_bytes(meta.version)).decode())
+    with pytest.raises(ModelError, match="speaker profiles"):
+        verify_event(event)
+
+
 def _vectors(paths):
     from serq.settings import get_settings
     from serq.worker.datasets import Clip

@@ -70,6 +70,8 @@ class ModelHolder:
 def verify_event(event: ModelActivated) -> LoadedModel:
     """Decode and verify an activation event's artifact; :class:`ModelError` if anything disagrees."""
     meta = event.metadata
+    if meta.normalisation == "speaker":  # served on the profile path (SPEAKER_ACTIVE), never as the plain model
+        raise ModelError(f"model {event.version} expects speaker profiles; it cannot replace the plain model")
     if (event.version, event.sha256, event.feature_version) != (meta.version, meta.sha256, meta.feature_version):
         raise ModelError(
             f"model {event.version}: the event's version/sha256/feature version disagree with its metadata"

@@ -302,7 +302,8 @@ class Trainer:
         try:
             result = run_training(request, self.settings, report=report, roots=self.settings.data_root_paths,
                                   n_jobs=self.n_jobs)
-            activated = self._event(result.version) if result.activated else None
+            # A speaker-normalised model moves SPEAKER_ACTIVE in the shared registry; it is not announced.
+            activated = self._event(result.version) if result.activated and not request.speaker_normalisation else None
         except SerqError as exc:  # run_training types its own failures; this is reading the new artifact back
             result, activated = failure(request.job_id, exc, time.monotonic() - started), None
         except Exception as exc:  # a bug must not kill the service nor loop the job: answer and ack it
