@@ -7,6 +7,7 @@ figures (which clips are scored, which model answers), not accuracy.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import pytest
 from serq.worker.features import FEATURE_NAMES, FEATURE_VERSION
 
 from conftest import ravdess_clip
-from test_training import link_actors
+from test_training import cli, link_actors  # noqa: F401  (cli is a fixture)
 
 ACTORS = [1, 2, 3, 4]
 SMALL = ["--hidden", "32", "--max-iter", "40", "--seed", "1", "--folds", "2"]
@@ -29,22 +30,11 @@ def workdir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("profiles")
 
 
-@pytest.fixture
-def cli(workdir, monkeypatch, capsys):
-    """`serq` in this process with a private model registry (the feature cache is the environment's)."""
-    from serq.cli import main
-    from serq.settings import get_settings
-
-    monkeypatch.setenv("SERQ_MODEL_DIR", str(workdir / "models"))
-    get_settings.cache_clear()
-
-    def run(*args: str) -> tuple[int, str, str]:
-        code = main(list(args))
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    yield run
-    get_settings.cache_clear()
+@pytest.fixture(scope="module")
+def env(workdir) -> dict[str, str]:
+    """A private model registry for `cli` (test_training's fixture); the environment's feature cache if set."""
+    cache = os.environ.get("SERQ_CACHE_DIR") or str(workdir / "cache")
+    return os.environ | {"SERQ_MODEL_DIR": str(workdir / "models"), "SERQ_CACHE_DIR": cache}
 
 
 @pytest.fixture(scope="module")
