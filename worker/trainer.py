@@ -63,7 +63,7 @@ def parse_request(body: bytes) -> TrainRequest:
     """
     try:
         raw = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: "[[[[..." killed the trainer
         raise InvalidRequest(f"a training request must be a JSON object ({exc})") from None
     if not isinstance(raw, dict):
         raise InvalidRequest(f"a training request must be a JSON object, not {type(raw).__name__}")
@@ -77,7 +77,7 @@ def job_id_of(body: bytes, props: pika.BasicProperties) -> str:
     """The job id a failure is reported under, even when the request did not validate."""
     try:
         value = json.loads(body).get("job_id")
-    except (ValueError, AttributeError, UnicodeDecodeError):
+    except (ValueError, AttributeError, UnicodeDecodeError, RecursionError):
         value = None
     if isinstance(value, str) and _valid_id(value):
         return value

@@ -35,6 +35,13 @@ def resolve_dataset(dataset: str, roots: list[Path] | None) -> Path:
 
     Symlinks are resolved first, so a link pointing out of a root is refused too.
     """
+    try:
+        return _resolve_dataset(dataset, roots)
+    except (OSError, ValueError, RuntimeError) as exc:  # NUL byte, name too long, ~nosuchuser: typed, not a crash
+        raise DatasetError(f"dataset {dataset[:60]!r}: not a usable path ({exc.__class__.__name__})") from None
+
+
+def _resolve_dataset(dataset: str, roots: list[Path] | None) -> Path:
     path = Path(dataset).expanduser()
     if roots is not None:
         if not roots:
