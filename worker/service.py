@@ -38,7 +38,7 @@ from pydantic import ValidationError
 from serq.client.amqp import CONNECTION_ERRORS, Backoff, close_quietly, connect
 from serq.client.topology import declare_classify, declare_models
 from serq.errors import InvalidRequest, ModelError, SerqError, TooLarge
-from serq.models.registry import LoadedModel, Registry, load_artifact
+from serq.models.registry import LoadedModel, Registry, load_artifact, load_default
 from serq.schemas import ErrorInfo, ErrorReply, ModelActivated
 from serq.schemas.contract import CLASSIFY
 from serq.settings import Settings
@@ -93,8 +93,8 @@ class Worker:
     def __init__(self, settings: Settings, model: LoadedModel | None = None, metrics: Metrics | None = None):
         self.settings = settings
         self.registry = Registry(settings.model_dir)
-        self.holder = ModelHolder(model or self.registry.load_active())
         self.metrics = metrics or Metrics()
+        self.holder = ModelHolder(model or self._initial_model())
         self.metrics.set_model(self.holder.current.version)
         self.worker_id = settings.worker_id or default_worker_id()
         self._compute = ThreadPoolExecutor(1, thread_name_prefix="serq-compute")
@@ -102,6 +102,17 @@ class Worker:
         self._stopping = threading.Event()
         self._in_flight = 0  # touched on the I/O thread only
         self._results = settings.name("results")
+
+    def _initial_model(self) -> LoadedModel:
+        """The registry's active model; a broken one (tampered, truncated, other features) must not keep
+        the service down: the shipped default serves instead, with an ERROR log and ``serq_model_refused_total``."""
+        try:
+            return self.registry.load_active()
+        except ModelError as exc:
+            self.metrics.refused.inc()
+            log(logger, "active model refused; serving the shipped default", level=logging.ERROR,
+                refused=self.registry.active_version() or "?", reason=str(exc))
+            return load_default()
 
     # --- lifecycle -------------------------------------------------------------------------
 
