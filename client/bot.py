@@ -2,7 +2,11 @@
 
 Everything the seed's GUI did, in a console, through the real service:
 ``list``, ``play``, ``spectrum`` (local), ``classify`` (through the broker),
-``models``, ``accuracy``, ``train`` (through the trainer), ``help``, ``quit``.
+``models``, ``accuracy``, ``train`` (through the trainer), ``help``, ``quit``;
+and beyond it ``timeline`` (emotion over a long recording, streamed through the
+broker, or computed here when no broker answers) and speaker profiles
+(``enroll``, ``classify --speaker``, ``profiles``, ``forget``: kept in memory, or
+in the ``--profiles DIR`` the bot is given).
 
 Interactive on a terminal (history and tab completion of file names, via
 :mod:`readline`); otherwise it reads one command per line from stdin or the
@@ -27,6 +31,8 @@ from pathlib import Path
 from serq.errors import SerqError
 from serq.labels import EMOTIONS
 from serq.output import AUDIO_SUFFIXES, expand_paths, format_report, format_result
+
+from .profiles import ProfileStore
 
 #: The sample clips beside the package in a source checkout (``./run demo``).
 SAMPLES_DIR = Path(__file__).resolve().parents[1] / "samples"
@@ -65,7 +71,7 @@ class Bot(cmd.Cmd):
     intro_text = "serq demo bot: type help for the commands, quit to leave."
 
     def __init__(self, paths: Iterable[str | Path] = (), *, stdin=None, stdout=None,
-                 interactive: bool | None = None, settings=None):
+                 interactive: bool | None = None, settings=None, profiles_dir: str | Path | None = None):
         stdin = stdin or sys.stdin
         stdout = stdout or sys.stdout
         super().__init__(stdin=stdin, stdout=stdout)
@@ -76,6 +82,8 @@ class Bot(cmd.Cmd):
         self.files: list[Path] = list(expand_paths(str(p) for p in paths))
         self.failures = 0
         self._client = None
+        # Speaker profiles: in memory (gone with the session) unless the user names a directory.
+        self.profiles = ProfileStore(profiles_dir)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -206,7 +214,27 @@ class Bot(cmd.Cmd):
                     found.append(shown + ("/" if entry.is_dir() else ""))
         return sorted(set(names + found))
 
-    complete_play = complete_spectrum = complete_classify = complete_files
+    complete_play = complete_spectrum = complete_timeline = complete_files
+
+    def complete_speakers(self, text: str, line: str, begidx: int, endidx: int) -> list[str]:
+        return [key for key in self.profiles.keys() if key.startswith(text)]
+
+    complete_forget = complete_speakers
+
+    def complete_enroll(self, text: str, line: str, begidx: int, endidx: int) -> list[str]:
+        """``enroll SPEAKER FILE...``: speaker keys first, then files."""
+        if len(line[:begidx].split()) == 1:
+            return self.complete_speakers(text, line, begidx, endidx)
+        return self.complete_files(text, line, begidx, endidx)
+
+    def complete_classify(self, text: str, line: str, begidx: int, endidx: int) -> list[str]:
+        """Files, or speaker keys after ``--speaker``."""
+        before = line[:begidx].split()
+        if before and before[-1] == "--speaker":
+            return self.complete_speakers(text, line, begidx, endidx)
+        if text.startswith("-"):
+            return ["--speaker"] if "--speaker".startswith(text) else []
+        return self.complete_files(text, line, begidx, endidx)
 
     def do_list(self, arg: str) -> None:
         """list: the files the bot knows, numbered (use a number, a name or a path in other commands)"""
@@ -267,16 +295,29 @@ class Bot(cmd.Cmd):
         return self._client
 
     def do_classify(self, arg: str) -> None:
-        """classify FILE|DIR ...: the emotion of each clip, through the broker (label, confidence, a bar per emotion)"""
-        args = shlex.split(arg)
-        paths = self.resolve_many(args) if args else list(self.files)
+        """classify FILE|DIR ... [--speaker S]: the emotion of each clip, through the broker (label, confidence, a bar per emotion); --speaker S: with S's profile, saying which path answered (speaker-normalised, or plain as a fallback)"""
+        parser = _Parser(prog="classify", add_help=False)
+        parser.add_argument("paths", nargs="*")
+        parser.add_argument("--speaker", metavar="SPEAKER")
+        ns = parser.parse_args(shlex.split(arg))
+        paths = self.resolve_many(ns.paths) if ns.paths else list(self.files)
         if not paths:
-            raise Usage("usage: classify FILE|DIR ...")
+            raise Usage("usage: classify FILE|DIR ... [--speaker SPEAKER]")
         client = self.client()
+        speakers = None
+        if ns.speaker is not None:
+            from .profiles import SpeakerProfiles
+
+            speakers = SpeakerProfiles(client, store=self.profiles)
+            if speakers.get(ns.speaker) is None:
+                self.out(f"note: no profile for {ns.speaker!r} (enroll them first): the plain model answers")
         agree = labelled = 0
         for path in paths:
             try:
-                result = client.classify(path, filename=path.name)
+                if speakers is not None:
+                    result = speakers.classify(ns.speaker, path)
+                else:
+                    result = client.classify(path, filename=path.name)
             except SerqError as exc:
                 if getattr(exc, "code", "") in {"no_broker", "connection_lost"}:
                     raise
@@ -289,10 +330,87 @@ class Bot(cmd.Cmd):
                 labelled += 1
                 agree += data["label"] == expected
                 text += f"\n  file says {expected}: {'agrees' if data['label'] == expected else 'differs'}"
+            if speakers is not None:
+                text += "\n  " + answered_by(result)
             self.out(text)
         if labelled > 1:
             self.out(f"{agree}/{labelled} agree with the label in the file name "
                      "(a demo, not an accuracy figure: see `accuracy`)")
+
+    def do_timeline(self, arg: str) -> None:
+        """timeline FILE [--png OUT] [--local]: emotion over time in a long recording (strip chart, segments, summary), streamed to the workers through the broker; computed here with --local or when no broker answers; --png OUT: a figure"""
+        from .timeline_view import show_timeline
+
+        parser = _Parser(prog="timeline", add_help=False)
+        parser.add_argument("file")
+        parser.add_argument("--png", metavar="OUT")
+        parser.add_argument("--local", action="store_true")
+        ns = parser.parse_args(shlex.split(arg))
+        path = self.resolve(ns.file)
+        client = None
+        if not ns.local:
+            try:
+                client = self.client()
+            except SerqError as exc:
+                if exc.code != "no_broker":
+                    raise
+                # Like `serq timeline` without --broker: the active model of this machine.
+                self.out(f"note: {exc}; computing the timeline here instead")
+        self.out(f"timeline of {path.name}: " + ("streamed to the workers through the broker" if client
+                                                 else "computed here with the active model"))
+        self.out(show_timeline(path, png=ns.png, client=client))
+
+    def do_enroll(self, arg: str) -> None:
+        """enroll SPEAKER FILE|DIR ... [--updates]: build or extend SPEAKER's profile from 5-12 clips of calm, normal speech, through the broker (feature statistics only, no audio); --updates: later clips classified with it update it"""
+        from .profiles import SpeakerProfiles
+
+        parser = _Parser(prog="enroll", add_help=False)
+        parser.add_argument("speaker")
+        parser.add_argument("paths", nargs="+")
+        parser.add_argument("--updates", action="store_true")
+        ns = parser.parse_args(shlex.split(arg))
+        paths = self.resolve_many(ns.paths)
+        speakers = SpeakerProfiles(self.client(), store=self.profiles)
+        before = speakers.get(ns.speaker)
+        for path in paths:  # one at a time: a bad clip is one error line, the others still count
+            try:
+                speakers.enroll(ns.speaker, [path], updates=ns.updates)
+            except SerqError as exc:
+                if getattr(exc, "code", "") in {"no_broker", "connection_lost"}:
+                    raise
+                self.fail(SerqError(f"{path.name}: {exc}", code=exc.code))
+        profile = speakers.get(ns.speaker)
+        if profile is None:
+            return
+        added = profile.count - (before.count if before else 0)
+        silent = f"; {len(paths) - added} held no speech or failed" if added < len(paths) else ""
+        self.out(f"{ns.speaker}: profile of {profile.count} clips ({added} added{silent}; features "
+                 f"{profile.feature_version}, updates {'on' if profile.updates else 'off'}); kept {self._kept()}")
+
+    def do_profiles(self, arg: str) -> None:
+        """profiles: the speakers with a profile: clips, feature version, updates, last change"""
+        keys = self.profiles.keys()
+        if not keys:
+            self.out(f"no speaker profiles yet (kept {self._kept()}); `enroll SPEAKER FILE...` makes one")
+            return
+        self.out(f"{len(keys)} speaker profile(s), kept {self._kept()}:")
+        for key in keys:
+            p = self.profiles.get(key)
+            self.out(f"  {key:<24} {p.count:>3} clips  features {p.feature_version}  "
+                     f"updates {'on ' if p.updates else 'off'}  updated {p.updated:%Y-%m-%d %H:%M} UTC")
+
+    def do_forget(self, arg: str) -> None:
+        """forget SPEAKER: delete SPEAKER's profile (all serq holds about them: workers keep none)"""
+        args = shlex.split(arg)
+        if len(args) != 1:
+            raise Usage("usage: forget SPEAKER")
+        if not self.profiles.delete(args[0]):
+            raise SerqError(f"no profile for {args[0]!r} (see `profiles`)", code="not_found")
+        self.out(f"forgot {args[0]!r}: profile deleted")
+
+    def _kept(self) -> str:
+        where = self.profiles.directory
+        return f"in {where}" if where else "in memory until the bot quits (`serq bot --profiles DIR` keeps them)"
 
     def do_train(self, arg: str) -> None:
         """train [--emotions a,b] [--speakers 01,02] [--activate [POLICY]] [--max-iter N] ...: a training job through the trainer; progress, then accuracy and confusion matrix (options as `serq train`)"""
@@ -377,20 +495,37 @@ class Bot(cmd.Cmd):
         for name in self.commands():
             doc = getattr(self, f"do_{name}").__doc__
             usage, _, what = doc.partition(": ")
+            if len(usage) > 28:  # a long usage gets a line of its own
+                self.out(f"  {usage}")
+                usage = ""
             self.out(f"  {usage:<28} {what}")
 
     def commands(self) -> list[str]:
-        order = ["list", "play", "spectrum", "classify", "train", "models", "accuracy", "help", "quit"]
+        order = ["list", "play", "spectrum", "classify", "timeline", "enroll", "profiles", "forget", "train", "models",
+                 "accuracy", "help", "quit"]
         extra = sorted(n[3:] for n in self.get_names()
                        if n.startswith("do_") and n[3:] not in order and n[3:] not in {"EOF", "exit"})
         return [n for n in order if hasattr(self, f"do_{n}")] + extra
 
 
-def main(paths: list[str], script: str | None = None) -> int:
-    """Run the bot over ``paths`` (default: the sample clips), reading ``script`` if given."""
+def answered_by(result) -> str:
+    """Which path answered a request sent with a speaker profile, and why (one line)."""
+    if result.normalisation == "speaker":
+        return f"path: speaker-normalised (profile of {result.profile_clips} clips used)"
+    why = {None: "no profile", "too_few_clips": f"profile of {result.profile_clips} clips is too few",
+           "feature_version_mismatch": "profile is over other features: enroll again",
+           "no_speaker_model": "no speaker-normalised model is served"}.get(result.profile_status, result.profile_status)
+    return f"path: plain, fallback ({why})"
+
+
+def main(paths: list[str], script: str | None = None, profiles: str | None = None) -> int:
+    """Run the bot over ``paths`` (default: the sample clips), reading ``script`` if given.
+
+    ``profiles``: the directory speaker profiles are kept in (default: in memory).
+    """
     if not paths and SAMPLES_DIR.is_dir():
         paths = [str(SAMPLES_DIR)]
     if script:
         with open(script, encoding="utf-8") as fh:
-            return Bot(paths, stdin=fh, interactive=False).run()
-    return Bot(paths).run()
+            return Bot(paths, stdin=fh, interactive=False, profiles_dir=profiles).run()
+    return Bot(paths, profiles_dir=profiles).run()

@@ -8,7 +8,8 @@
    (``demo-<random>``) and a temp ``SERQ_MODEL_DIR``: nothing they do touches another
    deployment on the same broker.
 3. The bot's script over ``samples/``: play, spectrum and classify each clip, the
-   models and the active model's honest accuracy; with ``--train`` a short training
+   timeline of three clips joined into one recording (streamed through the broker),
+   the models and the active model's honest accuracy; with ``--train`` a short training
    job on a few RAVDESS actors, activated, and the clips classified again.
 4. Shutdown of everything it started, and only that: the services, the demo's queues
    and exchanges, the broker if it started one.
@@ -330,15 +331,46 @@ def delete_names(settings: Settings) -> None:
 # ------------------------------------------------------------------ the script
 
 
-def script(samples: list[Path], *, play: bool, train: bool, png_dir: Path | None) -> str:
-    """The bot commands the demo runs."""
+def joined_recording(clips: list[Path], out: Path, pause_s: float = 2.0) -> Path | None:
+    """Up to three ``clips`` (mono mixes at the first one's rate) joined by ``pause_s`` of quiet noise, as FLAC.
+
+    A short "call" for the bot's ``timeline`` (about a second of work for the workers);
+    ``None`` if no clip could be used.
+    """
+    import numpy as np
+    import soundfile as sf
+
+    parts, rate = [], None
+    for clip in clips[:3]:
+        try:
+            x, sr = sf.read(str(clip), dtype="float32", always_2d=True)
+        except (OSError, RuntimeError):  # a clip the demo cannot read is shown failing by the bot itself
+            continue
+        if rate in (None, sr):
+            rate = sr
+            # -75 dBFS noise, not digital zeros: a pause sounds like a quiet room.
+            quiet = np.random.default_rng(len(parts)).standard_normal(int(pause_s * sr)) * 10 ** (-75 / 20)
+            parts += [x.mean(axis=1), quiet.astype(np.float32)]
+    if not parts:
+        return None
+    sf.write(str(out), np.concatenate(parts), rate)
+    return out
+
+
+def script(samples: list[Path], *, play: bool, train: bool, png_dir: Path | None,
+           recording: Path | None = None) -> str:
+    """The bot commands the demo runs (``recording``: a joined recording to show as a ``timeline``)."""
     lines = ["# serq demo", "list"]
     for path in samples:
         if play:
             lines.append(f"play {path.name}")
         png = f" --png {png_dir / (path.stem + '.png')}" if png_dir else ""
         lines.append(f"spectrum {path.name}{png}")
-    lines += ["classify " + " ".join(p.name for p in samples), "models", "accuracy"]
+    lines.append("classify " + " ".join(p.name for p in samples))
+    if recording is not None:
+        png = f" --png {png_dir / (recording.stem + '-timeline.png')}" if png_dir else ""
+        lines.append(f"timeline {recording}{png}")
+    lines += ["models", "accuracy"]
     if train:
         lines += [f"train {TRAIN_ARGS}", "classify " + " ".join(p.name for p in samples), "accuracy"]
     return "\n".join(lines) + "\nquit\n"
@@ -381,7 +413,8 @@ def run(*, samples_dir: Path | None = None, train: bool = False, play: bool = Tr
             say(f"prefix {settings.prefix}, models in {settings.model_dir} (removed afterwards)")
             start_services(["worker", "trainer"], env, workdir, settings, stack)
             script_path = workdir / "demo.bot"
-            script_path.write_text(script(samples, play=play, train=train, png_dir=png_dir))
+            recording = joined_recording(samples, workdir / "call.flac")
+            script_path.write_text(script(samples, play=play, train=train, png_dir=png_dir, recording=recording))
             say(f"running the bot over {len(samples)} clips in {samples_dir}")
             bot = subprocess.run([sys.executable, "-m", "serq", "bot", str(samples_dir), "--script", str(script_path)],
                                  env=env, stdin=subprocess.DEVNULL)
