@@ -50,23 +50,27 @@ def float_wav(values: np.ndarray) -> bytes:
     return wav_header(rate=16_000, channels=1, bits=32, tag=3, data_len=len(data)) + data
 
 
+def with_total_samples(flac: bytes, total: int) -> bytes:
+    """``flac`` with STREAMINFO's total-samples field (36 bits; 0 = "unknown") set to ``total``: a lying header."""
+    data = bytearray(flac)
+    # STREAMINFO follows "fLaC" and a 4-byte block header; total samples = low nibble of byte 21 + bytes 22..25.
+    data[21] = (data[21] & 0xF0) | ((total >> 32) & 0x0F)
+    data[22:26] = (total & 0xFFFFFFFF).to_bytes(4, "big")
+    return bytes(data)
+
+
 def ten_minute_flac(unknown_length: bool = False) -> bytes:
     """600 s of near-silence with a tone burst every 10 s, as a small FLAC (a few hundred KB).
 
-    ``unknown_length``: STREAMINFO's total-samples field zeroed ("unknown" in the FLAC
-    spec), so only reading, not the header, can tell how long it is.
+    ``unknown_length``: the header says the length is unknown, so only reading can tell.
     """
     rate = 16_000
     x = np.zeros(600 * rate, dtype=np.float32)
     burst = tone(0.5, rate)
     for start in range(0, 600 * rate, 10 * rate):
         x[start:start + len(burst)] = burst
-    data = bytearray(encode(x, rate, "FLAC"))
-    if unknown_length:
-        # STREAMINFO starts at byte 8 (after "fLaC" + block header); total samples = low 36 bits of bytes 21..25.
-        data[21] &= 0xF0
-        data[22:26] = b"\0\0\0\0"
-    return bytes(data)
+    data = encode(x, rate, "FLAC")
+    return with_total_samples(data, 0) if unknown_length else data
 
 
 def flac_bomb() -> bytes:

@@ -1,0 +1,99 @@
+"""Limits per clip and per worker, configurable, enforced before the expensive work.
+
+- bytes (SERQ_MAX_BYTES): checked on the body before any handler or decoder runs;
+- seconds (SERQ_MAX_SECONDS): judged from the header before samples are read;
+- requests in flight per worker (SERQ_PREFETCH): the broker never hands a worker more.
+Each is shown to be the check that refused, by a request that would pass every later step.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.request
+
+import pika
+import pytest
+
+from test_worker_errors import Rpc, free_port
+
+from .conftest import record
+from .payloads import encode, tone, with_total_samples
+
+pytestmark = pytest.mark.broker
+
+MAX_BYTES = 100_000
+MAX_SECONDS = 2.0
+
+
+def test_clip_limits_refuse_before_decoding(start_worker, amqp_url, prefix):
+    start_worker({"SERQ_MAX_BYTES": str(MAX_BYTES), "SERQ_MAX_SECONDS": str(MAX_SECONDS)})
+    rpc = Rpc(amqp_url, f"{prefix}.classify")
+    audio = {"content_type": "audio/wav"}
+    ok = encode(tone(1.0), 16_000)  # 32 KB, 1 s: passes every limit
+    cases = {
+        # Valid audio one byte over the limit: decoding would give a result, so the size check answered.
+        "valid WAV over SERQ_MAX_BYTES": (encode(tone(1.0), 16_000) + b"\0" * (MAX_BYTES - len(ok) + 1), {},
+                                          "too_large", "SERQ_MAX_BYTES"),
+        # Garbage over the limit: a decoder would say unsupported_format.
+        "garbage over SERQ_MAX_BYTES": (b"\x01" * (MAX_BYTES + 1), {}, "too_large", "SERQ_MAX_BYTES"),
+        # Every request type gets the same check, before its handler.
+        "enroll over SERQ_MAX_BYTES": (b"\x01" * (MAX_BYTES + 1), {"type": "enroll"}, "too_large", "SERQ_MAX_BYTES"),
+        "timeline.chunk over SERQ_MAX_BYTES": (b"\x01" * (MAX_BYTES + 1), {"type": "timeline.chunk"}, "too_large",
+                                               "SERQ_MAX_BYTES"),
+        # A FLAC header that declares 120 s before 1 s of samples: reading would find 1 s, so the header answered.
+    # (WAV cannot lie like this: libsndfile trusts the file's size over its data length.)
+        "header declares 120 s": (with_total_samples(encode(tone(1.0), 16_000, "FLAC"), 120 * 16_000), {},
+                                  "too_long", "120.0 s exceeds the limit of 2 s"),
+        "3 s of real audio": (encode(tone(3.0, 8_000), 8_000), {}, "too_long", "SERQ_MAX_SECONDS"),
+    }
+    codes = []
+    for name, (body, props, code, words) in cases.items():
+        _, reply = rpc.call(body, **(audio | props))
+        got = reply.get("error", {}).get("code", "result")
+        codes.append(got)
+        assert got == code and words in reply["error"]["message"], (name, reply)
+    _, fine = rpc.call(ok, **audio)
+    assert "label" in fine
+    record("clip limits (bytes, seconds) on hostile sizes", len(cases) + 1, codes + ["result"],
+           "pytest tests/reliability/test_limits.py")
+    rpc.conn.close()
+
+
+def in_flight(port: int) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return float(next(line.split()[1] for line in text.splitlines() if line.startswith("serq_in_flight ")))
+
+
+def test_requests_in_flight_per_worker_never_exceed_the_prefetch(start_worker, amqp_url, prefix):
+    port, prefetch, n = free_port(), 2, 12
+    start_worker({"SERQ_PREFETCH": str(prefetch), "SERQ_METRICS_PORT": str(port)})
+    clip = encode(tone(5.0), 16_000)  # a few hundred ms of work each: the queue builds up
+    rpc = Rpc(amqp_url, f"{prefix}.classify")
+    for i in range(n):
+        rpc.ch.basic_publish("", f"{prefix}.classify", clip, pika.BasicProperties(
+            correlation_id=f"r{i}", reply_to="amq.rabbitmq.reply-to", content_type="audio/wav"))
+    samples: list[float] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            samples.append(in_flight(port))
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    deadline = time.monotonic() + 180
+    try:
+        while len(rpc.replies) < n and time.monotonic() < deadline:
+            rpc.conn.process_data_events(time_limit=0.1)
+    finally:
+        stop.set()
+        sampler.join()
+    rpc.conn.close()
+    record(f"{n} requests queued at once, SERQ_PREFETCH={prefetch}", n, ["result"] * len(rpc.replies)
+           + ["timeout"] * (n - len(rpc.replies)), "pytest tests/reliability/test_limits.py",
+           max_in_flight_seen=int(max(samples)))
+    assert len(rpc.replies) == n
+    assert max(samples) <= prefetch, max(samples)
+    assert max(samples) == prefetch  # the limit was reached, so it is what held the other requests back
