@@ -62,7 +62,8 @@ def test_speaker_normalised_training_registers_a_speaker_model_beside_the_plain_
 
     assert trained["ok"] and trained["activated"], trained
     metrics = trained["metrics"]
-    assert metrics["speaker_independent"] is True and metrics["protocol"] == "speaker-grouped 2-fold"
+    assert metrics["speaker_independent"] is True and metrics["protocol"] == f"speaker-grouped 2-fold, enroll:{ENROL}"
+    assert set(metrics["folds"]) == {"accuracy", "balanced_accuracy", "macro_f1"}
     assert metrics["speaker_profiles"].startswith(f"enroll:{ENROL}")
     assert metrics["n"] == len(ACTORS) * (60 - ENROL)  # enrolment clips are never scored
     registry = Registry(workdir / "models")

@@ -43,7 +43,15 @@ from serq.models.registry import (
     serialise,
     sha256_bytes,
 )
-from serq.schemas import EvaluationReport, Hyperparameters, ModelMetadata, SpeakerPrior, TrainRequest, TrainResult
+from serq.schemas import (
+    EvaluationReport,
+    FoldStats,
+    Hyperparameters,
+    ModelMetadata,
+    SpeakerPrior,
+    TrainRequest,
+    TrainResult,
+)
 from serq.schemas.profiles import Enrolment
 
 from . import profiles
@@ -203,7 +211,9 @@ def evaluate_modes(X: np.ndarray, y: np.ndarray, groups: np.ndarray, hp: Hyperpa
     speaker_pred = {mode: np.empty(len(y), dtype=object) for mode in modes}
     scored = {mode: np.zeros(len(y), dtype=bool) for mode in modes}
     rngs = {mode: np.random.default_rng(random_state) for mode in modes}
+    fold_of = np.empty(len(y), dtype=int)
     for f, (train, test) in enumerate(splits):
+        fold_of[test] = f
         copies = [A[train] for A in augmented or []]  # training folds only: scored clips are originals
         if with_plain:
             plain_pred[test] = fit(X[train], y[train], hp, copies).predict(X[test])
@@ -224,12 +234,23 @@ def evaluate_modes(X: np.ndarray, y: np.ndarray, groups: np.ndarray, hp: Hyperpa
         if progress:
             progress(f + 1, len(splits))
     protocol = f"speaker-grouped {k}-fold"
+
+    def report(pred: np.ndarray, sel: np.ndarray, how: str) -> EvaluationReport:
+        """Pooled metrics over the ``sel`` rows, with mean/std over folds like :func:`cross_validate`."""
+        rep = score(y[sel].astype(str), pred[sel].astype(str), labels, protocol=how, speaker_independent=True,
+                    skipped=skipped)
+        per_fold = [score(y[sel & (fold_of == f)].astype(str), pred[sel & (fold_of == f)].astype(str), labels,
+                          protocol="", speaker_independent=True) for f in range(len(splits))]
+        rep.folds = {key: FoldStats(mean=float(np.mean([getattr(r, key) for r in per_fold])),
+                                    std=float(np.std([getattr(r, key) for r in per_fold])))
+                     for key in ("accuracy", "balanced_accuracy", "macro_f1")}
+        return rep
+
     out: dict[str, dict[str, EvaluationReport]] = {}
+    everything = np.ones(len(y), dtype=bool)
     for mode, (kind, n) in parsed.items():
         sel = scored[mode]
-        ys = y[sel].astype(str)
-        spk = score(ys, speaker_pred[mode][sel].astype(str), labels, protocol=protocol, speaker_independent=True,
-                    skipped=skipped)
+        spk = report(speaker_pred[mode], sel, f"{protocol}, {mode}")
         spk.speaker_profiles = (
             f"enroll:{n}: profile from {n} clips per test speaker (neutral/calm first), those clips not scored"
             if kind == "enroll" else
@@ -237,11 +258,8 @@ def evaluate_modes(X: np.ndarray, y: np.ndarray, groups: np.ndarray, hp: Hyperpa
             f"first {recipe.min_clips})")
         out[mode] = {"speaker_profiles": spk}
         if with_plain:
-            out[mode]["plain"] = score(y, plain_pred.astype(str), labels, protocol=protocol,
-                                       speaker_independent=True, skipped=skipped)
-            out[mode]["plain_same_clips"] = score(ys, plain_pred[sel].astype(str), labels,
-                                                  protocol=f"{protocol}, the clips the profile path scored",
-                                                  speaker_independent=True, skipped=skipped)
+            out[mode]["plain"] = report(plain_pred, everything, protocol)
+            out[mode]["plain_same_clips"] = report(plain_pred, sel, f"{protocol}, the clips {mode} scored")
             out[mode]["plain"].speaker_profiles = out[mode]["plain_same_clips"].speaker_profiles = "none"
     return out
 
