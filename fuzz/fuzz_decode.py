@@ -2,6 +2,7 @@
 
     python fuzz/fuzz_decode.py -max_total_time=300          # seeds in fuzz/corpus/ (created on first run)
     python fuzz/fuzz_decode.py -runs=2000 some/corpus/dir   # any libFuzzer flags and corpus directories
+                                                            # (an empty or new one is seeded first)
 
 The property is the one of ``tests/test_properties.py``: :func:`serq.worker.audio.decode`
 returns a usable clip or raises a :class:`serq.errors.AudioError` subclass. Anything
@@ -56,10 +57,12 @@ def write_seeds(folder: Path) -> None:
 
 
 def main(argv: list[str]) -> None:
-    if not any(not a.startswith("-") for a in argv[1:]):  # no corpus or crash file given: the default corpus
-        if not CORPUS.is_dir():
-            write_seeds(CORPUS)
+    paths = [Path(a) for a in argv[1:] if not a.startswith("-")]
+    if not paths:  # no corpus or crash file given: the default corpus
+        paths = [CORPUS]
         argv = [*argv, str(CORPUS)]
+    if paths[0].is_dir() and not any(paths[0].iterdir()) or not paths[0].exists():
+        write_seeds(paths[0])  # an empty or new corpus directory starts from valid files
     atheris.Setup(argv, test_one_input)
     atheris.Fuzz()
 

@@ -122,6 +122,8 @@ def decode(
         raise EmptyAudio(f"the {fmt} file holds no samples")
     if not np.all(np.isfinite(frames)):
         raise BadAudio("the audio contains NaN or infinite samples")
+    # Float files may hold values up to 3.4e38: mixing two such channels overflows to inf, resampling that to NaN.
+    np.clip(frames, -1.0, 1.0, out=frames)
     mono = frames.mean(axis=1, dtype=np.float32) if channels > 1 else frames[:, 0]
     samples = resample(mono, rate, target_rate)
     np.clip(samples, -1.0, 1.0, out=samples)

@@ -150,6 +150,9 @@ def corpus(max_bytes: int) -> list[Case]:
         add(f"float WAV with one {name}", float_wav(x), {"bad_audio"})
     add("float WAV all NaN", float_wav(np.full(16_000, np.nan)), {"bad_audio"})
     add("float WAV at 1e38", float_wav(np.full(16_000, 1e38)), {"result"})  # clipped to [-1, 1]
+    stereo = np.full(16_000, 3e38, dtype="<f4").tobytes()  # 8 kHz stereo near float32's max (found by atheris)
+    add("float WAV stereo at 3e38, 8 kHz", wav_header(rate=8_000, channels=2, bits=32, tag=3, data_len=len(stereo))
+        + stereo, {"result"})
     add("float WAV of denormals", float_wav(np.full(16_000, 1e-40)), {"result"})
 
     # Valid but unusual audio: a result, or a length error.
