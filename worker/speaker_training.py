@@ -481,4 +481,4 @@ def format_profile_reports(reports: dict[str, EvaluationReport]) -> str:
             f"  accuracy           plain {same.accuracy:.3f} -> with profiles {spk.accuracy:.3f}", ""]
     parts = [f"== {name} ==\n" + format_report(reports[name].model_dump())
              for name in ("plain", "plain_same_clips", "speaker_profiles")]
-    return "\n".join(head) + "\n\n".join(parts)
+    return "\n".join(head) + "\n" + "\n\n".join(parts)
