@@ -37,6 +37,31 @@ DEAD_TTL_MS = 7 * 24 * 3600 * 1000
 DEAD_MAX = 10_000
 
 
+#: Every name a deployment declares, as suffixes of its prefix (request types such as
+#: ``timeline.chunk`` and ``enroll`` travel on ``<p>.classify`` and add none).
+NAME_SUFFIXES = ("classify", "dead", "train", "results", "events", "models")
+
+
+def delete_deployment(connection, prefix: str) -> list[str]:
+    """Delete every queue and exchange of ``prefix`` (demo and test teardown); returns what was deleted.
+
+    Each delete gets its own channel: deleting a name that is not there closes the channel.
+    """
+    deleted = []
+    for suffix in NAME_SUFFIXES:
+        for kind in ("queue", "exchange"):
+            channel = connection.channel()
+            try:
+                getattr(channel, f"{kind}_delete")(f"{prefix}.{suffix}")
+                deleted.append(f"{kind} {prefix}.{suffix}")
+            except Exception:  # absent, or closed under us: nothing left to delete
+                pass
+            finally:
+                if channel.is_open:
+                    channel.close()
+    return deleted
+
+
 def result_key(label: str | None) -> str:
     """``"angry" -> "emotion.angry"``; ``None`` (a silent clip) -> ``"emotion.silent"``."""
     return SILENT_KEY if label is None else f"emotion.{label}"

@@ -39,7 +39,6 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLES_DIR = REPO / "samples"
 COMPOSE_FILE = REPO / "docker-compose.yml"
 #: Every name suffix a deployment may create (queues and exchanges), removed at the end.
-NAME_SUFFIXES = ("classify", "dead", "train", "results", "events", "models", "timeline", "enroll")
 #: What to run when no broker can be had (Debian/Ubuntu starts the service on install).
 INSTALL_HINT = "sudo apt-get install -y rabbitmq-server"
 #: The short training job of ``--train``: 4 emotions, 6 actors (about half a minute on 2 cores).
@@ -304,24 +303,16 @@ def start_services(commands: list[str], env: dict, workdir: Path, settings: Sett
 
 
 def delete_names(settings: Settings) -> None:
-    """Remove the demo deployment's queues and exchanges (each on its own channel: a miss closes it)."""
+    """Remove the demo deployment's queues and exchanges."""
     from serq.client.amqp import connect
+    from serq.client.topology import delete_deployment
 
     try:
         conn = connect(settings, "serq-demo-cleanup")
     except SerqError:
         return
     try:
-        for suffix in NAME_SUFFIXES:
-            for delete in ("queue_delete", "exchange_delete"):
-                channel = conn.channel()
-                try:
-                    getattr(channel, delete)(settings.name(suffix))
-                except Exception:
-                    pass
-                finally:
-                    if channel.is_open:
-                        channel.close()
+        delete_deployment(conn, settings.prefix)
     finally:
         if conn.is_open:
             conn.close()

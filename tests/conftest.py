@@ -101,22 +101,14 @@ def prefix(amqp_url) -> str:
 def _delete_prefixed(url: str, name: str) -> None:
     import pika
 
-    suffixes = ["classify", "dead", "train", "results", "events", "models", "timeline", "enroll"]
+    from serq.client.topology import delete_deployment
+
     try:
         conn = pika.BlockingConnection(pika.URLParameters(url))
     except Exception:
         return
     try:
-        for suffix in suffixes:
-            for kind in ("queue", "exchange"):
-                ch = conn.channel()
-                try:
-                    (ch.queue_delete if kind == "queue" else ch.exchange_delete)(f"{name}.{suffix}")
-                except Exception:
-                    pass
-                finally:
-                    if ch.is_open:
-                        ch.close()
+        delete_deployment(conn, name)
     finally:
         conn.close()
 

@@ -50,7 +50,7 @@ def names_left(url: str, prefix: str) -> list[str]:
     """Which of the deployment's queues/exchanges still exist (passive declares)."""
     import pika
 
-    from serq.demo import NAME_SUFFIXES
+    from serq.client.topology import NAME_SUFFIXES
 
     left = []
     conn = pika.BlockingConnection(pika.URLParameters(url))
