@@ -441,18 +441,22 @@ def test_wait_notices_when_the_trainer_goes_away(amqp_url, prefix, start_trainer
     assert tap.ch.queue_declare(tap.queue, passive=True).method.message_count == 1, "the job went back to the queue"
 
 
-def _close_connection(name: str) -> bool:
-    """Have the broker drop the connection called ``name`` (rabbitmqctl); ``False`` if that is not possible."""
+def _connection_pid(name: str) -> str | None:
+    """The broker's pid of the connection named exactly ``name`` (rabbitmqctl); ``None`` if it cannot say."""
     import shutil
 
     if not shutil.which("rabbitmqctl"):
-        return False
+        return None
     listing = subprocess.run(["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
                              capture_output=True, text=True, timeout=60)
     pids = [line.split("\t")[0] for line in listing.stdout.splitlines() if f'"{name}"' in line]
-    if listing.returncode or not pids:
-        return False
-    return subprocess.run(["rabbitmqctl", "close_connection", pids[0], "test: connection lost"],
+    return pids[0] if not listing.returncode and len(pids) == 1 else None
+
+
+def _close_connection(pid: str) -> bool:
+    """Have the broker close connection ``pid``. When rabbitmqctl returns, the broker has sent
+    Connection.Close and discards whatever the client sends on it, so nothing published after that counts."""
+    return subprocess.run(["rabbitmqctl", "close_connection", pid, "test: connection lost"],
                           capture_output=True, timeout=60).returncode == 0
 
 
@@ -462,12 +466,25 @@ def test_a_job_outliving_its_connection_is_answered_once_without_retraining(tap,
     import socket
 
     proc = start_trainer(env=trainer_env)
+    pid = _connection_pid(f"serq-trainer-{socket.gethostname()}-{proc.pid}")
+    if pid is None:
+        pytest.skip("cannot find the trainer's connection with rabbitmqctl here")
     cid = tap.send(job("lost", hyperparameters={"hidden_layers": [64], "max_iter": 300}, activate="always"))
     deadline = time.monotonic() + 120
-    while not any(e.stage == "cross-validating" for e in tap.progress(cid)):
-        assert time.monotonic() < deadline, "the job never reached cross-validation"
+    while not tap.progress(cid):
+        assert time.monotonic() < deadline, "the job never reported progress"
         tap.pump(0.2)
-    if not _close_connection(f"serq-trainer-{socket.gethostname()}-{proc.pid}"):
+    # Freeze the trainer (a long GC or VM pause) so the job cannot finish and answer before the broker
+    # drops its connection: rabbitmqctl takes seconds on a loaded machine, longer than the rest of the job.
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        tap.pump(0.5)
+        assert not [1 for _, p, _ in tap.got["reply"] if p.type == "serq.TrainResult"], "answered before the cut"
+        assert "job_answered" not in proc.log_path.read_text(), "answered before the cut"
+        closed = _close_connection(pid)
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    if not closed:
         pytest.skip("cannot close a connection with rabbitmqctl here")
     result = tap.result(cid)
     assert result.ok and result.activated
@@ -475,9 +492,27 @@ def test_a_job_outliving_its_connection_is_answered_once_without_retraining(tap,
     log = proc.log_path.read_text()
     assert "broker_lost" in log and "job_redelivered" in log
     assert log.count("job_started") == 1, "trained once"
+    assert log.count("job_answered") == 1, "the answer on the lost connection was dropped, the redelivery answered"
     assert [ModelActivated.model_validate_json(b).version for _, _, b in tap.got["models"]] == [result.version]
     assert len([1 for _, p, _ in tap.got["reply"] if p.type == "serq.TrainResult"]) == 1, "answered once"
     assert tap.ch.queue_declare(tap.queue, passive=True).method.message_count == 0
+
+
+@pytest.mark.broker
+@pytest.mark.corpus
+def test_a_consumer_cancelled_by_the_broker_is_logged_and_consumes_again(tap, start_trainer, trainer_env):
+    proc = start_trainer(env=trainer_env)
+    tap.ch.queue_delete(tap.queue)  # the broker cancels the trainer's consumer (Basic.Cancel)
+    deadline = time.monotonic() + 60
+    while proc.log_path.read_text().count("consuming") < 2:
+        assert time.monotonic() < deadline, proc.log_path.read_text()
+        time.sleep(0.2)
+    log = proc.log_path.read_text()
+    assert "consumer_cancelled" in log and "broker_lost" not in log
+    tap.ch.queue_declare(tap.queue, passive=True)  # redeclared by the trainer
+    cid = tap.send(job("again", hyperparameters={"alpha": 0}))
+    result = tap.result(cid, timeout=60)
+    assert not result.ok and result.error.code == "bad_hyperparameter"
 
 
 @pytest.mark.broker

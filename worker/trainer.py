@@ -200,7 +200,9 @@ class Trainer:
         channel.basic_qos(prefetch_count=1)
         self._consumer_tag = channel.basic_consume(queue, self._on_message)
         log(logger, "consuming", queue=queue, url=self.settings.redacted_amqp_url)
-        channel.start_consuming()  # returns once the consumer is cancelled (stop())
+        channel.start_consuming()  # returns once the consumer is cancelled (stop(), or the broker: queue deleted)
+        if not self._stopping:  # the broker cancelled it: say so, then run() reconnects and redeclares
+            log(logger, "consumer_cancelled", level=logging.WARNING, queue=queue)
         while self._in_flight is not None and channel.is_open:  # draining: answer the running job
             conn.process_data_events(time_limit=1)
 
