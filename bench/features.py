@@ -154,12 +154,14 @@ def accuracy(k: int = 5) -> dict:
     from serq.schemas import Hyperparameters
     from serq.settings import get_settings
     from serq.worker.datasets import scan
-    from serq.worker.extraction import extract_clips
+    from serq.worker.extraction import extract_training_set
     from serq.worker.training import cross_validate, folds_for, score
 
     settings = get_settings()
     clips = scan(ravdess_dir()).clips
-    X_serq, ok, errors = extract_clips(clips, settings.cache_dir, max_seconds=settings.max_seconds)
+    hp = Hyperparameters()  # the shipped model's recipe, speed-perturbed training copies included
+    X_serq, ok, errors, augmented = extract_training_set(clips, settings.cache_dir, hp.augment_speeds,
+                                                         max_seconds=settings.max_seconds)
     if errors:
         raise SystemExit(f"unreadable clips: {errors}")
     X_seed = seed_matrix([c.path for c in clips], settings.cache_dir)
@@ -173,7 +175,7 @@ def accuracy(k: int = 5) -> dict:
         for train, test in folds_for(y, groups, protocol="speaker", k=k):
             pred[test] = seed_mlp().fit(X_seed[train], y[train]).predict(X_seed[test])
     seed_cv = score(y, pred, labels, protocol=f"speaker-grouped {k}-fold", speaker_independent=True)
-    serq_cv = cross_validate(X_serq, y, groups, Hyperparameters(), labels=labels, protocol="speaker", k=k)
+    serq_cv = cross_validate(X_serq, y, groups, hp, labels=labels, protocol="speaker", k=k, augmented=augmented)
 
     # The seed's own evaluation: one random 75/25 split over clips (random_state=9, as it had).
     tr, te = train_test_split(np.arange(len(y)), test_size=0.25, random_state=9)
