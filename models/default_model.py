@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from serq.models.card import model_card
-from serq.models.registry import ARTIFACT, CARD, DEFAULT_DIR, METADATA, feature_names_sha256, serialise, sha256_bytes
+from serq.models.registry import DEFAULT_DIR, feature_names_sha256, serialise, sha256_bytes, write_folder
 from serq.schemas import Hyperparameters, ModelMetadata
 
 #: The default model's version names its feature layout and recipe, not a timestamp,
@@ -47,10 +47,7 @@ def build_default(data: str | Path, out: str | Path | None = None, *, n_jobs: in
     model = fit(X, y, hp, augmented)
     data_bytes = serialise(model)
     digest = sha256_bytes(data_bytes)
-    summary = dataset.summary() | {
-        "path": "RAVDESS speech (Zenodo record 1188976), 16 kHz FLAC",
-        "clips": len(clips), "speakers": len(set(groups)), "speaker_ids": sorted(set(groups.tolist())),
-    }
+    summary = dataset.training_summary(clips, "RAVDESS speech (Zenodo record 1188976), 16 kHz FLAC")
     meta = ModelMetadata(
         version=f"{DEFAULT_VERSION_PREFIX}-{FEATURE_VERSION}-{weights_digest(model)[:8]}",
         created=datetime.now(timezone.utc).replace(microsecond=0),
@@ -63,10 +60,7 @@ def build_default(data: str | Path, out: str | Path | None = None, *, n_jobs: in
         metrics=metrics,
         notes="The default model shipped with serq.",
     )
-    out.mkdir(parents=True, exist_ok=True)
-    (out / ARTIFACT).write_bytes(data_bytes)
-    (out / METADATA).write_text(meta.model_dump_json(indent=2) + "\n")
-    (out / CARD).write_text(model_card(meta, extra=REBUILD_NOTE))
+    write_folder(out, data_bytes, meta, model_card(meta, extra=REBUILD_NOTE))
     return meta
 
 

@@ -111,6 +111,14 @@ def load_folder(folder: Path) -> LoadedModel:
     return load_artifact(data, meta)
 
 
+def write_folder(folder: Path, data: bytes, meta: ModelMetadata, card: str) -> None:
+    """Write a model folder: the artifact, its metadata and its model card."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / ARTIFACT).write_bytes(data)
+    (folder / METADATA).write_text(meta.model_dump_json(indent=2) + "\n")
+    (folder / CARD).write_text(card)
+
+
 def load_default() -> LoadedModel:
     """The model shipped inside the package."""
     return load_folder(DEFAULT_DIR)
@@ -185,10 +193,7 @@ class Registry:
             raise ModelError("refusing to register an artifact whose sha256 differs from its metadata")
         folder = self.versions_dir / meta.version
         tmp = self.versions_dir / f".{meta.version}.partial"
-        tmp.mkdir(parents=True, exist_ok=True)
-        (tmp / ARTIFACT).write_bytes(data)
-        (tmp / METADATA).write_text(meta.model_dump_json(indent=2))
-        (tmp / CARD).write_text(card)
+        write_folder(tmp, data, meta, card)
         if folder.exists():  # the same artifact registered twice: keep the first
             for p in tmp.iterdir():
                 p.unlink()

@@ -46,6 +46,13 @@ class Dataset:
             "skipped": dict(self.skipped),
         }
 
+    def training_summary(self, used: list[Clip], path: str) -> dict:
+        """What a model was fitted on (``ModelMetadata.training_data``): this dataset's summary, with
+        the clips actually ``used`` and their speaker ids, recorded so `serq evaluate` can leave
+        those speakers out (honest by default)."""
+        speakers = sorted({c.speaker for c in used})
+        return self.summary() | {"path": path, "clips": len(used), "speakers": len(speakers), "speaker_ids": speakers}
+
     def only_speakers(self, speakers: list[str]) -> "Dataset":
         """Only clips of ``speakers``: full ids (``ravdess:03``) or the part after the colon (``03``)."""
         wanted = {s.strip() for s in speakers if s.strip()}

@@ -30,10 +30,7 @@ import numpy as np
 
 from serq.errors import DatasetError, ModelError
 from serq.models.registry import (
-    ARTIFACT,
-    CARD,
     DEFAULT_DIR,
-    METADATA,
     LoadedModel,
     Registry,
     _atomic_write,
@@ -42,6 +39,7 @@ from serq.models.registry import (
     new_version,
     serialise,
     sha256_bytes,
+    write_folder,
 )
 from serq.schemas import (
     EvaluationReport,
@@ -412,10 +410,7 @@ def build_default_speaker(data: str | Path, out: str | Path | None = None, *, re
     model, prior = fit_speaker_model(X, y, groups, hp, recipe, augmented)
     data_bytes = serialise(model)
     digest = sha256_bytes(data_bytes)
-    summary = dataset.summary() | {
-        "path": "RAVDESS speech (Zenodo record 1188976), 16 kHz FLAC",
-        "clips": len(clips), "speakers": len(set(groups)), "speaker_ids": sorted(set(groups.tolist())),
-    }
+    summary = dataset.training_summary(clips, "RAVDESS speech (Zenodo record 1188976), 16 kHz FLAC")
     enrol = evaluations[f"enroll:{recipe.enrol_clips}"]
     meta = _metadata(f"speaker-ravdess-{FEATURE_VERSION}-{digest[:8]}", digest, labels, hp, prior, summary,
                      enrol["speaker_profiles"], notes="The speaker-normalised model shipped with serq.")
@@ -425,10 +420,7 @@ def build_default_speaker(data: str | Path, out: str | Path | None = None, *, re
             extra += ["", f"### {mode}: {name}", "", metrics_table(reports[name])]
     extra += ["", "## Rebuilding", "`serq profiles build-model --data ../shared/data/ravdess` rebuilds it "
               "(same clips, same seeds)."]
-    out.mkdir(parents=True, exist_ok=True)
-    (out / ARTIFACT).write_bytes(data_bytes)
-    (out / METADATA).write_text(meta.model_dump_json(indent=2) + "\n")
-    (out / CARD).write_text(model_card(meta, extra="\n".join(extra)))
+    write_folder(out, data_bytes, meta, model_card(meta, extra="\n".join(extra)))
     _loaded.clear()
     return meta, evaluations
 

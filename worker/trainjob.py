@@ -121,11 +121,10 @@ def _run(request: TrainRequest, settings: Settings, report: Report, roots, n_job
         skipped["unreadable audio"] = len(errors)
     y = np.array([c.label for c in clips])
     groups = np.array([c.speaker for c in clips])
+    summary = dataset.training_summary(clips, str(path))
     if request.speaker_normalisation:  # issue 8: a model that expects speaker profiles
         from .speaker_training import train_speaker_model
 
-        summary = dataset.summary() | {"path": str(path), "clips": len(clips), "speakers": len(set(groups)),
-                                       "speaker_ids": sorted(set(groups.tolist()))}
         return train_speaker_model(request, settings, report, X, y, groups, labels, summary, started, augmented)
 
     own = [augmented[s] for s in request.hyperparameters.augment_speeds]
@@ -144,11 +143,6 @@ def _run(request: TrainRequest, settings: Settings, report: Report, roots, n_job
     report("registering", 0, 1)
     data = serialise(model)
     digest = sha256_bytes(data)
-    summary = dataset.summary() | {
-        "path": str(path), "clips": len(clips), "speakers": len(set(groups)),
-        # Recorded so `serq evaluate` can leave these speakers out: honest by default.
-        "speaker_ids": sorted(set(groups.tolist())),
-    }
     meta = ModelMetadata(
         version=new_version(digest),
         created=datetime.now(timezone.utc),
