@@ -14,12 +14,17 @@ from serq.labels import EMOTIONS
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3"}
 
 
+def audio_files(root: Path) -> list[Path]:
+    """The audio files (by suffix) under ``root``, recursively, sorted."""
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+
+
 def expand_paths(items: Iterable[str]) -> Iterator[Path]:
     """Files as given, and the audio files inside directories (recursively, sorted)."""
     for item in items:
         path = Path(item)
         if path.is_dir():
-            yield from sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+            yield from audio_files(path)
         else:
             yield path
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from serq.errors import DatasetError
 from serq.labels import EMOTIONS
+from serq.output import audio_files
 
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3"}
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ def scan(source: str | Path) -> Dataset:
 def _scan_dir(root: Path) -> Dataset:
     clips: list[Clip] = []
     skipped: Counter = Counter()
-    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()):
+    for path in audio_files(root):
         parsed = parse_name(path)
         if parsed is None:
             skipped["unrecognised file name"] += 1
