@@ -136,3 +136,11 @@ def test_features_of_a_decoded_corpus_clip(ravdess_dir):
     summary = F.spectral_summary(analysis, audio.original_rate)
     assert 60 < summary["pitch"]["median_hz"] < 600  # a human voice
     assert 0 < summary["active_fraction"] < 1  # RAVDESS clips carry leading/trailing silence
+
+
+@pytest.mark.parametrize("shape", [(1,), (2,), (7,), (6, 1), (6, 2), (6, 317)])
+def test_percentiles_match_numpy(shape):
+    x = np.random.default_rng(sum(shape)).normal(size=shape).astype(np.float32)
+    qs = (0, 10, 50, 90, 100)
+    np.testing.assert_allclose(F.percentiles(x, qs), np.percentile(x, qs, axis=-1), rtol=1e-6, atol=1e-6)
+

@@ -82,6 +82,12 @@ def _filterbanks(sr: int = SAMPLE_RATE) -> tuple[np.ndarray, np.ndarray, np.ndar
     return mel, chroma, freqs, centres
 
 
+@lru_cache(maxsize=1)
+def _window() -> np.ndarray:
+    """Periodic Hann window of :data:`N_FFT` samples, float32 (cached)."""
+    return np.hanning(N_FFT + 1)[:-1].astype(np.float32)
+
+
 @lru_cache(maxsize=4)
 def _dct_matrix(n_in: int = N_MELS, n_out: int = N_MFCC) -> np.ndarray:
     """Orthonormal DCT-II as a matrix (what librosa's mfcc applies to log-mel)."""
@@ -93,9 +99,11 @@ def _dct_matrix(n_in: int = N_MELS, n_out: int = N_MFCC) -> np.ndarray:
 def frame_signal(samples: np.ndarray, frame_length: int = N_FFT, hop: int = HOP) -> np.ndarray:
     """Centred frames, shape ``(T, frame_length)``; zero-padded by half a frame at each end."""
     pad = frame_length // 2
-    padded = np.pad(samples.astype(np.float32, copy=False), (pad, pad))
+    padded = np.zeros(len(samples) + 2 * pad, np.float32)
+    padded[pad : pad + len(samples)] = samples
     n = 1 + (len(padded) - frame_length) // hop
-    return np.lib.stride_tricks.sliding_window_view(padded, frame_length)[::hop][:n]
+    step = padded.strides[0]
+    return np.lib.stride_tricks.as_strided(padded, (n, frame_length), (hop * step, step), writeable=False)
 
 
 def delta(matrix: np.ndarray, width: int = 2) -> np.ndarray:
@@ -122,10 +130,13 @@ def yin(frames: np.ndarray, sr: int = SAMPLE_RATE, fmin: float = FMIN_PITCH, fma
         raise ValueError(f"frames of {length} samples are too short for fmin={fmin} Hz")
     if t == 0:
         return np.zeros(0)
-    n = sfft.next_fast_len(length + win, real=True)
+    # Lags up to tau_max + 1 of a length-`win` template: a circular correlation of this
+    # length never wraps into them (far shorter than the full length + win).
+    n = sfft.next_fast_len(max(length, win + tau_max + 2), real=True)
     frames = frames.astype(np.float32, copy=False)
     acf = sfft.irfft(sfft.rfft(frames, n) * np.conj(sfft.rfft(frames[:, :win], n)), n)[:, : tau_max + 2]
-    cs = np.concatenate([np.zeros((t, 1), np.float64), np.cumsum(frames.astype(np.float64) ** 2, axis=1)], axis=1)
+    cs = np.zeros((t, length + 1), np.float32)  # running energy; float32 is ample over 256 samples
+    np.cumsum(frames * frames, axis=1, out=cs[:, 1:])
     taus = np.arange(tau_max + 2)
     energy = cs[:, taus + win] - cs[:, taus]
     diff = np.maximum(energy[:, :1] + energy - 2 * acf, 0.0)
@@ -181,8 +192,7 @@ def analyse(samples: np.ndarray, sr: int = SAMPLE_RATE) -> Analysis:
     first, last = np.flatnonzero(active_all)[[0, -1]] if active_all.any() else (0, len(frames) - 1)
     raw, rms_db, active = frames[first : last + 1], rms_db_all[first : last + 1], active_all[first : last + 1]
 
-    window = np.hanning(N_FFT + 1)[:-1].astype(np.float32)
-    spec = sfft.rfft(raw * window, axis=1)
+    spec = sfft.rfft(raw * _window(), axis=1)
     power = (spec.real**2 + spec.imag**2).astype(np.float32)
     mag = np.sqrt(power)
 
@@ -196,7 +206,10 @@ def analyse(samples: np.ndarray, sr: int = SAMPLE_RATE) -> Analysis:
     mag_sum = np.maximum(mag.sum(axis=1), AMIN)
     centroid = mag @ freqs / mag_sum
     bandwidth = np.sqrt(np.maximum((mag * (freqs[None, :] - centroid[:, None]) ** 2).sum(axis=1) / mag_sum, 0))
-    rolloff = freqs[np.minimum((np.cumsum(mag, axis=1) < 0.85 * mag_sum[:, None]).sum(axis=1), len(freqs) - 1)]
+    # The first bin whose cumulative magnitude reaches 85 % (cumsum is non-decreasing, so
+    # argmax of the mask finds it without counting every bin below).
+    reached = np.cumsum(mag, axis=1) >= 0.85 * mag_sum[:, None]
+    rolloff = freqs[np.where(reached.any(axis=1), reached.argmax(axis=1), len(freqs) - 1)]
     flatness = np.exp(np.mean(np.log(power + AMIN), axis=1)) / (np.mean(power, axis=1) + AMIN)
     signs = np.signbit(raw)
     zcr = np.mean(signs[:, 1:] != signs[:, :-1], axis=1)
@@ -204,7 +217,7 @@ def analyse(samples: np.ndarray, sr: int = SAMPLE_RATE) -> Analysis:
     voiced = f0 > 0
 
     peak = float(np.abs(samples).max(initial=0.0))
-    total_rms = float(np.sqrt(np.mean(samples.astype(np.float64) ** 2))) if len(samples) else 0.0
+    total_rms = float(np.sqrt(np.dot(samples, samples) / len(samples))) if len(samples) else 0.0
     return Analysis(
         power=power,
         logmel=logmel.astype(np.float32),
@@ -258,6 +271,21 @@ def _layout() -> tuple[str, ...]:
 FEATURE_NAMES: tuple[str, ...] = _layout()
 
 
+def percentiles(x: np.ndarray, qs: tuple[float, ...]) -> np.ndarray:
+    """Percentiles ``qs`` (0-100) along the last axis, shape ``(len(qs), *x.shape[:-1])``.
+
+    The same values as ``np.percentile`` (linear interpolation) from one sort, without
+    its per-call overhead, which dominated on arrays of a few hundred frames.
+    """
+    v = np.sort(x, axis=-1)
+    pos = np.asarray(qs, dtype=np.float64) / 100.0 * (v.shape[-1] - 1)
+    lo = np.floor(pos).astype(int)
+    hi = np.minimum(lo + 1, v.shape[-1] - 1)
+    frac = pos - lo
+    below, above = v[..., lo], v[..., hi]
+    return np.moveaxis(below + (above - below) * frac, -1, 0)
+
+
 def feature_vector(analysis: Analysis) -> np.ndarray:
     """Summary statistics over active frames, shape ``(len(FEATURE_NAMES),)``, float32.
 
@@ -267,12 +295,15 @@ def feature_vector(analysis: Analysis) -> np.ndarray:
     a = analysis
     sel = a.active if a.active.any() else np.ones_like(a.active)
     parts: list[np.ndarray] = []
-    mats = dict(a.matrices, logmel=a.logmel)
-    for block in ("mfcc", "mfcc_delta", "chroma", "contrast", "logmel"):
-        m = mats[block][sel]
-        parts += [m.mean(axis=0), m.std(axis=0)]
+    # All matrix blocks side by side: one mean and one std pass instead of one per block.
+    blocks = [a.matrices["mfcc"], a.matrices["mfcc_delta"], a.matrices["chroma"], a.matrices["contrast"], a.logmel]
+    stacked = np.concatenate(blocks, axis=1)[sel]
+    means, stds = stacked.mean(axis=0), stacked.std(axis=0)
+    edges = np.cumsum([0] + [b.shape[1] for b in blocks])
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        parts += [means[lo:hi], stds[lo:hi]]
     scalars = np.stack([a.frame[name][sel] for name in _FRAME_SCALARS])
-    p10, p90 = np.percentile(scalars, [10, 90], axis=1)
+    p10, p90 = percentiles(scalars, (10, 90))
     parts.append(np.stack([scalars.mean(axis=1), scalars.std(axis=1), p10, p90], axis=1).ravel())
     f0 = a.frame["f0"][a.voiced]
     if len(f0) >= 2:
@@ -280,7 +311,7 @@ def feature_vector(analysis: Analysis) -> np.ndarray:
         t = np.flatnonzero(a.voiced) * (HOP / SAMPLE_RATE)
         tc = t - t.mean()
         slope = float(tc @ (st - st.mean()) / (tc @ tc)) if tc.any() else 0.0  # least-squares semitones/s
-        parts.append(np.array([st.mean(), st.std(), *np.percentile(st, [10, 50, 90]), slope]))
+        parts.append(np.array([st.mean(), st.std(), *percentiles(st, (10, 50, 90)), slope]))
     else:
         parts.append(np.zeros(6))
     n = max(int(a.active.sum()), 1)
