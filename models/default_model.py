@@ -21,12 +21,9 @@ DEFAULT_VERSION_PREFIX = "default-ravdess"
 
 
 def build_default(data: str | Path, out: str | Path | None = None, *, n_jobs: int = -1) -> ModelMetadata:
-    import numpy as np
-
-    from serq.labels import EMOTIONS
     from serq.settings import get_settings
     from serq.worker.datasets import scan
-    from serq.worker.extraction import extract_training_set
+    from serq.worker.extraction import training_set
     from serq.worker.features import FEATURE_NAMES, FEATURE_VERSION
     from serq.worker.progress import progress_printer
     from serq.worker.training import cross_validate, fit
@@ -35,25 +32,22 @@ def build_default(data: str | Path, out: str | Path | None = None, *, n_jobs: in
     settings = get_settings()
     dataset = scan(data)
     hp = Hyperparameters()
-    X, ok, errors, augmented = extract_training_set(dataset.clips, settings.cache_dir, hp.augment_speeds,
-                                                    n_jobs=n_jobs, progress=progress_printer("extracting"))
-    clips = [c for c, good in zip(dataset.clips, ok) if good]
-    y = np.array([c.label for c in clips])
-    groups = np.array([c.speaker for c in clips])
-    labels = [e for e in EMOTIONS if e in set(y)]
-    metrics = cross_validate(X, y, groups, hp, labels=labels, protocol="speaker", k=5,
-                             progress=progress_printer("cross-validating"), skipped=dict(dataset.skipped),
-                             augmented=augmented)
-    model = fit(X, y, hp, augmented)
+    training = training_set(dataset, settings.cache_dir, hp.augment_speeds, n_jobs=n_jobs,
+                            progress=progress_printer("extracting"))
+    copies = training.copies(hp.augment_speeds)
+    metrics = cross_validate(training.X, training.y, training.groups, hp, labels=training.labels, protocol="speaker",
+                             k=5, progress=progress_printer("cross-validating"), skipped=training.skipped,
+                             augmented=copies)
+    model = fit(training.X, training.y, hp, copies)
     data_bytes = serialise(model)
     digest = sha256_bytes(data_bytes)
-    summary = dataset.training_summary(clips, "RAVDESS speech (Zenodo record 1188976), 16 kHz FLAC")
+    summary = dataset.training_summary(training.clips, "RAVDESS speech (Zenodo record 1188976), 16 kHz FLAC")
     meta = ModelMetadata(
         version=f"{DEFAULT_VERSION_PREFIX}-{FEATURE_VERSION}-{weights_digest(model)[:8]}",
         created=datetime.now(timezone.utc).replace(microsecond=0),
         feature_version=FEATURE_VERSION,
         feature_names_sha256=feature_names_sha256(FEATURE_NAMES),
-        labels=labels,
+        labels=training.labels,
         sha256=digest,
         hyperparameters=hp,
         training_data=summary,

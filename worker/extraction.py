@@ -11,6 +11,7 @@ import hashlib
 import os
 import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import numpy as np
 from serq.errors import AudioError
 
 from .audio import ANALYSIS_RATE, decode
-from .datasets import Clip
+from .datasets import Clip, Dataset
 from .features import FEATURE_NAMES, FEATURE_VERSION, extract
 
 #: ``progress(done, total)``, called from the parent process as results arrive.
@@ -165,6 +166,54 @@ def extract_training_set(
         full[ok_a] = A
         augmented.append(full[ok])
     return X, ok, errors, augmented
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """A dataset's readable clips as training data: row ``i`` of ``X``, ``y`` and ``groups`` is ``clips[i]``.
+
+    ``augmented`` maps a speed factor to the speed-perturbed copy of ``X`` (same rows);
+    ``skipped`` counts files left out, by reason (the dataset's, plus unreadable audio).
+    """
+
+    X: np.ndarray
+    y: np.ndarray
+    groups: np.ndarray
+    clips: list[Clip]
+    augmented: dict[float, np.ndarray]
+    skipped: dict[str, int]
+
+    @property
+    def labels(self) -> list[str]:
+        """The labels present, in serq's canonical order."""
+        from serq.labels import EMOTIONS
+
+        present = set(self.y)
+        return [e for e in EMOTIONS if e in present]
+
+    def copies(self, speeds: Sequence[float]) -> list[np.ndarray]:
+        """The perturbed copies a recipe trains on (its ``augment_speeds``), those that were extracted."""
+        return [self.augmented[s] for s in speeds if s in self.augmented]
+
+
+def training_set(
+    dataset: Dataset,
+    cache_dir: str | Path | None,
+    speeds: Sequence[float] = (),
+    *,
+    n_jobs: int = -1,
+    max_seconds: float | None = 60.0,
+    progress: Progress | None = None,
+) -> TrainingSet:
+    """Extract (cached) ``dataset`` and its speed-perturbed copies into a :class:`TrainingSet`."""
+    X, ok, errors, copies = extract_training_set(dataset.clips, cache_dir, speeds, n_jobs=n_jobs,
+                                                 max_seconds=max_seconds, progress=progress)
+    clips = [c for c, good in zip(dataset.clips, ok) if good]
+    skipped = dict(dataset.skipped)
+    if errors:
+        skipped["unreadable audio"] = skipped.get("unreadable audio", 0) + len(errors)
+    return TrainingSet(X=X, y=np.array([c.label for c in clips]), groups=np.array([c.speaker for c in clips]),
+                       clips=clips, augmented=dict(zip(speeds, copies)), skipped=skipped)
 
 
 _digest_memo: dict[tuple[str, int, int], str] = {}

@@ -53,6 +53,7 @@ from serq.schemas import (
 from serq.schemas.profiles import Enrolment
 
 from . import profiles
+from .extraction import TrainingSet, training_set
 from .features import FEATURE_NAMES, FEATURE_VERSION
 from .training import FoldProgress, check_trainable, fit, folds_for, score
 
@@ -265,15 +266,14 @@ def evaluate_modes(X: np.ndarray, y: np.ndarray, groups: np.ndarray, hp: Hyperpa
 # ---------------------------------------------------------------- training jobs and the served model
 
 
-def train_speaker_model(request: TrainRequest, settings, report, X, y, groups, labels: list[str],
-                        summary: dict, started: float, augmented: dict[float, np.ndarray] | None = None,
-                        recipe: ProfileRecipe = ProfileRecipe()) -> TrainResult:
+def train_speaker_model(request: TrainRequest, settings, report, training: TrainingSet, labels: list[str],
+                        summary: dict, started: float, recipe: ProfileRecipe = ProfileRecipe()) -> TrainResult:
     """The speaker-normalised branch of :func:`serq.worker.trainjob.run_training` (``speaker_normalisation``).
 
     Metrics are ``enroll:<enrol_clips>`` figures by speaker-grouped k-fold; the model
     is registered with ``normalisation="speaker"`` and its prior, and activation
-    moves the speaker pointer (never the plain model's ACTIVE). ``augmented``: speed ->
-    perturbed copy of ``X``; a recipe uses the copies its ``augment_speeds`` name.
+    moves the speaker pointer (never the plain model's ACTIVE). A recipe trains on the
+    perturbed copies its ``augment_speeds`` name.
     """
     from serq.models.card import model_card
 
@@ -281,13 +281,12 @@ def train_speaker_model(request: TrainRequest, settings, report, X, y, groups, l
 
     if request.protocol != "speaker":
         raise DatasetError("a speaker-normalised model is evaluated by speaker only (protocol 'speaker')")
-    def copies(hp: Hyperparameters) -> list[np.ndarray]:
-        return [augmented[s] for s in hp.augment_speeds if s in (augmented or {})]
+    X, y, groups = training.X, training.y, training.groups
 
     def cv(hp: Hyperparameters, progress=None) -> EvaluationReport:
         return evaluate_profiles(X, y, groups, hp, labels=labels, mode=f"enroll:{recipe.enrol_clips}", recipe=recipe,
                                  k=request.folds, progress=progress, with_plain=False,
-                                 augmented=copies(hp))["speaker_profiles"]
+                                 augmented=training.copies(hp.augment_speeds))["speaker_profiles"]
 
     metrics = cv(request.hyperparameters, lambda done, total: report("cross-validating", done, total))
     registry = Registry(settings.model_dir)
@@ -297,7 +296,8 @@ def train_speaker_model(request: TrainRequest, settings, report, X, y, groups, l
         if current is not None and sorted(current.labels) == sorted(labels):
             baseline = cv(current.hyperparameters)
     report("fitting", 0, 1)
-    model, prior = fit_speaker_model(X, y, groups, request.hyperparameters, recipe, copies(request.hyperparameters))
+    model, prior = fit_speaker_model(X, y, groups, request.hyperparameters, recipe,
+                                     training.copies(request.hyperparameters.augment_speeds))
     report("fitting", 1, 1)
     report("registering", 0, 1)
     data = serialise(model)
@@ -387,30 +387,24 @@ def build_default_speaker(data: str | Path, out: str | Path | None = None, *, re
     Returns the metadata and the ``enroll:<enrol_clips>`` and ``online`` evaluations
     (both also in the model card).
     """
-    from serq.labels import EMOTIONS
     from serq.models.card import metrics_table, model_card
     from serq.settings import get_settings
 
     from .datasets import scan
-    from .extraction import extract_training_set
 
     out = Path(out) if out else DEFAULT_SPEAKER_DIR
     progress = progress or (lambda stage: None)
     dataset = scan(data)
     hp = Hyperparameters()
-    X, ok, _, augmented = extract_training_set(dataset.clips, get_settings().cache_dir, hp.augment_speeds,
-                                               progress=progress("extracting"))
-    clips = [c for c, good in zip(dataset.clips, ok) if good]
-    y = np.array([c.label for c in clips])
-    groups = np.array([c.speaker for c in clips])
-    labels = [e for e in EMOTIONS if e in set(y)]
-    evaluations = evaluate_modes(X, y, groups, hp, labels=labels, modes=[f"enroll:{recipe.enrol_clips}", "online"],
-                                 recipe=recipe, k=folds, progress=progress("cross-validating"),
-                                 skipped=dict(dataset.skipped), augmented=augmented)
-    model, prior = fit_speaker_model(X, y, groups, hp, recipe, augmented)
+    training = training_set(dataset, get_settings().cache_dir, hp.augment_speeds, progress=progress("extracting"))
+    labels, copies = training.labels, training.copies(hp.augment_speeds)
+    evaluations = evaluate_modes(training.X, training.y, training.groups, hp, labels=labels,
+                                 modes=[f"enroll:{recipe.enrol_clips}", "online"], recipe=recipe, k=folds,
+                                 progress=progress("cross-validating"), skipped=training.skipped, augmented=copies)
+    model, prior = fit_speaker_model(training.X, training.y, training.groups, hp, recipe, copies)
     data_bytes = serialise(model)
     digest = sha256_bytes(data_bytes)
-    summary = dataset.training_summary(clips, "RAVDESS speech (Zenodo record 1188976), 16 kHz FLAC")
+    summary = dataset.training_summary(training.clips, "RAVDESS speech (Zenodo record 1188976), 16 kHz FLAC")
     enrol = evaluations[f"enroll:{recipe.enrol_clips}"]
     meta = _metadata(f"speaker-ravdess-{FEATURE_VERSION}-{digest[:8]}", digest, labels, hp, prior, summary,
                      enrol["speaker_profiles"], notes="The speaker-normalised model shipped with serq.")
@@ -433,10 +427,7 @@ def evaluate_dataset(model: LoadedModel, data: str, settings, mode: str, *, fold
     hyperparameters and labels of ``model``), so no test speaker is ever heard in
     training, whichever speakers ``model`` itself was fitted on.
     """
-    from collections import Counter
-
     from .datasets import scan
-    from .extraction import extract_training_set
     from .progress import progress_printer
 
     try:
@@ -447,19 +438,12 @@ def evaluate_dataset(model: LoadedModel, data: str, settings, mode: str, *, fold
         raise InvalidRequest(str(exc)) from None
     labels = list(model.meta.labels)
     dataset = scan(data).restrict(tuple(labels))
-    skipped = Counter(dataset.skipped)
     hp = model.meta.hyperparameters
-    X, ok, errors, augmented = extract_training_set(
-        dataset.clips, settings.cache_dir, hp.augment_speeds, max_seconds=settings.max_seconds,
-        progress=progress_printer("extracting") if progress == "stderr" else None)
-    if errors:
-        skipped["unreadable audio"] += len(errors)
-    clips = [c for c, good in zip(dataset.clips, ok) if good]
-    y = np.array([c.label for c in clips])
-    groups = np.array([c.speaker for c in clips])
-    return evaluate_profiles(X, y, groups, hp, labels=labels, mode=mode, recipe=recipe, k=folds,
-                             progress=progress_printer("cross-validating") if progress == "stderr" else None,
-                             skipped=dict(skipped), augmented=augmented)
+    training = training_set(dataset, settings.cache_dir, hp.augment_speeds, max_seconds=settings.max_seconds,
+                            progress=progress_printer("extracting") if progress == "stderr" else None)
+    return evaluate_profiles(training.X, training.y, training.groups, hp, labels=labels, mode=mode, recipe=recipe,
+                             k=folds, progress=progress_printer("cross-validating") if progress == "stderr" else None,
+                             skipped=training.skipped, augmented=training.copies(hp.augment_speeds))
 
 
 def format_profile_reports(reports: dict[str, EvaluationReport]) -> str:

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 
 from serq.errors import DatasetError, SerqError
 from serq.labels import EMOTIONS
@@ -22,7 +21,7 @@ from serq.schemas import ModelMetadata, TrainRequest, TrainResult
 from serq.settings import Settings
 
 from .datasets import scan
-from .extraction import extract_training_set
+from .extraction import TrainingSet, training_set
 from .features import FEATURE_NAMES, FEATURE_VERSION
 from .training import cross_validate, fit
 
@@ -109,35 +108,26 @@ def _run(request: TrainRequest, settings: Settings, report: Report, roots, n_job
     speeds = list(request.hyperparameters.augment_speeds)
     if request.activate == "if_better":
         speeds += [s for s in registry.active_metadata().hyperparameters.augment_speeds if s not in speeds]
-    X, ok, errors, copies = extract_training_set(
-        dataset.clips, settings.cache_dir, speeds,
-        n_jobs=n_jobs, max_seconds=settings.max_seconds,
-        progress=lambda done, total: report("extracting", done, total),
-    )
-    augmented = dict(zip(speeds, copies))
-    clips = [c for c, good in zip(dataset.clips, ok) if good]
-    skipped = dict(dataset.skipped)
-    if errors:
-        skipped["unreadable audio"] = len(errors)
-    y = np.array([c.label for c in clips])
-    groups = np.array([c.speaker for c in clips])
-    summary = dataset.training_summary(clips, str(path))
+    training = training_set(dataset, settings.cache_dir, speeds, n_jobs=n_jobs, max_seconds=settings.max_seconds,
+                        progress=lambda done, total: report("extracting", done, total))
+    summary = dataset.training_summary(training.clips, str(path))
     if request.speaker_normalisation:  # issue 8: a model that expects speaker profiles
         from .speaker_training import train_speaker_model
 
-        return train_speaker_model(request, settings, report, X, y, groups, labels, summary, started, augmented)
+        return train_speaker_model(request, settings, report, training, labels, summary, started)
 
-    own = [augmented[s] for s in request.hyperparameters.augment_speeds]
+    own = training.copies(request.hyperparameters.augment_speeds)
     metrics = cross_validate(
-        X, y, groups, request.hyperparameters, labels=labels, protocol=request.protocol, k=request.folds,
-        progress=lambda done, total: report("cross-validating", done, total), skipped=skipped, augmented=own,
+        training.X, training.y, training.groups, request.hyperparameters, labels=labels, protocol=request.protocol,
+        k=request.folds, progress=lambda done, total: report("cross-validating", done, total),
+        skipped=training.skipped, augmented=own,
     )
     baseline = None
     if request.activate == "if_better":
-        baseline = _baseline(registry, X, y, groups, labels, request, augmented)
+        baseline = _baseline(registry, training, labels, request)
 
     report("fitting", 0, 1)
-    model = fit(X, y, request.hyperparameters, own)
+    model = fit(training.X, training.y, request.hyperparameters, own)
     report("fitting", 1, 1)
 
     report("registering", 0, 1)
@@ -165,13 +155,14 @@ def _run(request: TrainRequest, settings: Settings, report: Report, roots, n_job
     )
 
 
-def _baseline(registry: Registry, X, y, groups, labels, request: TrainRequest, augmented: dict):
+def _baseline(registry: Registry, training: TrainingSet, labels, request: TrainRequest):
     """The active model's recipe re-fitted on the same folds, so the comparison is like for like."""
     active = registry.active_metadata()
     if sorted(active.labels) != sorted(labels):
         return None
-    return cross_validate(X, y, groups, active.hyperparameters, labels=labels, protocol=request.protocol,
-                          k=request.folds, augmented=[augmented[s] for s in active.hyperparameters.augment_speeds])
+    return cross_validate(training.X, training.y, training.groups, active.hyperparameters, labels=labels,
+                          protocol=request.protocol, k=request.folds,
+                          augmented=training.copies(active.hyperparameters.augment_speeds))
 
 
 def _decide(policy: str, metrics, baseline) -> tuple[bool, str]:
