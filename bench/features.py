@@ -154,19 +154,17 @@ def accuracy(k: int = 5) -> dict:
     from serq.schemas import Hyperparameters
     from serq.settings import get_settings
     from serq.worker.datasets import scan
-    from serq.worker.extraction import extract_training_set
+    from serq.worker.extraction import training_set
     from serq.worker.training import cross_validate, folds_for, score
 
     settings = get_settings()
-    clips = scan(ravdess_dir()).clips
     hp = Hyperparameters()  # the shipped model's recipe, speed-perturbed training copies included
-    X_serq, ok, errors, augmented = extract_training_set(clips, settings.cache_dir, hp.augment_speeds,
-                                                         max_seconds=settings.max_seconds)
-    if errors:
-        raise SystemExit(f"unreadable clips: {errors}")
-    X_seed = seed_matrix([c.path for c in clips], settings.cache_dir)
-    y = np.array([c.label for c in clips])
-    groups = np.array([c.speaker for c in clips])
+    training = training_set(scan(ravdess_dir()), settings.cache_dir, hp.augment_speeds,
+                            max_seconds=settings.max_seconds)
+    if training.skipped:
+        raise SystemExit(f"files left out of the corpus: {training.skipped}")
+    X_serq, y, groups = training.X, training.y, training.groups
+    X_seed = seed_matrix([c.path for c in training.clips], settings.cache_dir)
     labels = list(EMOTIONS)
 
     # The same folds for both (folds_for is deterministic in y, groups and the seed).
@@ -175,7 +173,8 @@ def accuracy(k: int = 5) -> dict:
         for train, test in folds_for(y, groups, protocol="speaker", k=k):
             pred[test] = seed_mlp().fit(X_seed[train], y[train]).predict(X_seed[test])
     seed_cv = score(y, pred, labels, protocol=f"speaker-grouped {k}-fold", speaker_independent=True)
-    serq_cv = cross_validate(X_serq, y, groups, hp, labels=labels, protocol="speaker", k=k, augmented=augmented)
+    serq_cv = cross_validate(X_serq, y, groups, hp, labels=labels, protocol="speaker", k=k,
+                             augmented=training.copies(hp.augment_speeds))
 
     # The seed's own evaluation: one random 75/25 split over clips (random_state=9, as it had).
     tr, te = train_test_split(np.arange(len(y)), test_size=0.25, random_state=9)
