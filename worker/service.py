@@ -145,6 +145,11 @@ class Worker:
 
     def run(self) -> int:
         """Serve until stopped, reconnecting with backoff; returns the exit code (0)."""
+        from threadpoolctl import threadpool_limits
+
+        # A clip's matrix products are small: BLAS threads would only spin against the other
+        # workers on the machine (serq scales by processes, `--scale worker=N`), halving throughput.
+        threadpool_limits(limits=1)
         server = serve(self.metrics, self.settings.metrics_port) if self.settings.metrics_port else None
         log(logger, "starting", worker=self.worker_id, broker=self.settings.redacted_amqp_url,
             queue=self.settings.name("classify"), prefetch=self.settings.prefetch,
@@ -260,22 +265,23 @@ class Worker:
         payload = reply.body.model_dump_json(exclude_none=is_error).encode()
         out = pika.BasicProperties(content_type="application/json", correlation_id=props.correlation_id,
                                    type=reply.type, app_id="serq-worker")
-        if reply.routing_key:
-            # A speaker profile goes back to its caller only, never to followers (docs/profiles.md).
-            public = payload if getattr(reply.body, "profile", None) is None else \
-                reply.body.model_copy(update={"profile": None}).model_dump_json().encode()
-            results.basic_publish(self._results, reply.routing_key, public, out)
         delivered = "no reply_to"
-        if props.reply_to:
+        if props.reply_to:  # the caller first: its latency; then the followers
             try:
                 # Not mandatory: RabbitMQ returns direct reply-to messages as unroutable even when it
                 # delivers them. A caller that left misses its reply; a reconnecting client re-sends.
                 ch.basic_publish("", props.reply_to, payload, out)
                 delivered = "ok"
             except pika.exceptions.NackError:
+                # Redelivered, so answered later: followers hear of it then, not twice.
                 log(logger, "reply refused by the broker; requeued", level=logging.WARNING, request_id=request_id)
                 ch.basic_nack(tag, requeue=True)
                 return
+        if reply.routing_key:
+            # A speaker profile goes back to its caller only, never to followers (docs/profiles.md).
+            public = payload if getattr(reply.body, "profile", None) is None else \
+                reply.body.model_copy(update={"profile": None}).model_dump_json().encode()
+            results.basic_publish(self._results, reply.routing_key, public, out)
         ch.basic_ack(tag)
         kind = props.type or CLASSIFY
         kind = kind if kind in known_types() else "unknown"  # a metric label must not be client-chosen
