@@ -12,7 +12,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from serq.models.card import model_card
-from serq.models.registry import DEFAULT_DIR, feature_names_sha256, serialise, sha256_bytes, write_folder
+from serq.models.registry import (
+    DEFAULT_DIR, feature_names_sha256, serialise, sha256_bytes, weights_digest, write_folder,
+)
 from serq.schemas import Hyperparameters, ModelMetadata
 
 #: The default model's version names its feature layout and recipe, not a timestamp,
@@ -58,24 +60,8 @@ def build_default(data: str | Path, out: str | Path | None = None, *, n_jobs: in
     return meta
 
 
-def weights_digest(pipeline) -> str:
-    """sha256 of a fitted pipeline's numbers (scaler statistics, MLP weights).
-
-    The skops file itself is not byte-reproducible (zip timestamps), so the default
-    model's version is named by its weights: a rebuild from the same data, seed and
-    library versions gives the same version.
-    """
-    import hashlib
-
-    scaler, mlp = pipeline.named_steps["scale"], pipeline.named_steps["mlp"]
-    h = hashlib.sha256()
-    for array in [scaler.mean_, scaler.scale_, *mlp.coefs_, *mlp.intercepts_]:
-        h.update(array.tobytes())
-    return h.hexdigest()
-
-
 REBUILD_NOTE = """## Rebuilding
 `serq models build-default --data ../shared/data/ravdess` rebuilds this model from the same
 clips with the same seed: the same weights, metrics and version (named by a hash of the
-weights) given the same library versions; the skops file's own sha256 differs between
+weights) given the same library versions and machine type; the skops file's own sha256 differs between
 rebuilds because the zip records timestamps."""

@@ -223,3 +223,25 @@ def test_the_shipped_default_loads_and_predicts():
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-6)
     card = (DEFAULT_DIR / "MODEL_CARD.md").read_text()
     assert "CC BY-NC-SA 4.0" in card and "RAVDESS" in card
+
+
+def test_serialised_models_hold_only_default_trusted_types_and_predict_the_same():
+    """The optimiser state is dropped: nothing beyond skops' own trusted types, same predictions."""
+    import skops.io as sio
+
+    model = fitted(3)
+    data = serialise(model)
+    assert sio.get_untrusted_types(data=data) == []
+    assert hasattr(model.named_steps["mlp"], "_optimizer"), "serialise must not change the caller's model"
+    loaded = load_artifact(data, metadata_for(data, when=T0)).pipeline
+    X = np.random.default_rng(0).standard_normal((5, len(FEATURE_NAMES))).astype(np.float32)
+    np.testing.assert_array_equal(loaded.predict_proba(X), model.predict_proba(X))
+
+
+def test_the_shipped_models_hold_only_default_trusted_types():
+    import skops.io as sio
+
+    from serq.worker.speaker_training import DEFAULT_SPEAKER_DIR
+
+    for folder in (DEFAULT_DIR, DEFAULT_SPEAKER_DIR):
+        assert sio.get_untrusted_types(file=folder / ARTIFACT) == [], folder

@@ -39,6 +39,7 @@ from serq.models.registry import (
     new_version,
     serialise,
     sha256_bytes,
+    weights_digest,
     write_folder,
 )
 from serq.schemas import (
@@ -406,14 +407,15 @@ def build_default_speaker(data: str | Path, out: str | Path | None = None, *, re
     digest = sha256_bytes(data_bytes)
     summary = dataset.training_summary(training.clips, "RAVDESS speech (Zenodo record 1188976), 16 kHz FLAC")
     enrol = evaluations[f"enroll:{recipe.enrol_clips}"]
-    meta = _metadata(f"speaker-ravdess-{FEATURE_VERSION}-{digest[:8]}", digest, labels, hp, prior, summary,
+    meta = _metadata(f"speaker-ravdess-{FEATURE_VERSION}-{weights_digest(model)[:8]}", digest, labels, hp, prior, summary,
                      enrol["speaker_profiles"], notes="The speaker-normalised model shipped with serq.")
     extra = [CARD_NOTE, "", "## Beside the plain model (same folds, same clips)"]
     for mode, reports in evaluations.items():
         for name in ("plain", "plain_same_clips", "speaker_profiles"):
             extra += ["", f"### {mode}: {name}", "", metrics_table(reports[name])]
     extra += ["", "## Rebuilding", "`serq profiles build-model --data ../shared/data/ravdess` rebuilds it "
-              "(same clips, same seeds)."]
+              "from the same clips with the same seeds: the same weights, metrics and version (named by "
+              "a hash of the weights) given the same library versions and machine type."]
     write_folder(out, data_bytes, meta, model_card(meta, extra="\n".join(extra)))
     _loaded.clear()
     return meta, evaluations
