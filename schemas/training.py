@@ -90,7 +90,8 @@ class ModelActivated(BaseModel):
     """Fanout on `serq.models`: a model version became active; workers verify and hot-swap it.
 
     The artifact travels inside the event (base64 of the skops file, a few MB at
-    most), so workers on other machines need no shared disk.
+    most), so workers on other machines need no shared disk. ``metadata.normalisation``
+    picks the slot: ``"speaker"`` replaces the profile path's model, never the plain one.
     """
 
     model_config = ConfigDict(extra="forbid")

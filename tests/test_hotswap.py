@@ -130,3 +130,56 @@ def test_a_retrain_hot_swaps_into_every_worker_and_no_request_fails(
         versions = [v for w, v in stream.replies if w == name]
         assert _runs(versions) == [default, result.version, default], (name, _runs(versions))
     assert "tampered-1" not in {v for _, v in stream.replies}
+
+
+def test_a_speaker_model_is_announced_and_reaches_a_worker_without_shared_disk(
+        amqp_url, prefix, tmp_path, ravdess_dir, feature_cache, start_worker, start_trainer):  # noqa: F811
+    """A `speaker_normalisation` job activates on the trainer; a worker with a registry of its own (no
+    shared disk) swaps its profile-path model from the event, keeps its plain model, and
+    `serq profiles activate default` swaps it back the same way."""
+    from serq.client.profiles import SpeakerProfiles
+    from serq.models.registry import read_metadata
+    from serq.worker.speaker_training import DEFAULT_SPEAKER_DIR
+
+    root = tmp_path / "data"
+    make_subset(root, ravdess_dir, [1, 2, 3], "three")
+    worker = start_worker(env={"SERQ_MODEL_DIR": str(tmp_path / "worker-models")})
+    start_trainer(env={"SERQ_DATA_ROOTS": f"{root}:{ravdess_dir}", "SERQ_CACHE_DIR": str(feature_cache)})
+    shipped = read_metadata(DEFAULT_SPEAKER_DIR).version
+    plain = default_metadata().version
+    env = os.environ | {"SERQ_AMQP_URL": amqp_url, "SERQ_PREFIX": prefix, "SERQ_MODEL_DIR": str(tmp_path / "models")}
+    calm = [ravdess_clip(14, 2, i, s, r) for i in (1, 2) for s in (1, 2) for r in (1, 2)][:5]
+    clip = ravdess_clip(14, 5, 2, 1, 1)
+
+    with Client(amqp_url, prefix, timeout=60) as client:
+        speakers = SpeakerProfiles(client)
+        speakers.enroll("caller-14", calm)
+        before = speakers.classify("caller-14", clip)
+        assert (before.normalisation, before.model_version) == ("speaker", shipped)
+
+        trained = subprocess.run(
+            [sys.executable, "-m", "serq", "train", "--data", "three", "--folds", "2", "--hidden", "16",
+             "--max-iter", "30", "--augment", "none", "--speaker-normalisation", "--activate", "always",
+             "--wait", "--json"], env=env, capture_output=True, text=True, timeout=900, cwd=REPO)
+        assert trained.returncode == 0, trained.stderr
+        result = TrainResult.model_validate_json(trained.stdout)
+        assert result.ok and result.activated and result.version not in (shipped, plain)
+        assert not (tmp_path / "worker-models").exists() or not any((tmp_path / "worker-models").iterdir())
+
+        def profile_path_version() -> str:
+            return speakers.classify("caller-14", clip).model_version
+
+        deadline = time.monotonic() + 60
+        while profile_path_version() != result.version:
+            assert time.monotonic() < deadline, worker.log_path.read_text()[-2000:]
+            time.sleep(0.2)
+        assert client.classify(clip).model_version == plain  # the plain model is untouched
+        assert "speaker model swapped" in worker.log_path.read_text()
+
+        back = subprocess.run([sys.executable, "-m", "serq", "profiles", "activate", "default"], env=env,
+                              capture_output=True, text=True, timeout=120, cwd=REPO)
+        assert back.returncode == 0 and f"published on {prefix}.models" in back.stdout, back.stderr
+        deadline = time.monotonic() + 60
+        while profile_path_version() != shipped:
+            assert time.monotonic() < deadline, worker.log_path.read_text()[-2000:]
+            time.sleep(0.2)

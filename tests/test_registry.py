@@ -245,3 +245,16 @@ def test_the_shipped_models_hold_only_default_trusted_types():
 
     for folder in (DEFAULT_DIR, DEFAULT_SPEAKER_DIR):
         assert sio.get_untrusted_types(file=folder / ARTIFACT) == [], folder
+
+
+def test_an_announced_speaker_model_is_verified_and_needs_its_prior():
+    from serq.client.models import activation_event
+    from serq.models.registry import read_metadata
+    from serq.worker.service import verify_event
+    from serq.worker.speaker_training import DEFAULT_SPEAKER_DIR
+
+    meta = read_metadata(DEFAULT_SPEAKER_DIR)
+    data = (DEFAULT_SPEAKER_DIR / meta.artifact).read_bytes()
+    assert verify_event(activation_event(meta, data)).meta.normalisation == "speaker"
+    with pytest.raises(ModelError, match="speaker prior"):
+        verify_event(activation_event(meta.model_copy(update={"speaker_prior": None}), data))

@@ -66,6 +66,8 @@ class Context:
     worker: str
     request_id: str
     headers: dict = field(default_factory=dict)
+    #: The speaker-normalised model announced to this worker, if any (else the registry's).
+    speaker_model: "LoadedModel | None" = None
 
 
 Handler = Callable[[bytes, "pika.BasicProperties", Context], Reply]

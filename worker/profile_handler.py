@@ -46,7 +46,7 @@ def profile_args(ctx: "Context") -> dict:
     profile = header_profile(ctx.headers)
     if profile is None:
         return {}
-    return {"profile": profile, "speaker_model": load_speaker_model(ctx.settings.model_dir)}
+    return {"profile": profile, "speaker_model": ctx.speaker_model or load_speaker_model(ctx.settings.model_dir)}
 
 
 def handle_enroll(body: bytes, props: "pika.BasicProperties", ctx: "Context") -> Reply:

@@ -70,8 +70,8 @@ class ModelHolder:
 def verify_event(event: ModelActivated) -> LoadedModel:
     """Decode and verify an activation event's artifact; :class:`ModelError` if anything disagrees."""
     meta = event.metadata
-    if meta.normalisation == "speaker":  # served on the profile path (SPEAKER_ACTIVE), never as the plain model
-        raise ModelError(f"model {event.version} expects speaker profiles; it cannot replace the plain model")
+    if meta.normalisation == "speaker" and meta.speaker_prior is None:
+        raise ModelError(f"model {event.version} expects speaker profiles but carries no speaker prior")
     if (event.version, event.sha256, event.feature_version) != (meta.version, meta.sha256, meta.feature_version):
         raise ModelError(
             f"model {event.version}: the event's version/sha256/feature version disagree with its metadata"
@@ -95,6 +95,9 @@ class Worker:
         self.registry = Registry(settings.model_dir)
         self.metrics = metrics or Metrics()
         self.holder = ModelHolder(model or self._initial_model())
+        # The profile path's model once one is announced on <p>.models; until then the registry's
+        # SPEAKER_ACTIVE (or the shipped one) serves, read per request (serq.worker.speaker_training).
+        self.speaker_model: LoadedModel | None = None
         self.metrics.set_model(self.holder.current.version)
         self.worker_id = settings.worker_id or default_worker_id()
         self._compute = ThreadPoolExecutor(1, thread_name_prefix="serq-compute")
@@ -245,7 +248,7 @@ class Worker:
                 raise TooLarge(f"{len(body)} bytes exceeds the limit of {self.settings.max_bytes} bytes (SERQ_MAX_BYTES)")
             handler = handler_for(props.type)
             ctx = Context(settings=self.settings, model=self.holder.current, worker=self.worker_id,
-                          request_id=request_id, headers=dict(props.headers or {}))
+                          request_id=request_id, headers=dict(props.headers or {}), speaker_model=self.speaker_model)
             return handler(body, props, ctx)
         except SerqError as exc:
             error = ErrorInfo(**exc.to_dict())
@@ -310,7 +313,8 @@ class Worker:
         except ValidationError as exc:
             self._refuse("?", f"not a ModelActivated event ({exc.error_count()} validation errors)")
             return
-        if event.version == self.holder.current.version and event.sha256 == self.holder.current.meta.sha256:
+        serving = self.speaker_model if event.metadata.normalisation == "speaker" else self.holder.current
+        if serving is not None and (event.version, event.sha256) == (serving.version, serving.meta.sha256):
             log(logger, "model already serving", model_version=event.version)
             return
         try:
@@ -321,6 +325,12 @@ class Worker:
         self._install(model, event.reason or "activated")
 
     def _install(self, model: LoadedModel, reason: str) -> None:
+        if model.meta.normalisation == "speaker":  # the profile path's model; the plain one stays
+            old, self.speaker_model = self.speaker_model, model  # one reference write: atomic for readers
+            self.metrics.swaps.inc()
+            log(logger, "speaker model swapped", model_version=model.version,
+                previous=old.version if old else "registry", reason=reason)
+            return
         old = self.holder.swap(model)
         self.metrics.set_model(model.version)
         self.metrics.swaps.inc()
@@ -333,9 +343,15 @@ class Worker:
 
     def _sync_registry(self) -> None:
         """After a reconnect: catch up with an activation missed while away (shared registry only)."""
+        from .speaker_training import speaker_version
+
+        version = None
         try:
             version = self.registry.active_version()
             if version and version != self.holder.current.version:
+                self._install(self.registry.load(version), "registry (missed while disconnected)")
+            version = speaker_version(self.registry)
+            if version and self.speaker_model is not None and version != self.speaker_model.version:
                 self._install(self.registry.load(version), "registry (missed while disconnected)")
         except ModelError as exc:
             self._refuse(version or "?", str(exc))

@@ -304,8 +304,9 @@ class Trainer:
         try:
             result = run_training(request, self.settings, report=report, roots=self.settings.data_root_paths,
                                   n_jobs=self.n_jobs)
-            # A speaker-normalised model moves SPEAKER_ACTIVE in the shared registry; it is not announced.
-            activated = self._event(result.version) if result.activated and not request.speaker_normalisation else None
+            # Plain or speaker-normalised, an activated model is announced with its artifact: workers
+            # put it in the matching slot (the plain model, or the profile path's).
+            activated = self._event(result.version) if result.activated else None
         except SerqError as exc:  # run_training types its own failures; this is reading the new artifact back
             result, activated = failure(request.job_id, exc, time.monotonic() - started), None
         except Exception as exc:  # a bug must not kill the service nor loop the job: answer and ack it

@@ -76,8 +76,12 @@ def run_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _announce(meta, args, verb: str, reason: str) -> int:
-    """Report a registry change, and publish it on <prefix>.models (hot-swap) unless --no-publish."""
+def announce(meta, args, verb: str, reason: str, artifact: bytes | None = None) -> int:
+    """Report a registry change, and publish it on <prefix>.models (hot-swap) unless --no-publish.
+
+    ``artifact``: the model's bytes when they are not in the registry under ``meta.version``
+    (the shipped speaker model).
+    """
     import sys
 
     from serq.output import print_json
@@ -85,12 +89,15 @@ def _announce(meta, args, verb: str, reason: str) -> int:
     published, note = False, "not published (--no-publish)"
     if not args.no_publish:
         from serq.client.errors import BrokerUnavailable
-        from serq.client.models import announce_version
+        from serq.client.models import announce_version, publish_activation
         from serq.settings import get_settings
 
         settings = get_settings()
         try:
-            announce_version(meta.version, reason=reason, settings=settings)
+            if artifact is None:
+                announce_version(meta.version, reason=reason, settings=settings)
+            else:
+                publish_activation(meta, artifact, reason=reason, settings=settings)
             published, note = True, f"published on {settings.name('models')}"
         except BrokerUnavailable as exc:
             # The registry change stands: workers sharing SERQ_MODEL_DIR load it when they (re)start.
@@ -104,11 +111,11 @@ def _announce(meta, args, verb: str, reason: str) -> int:
 
 
 def run_activate(args: argparse.Namespace) -> int:
-    return _announce(_registry().activate(args.version), args, "activated", "activate")
+    return announce(_registry().activate(args.version), args, "activated", "activate")
 
 
 def run_rollback(args: argparse.Namespace) -> int:
-    return _announce(_registry().rollback(), args, "rolled back to", "rollback")
+    return announce(_registry().rollback(), args, "rolled back to", "rollback")
 
 
 def run_build_default(args: argparse.Namespace) -> int:

@@ -45,6 +45,8 @@ def register(sub) -> None:
     act = psub.add_parser("activate", help="serve VERSION (a speaker-normalised model) on the profile path, "
                                            "or 'default' for the shipped one")
     act.add_argument("version")
+    act.add_argument("--json", action="store_true")
+    act.add_argument("--no-publish", action="store_true", help="only change the registry; do not tell running workers")
     act.set_defaults(func=run_activate)
     bm = psub.add_parser("build-model", help="rebuild the shipped speaker-normalised model from RAVDESS")
     bm.add_argument("--data", metavar="DIR", help="RAVDESS directory (default: SERQ_RAVDESS_DIR)")
@@ -128,18 +130,20 @@ def run_delete(args: argparse.Namespace) -> int:
 
 
 def run_activate(args: argparse.Namespace) -> int:
-    from serq.models.registry import Registry
+    """Point the profile path at VERSION (or the shipped model) and announce it, like `serq models activate`."""
+    from serq.models.registry import Registry, read_metadata
     from serq.settings import get_settings
-    from serq.worker.speaker_training import SPEAKER_POINTER, activate_speaker
+    from serq.worker.speaker_training import DEFAULT_SPEAKER_DIR, SPEAKER_POINTER, activate_speaker
+
+    from .models import announce
 
     registry = Registry(get_settings().model_dir)
     if args.version == "default":
         (registry.root / SPEAKER_POINTER).unlink(missing_ok=True)
-        print("the profile path serves the shipped speaker-normalised model")
-        return 0
-    meta = activate_speaker(registry, args.version)
-    print(f"the profile path serves {meta.version} (workers pick it up on their next profile request)")
-    return 0
+        meta = read_metadata(DEFAULT_SPEAKER_DIR)
+        return announce(meta, args, "the profile path serves the shipped", "activate",
+                        artifact=(DEFAULT_SPEAKER_DIR / meta.artifact).read_bytes())
+    return announce(activate_speaker(registry, args.version), args, "the profile path serves", "activate")
 
 
 def run_build_model(args: argparse.Namespace) -> int:
