@@ -335,7 +335,8 @@ class Bot(cmd.Cmd):
             self.out(text)
         if labelled > 1:
             self.out(f"{agree}/{labelled} agree with the label in the file name "
-                     "(a demo, not an accuracy figure: see `accuracy`)")
+                     "(a demo, not an accuracy figure: the shipped model was trained on every RAVDESS actor, "
+                     "these clips included; `accuracy` gives its figure on speakers it never heard)")
 
     def do_timeline(self, arg: str) -> None:
         """timeline FILE [--png OUT] [--local]: emotion over time in a long recording (strip chart, segments, summary), streamed to the workers through the broker; computed here with --local or when no broker answers; --png OUT: a figure"""
