@@ -144,3 +144,13 @@ def test_percentiles_match_numpy(shape):
     qs = (0, 10, 50, 90, 100)
     np.testing.assert_allclose(F.percentiles(x, qs), np.percentile(x, qs, axis=-1), rtol=1e-6, atol=1e-6)
 
+
+
+def test_the_stored_filterbanks_are_librosas():
+    """worker/filterbanks.npz spares every process librosa's import; it must stay librosa's output
+    (after a layout change: ``python -c "from serq.worker.features import write_filterbanks; write_filterbanks()"``)."""
+    mel, chroma, _, centres = F._filterbanks()
+    reference = F.librosa_filterbanks()
+    np.testing.assert_array_equal(mel, reference["mel"])
+    np.testing.assert_array_equal(chroma, reference["chroma"])
+    np.testing.assert_array_equal(centres, reference["centres"])

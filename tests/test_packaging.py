@@ -73,6 +73,8 @@ def test_data_files_ship(wheel):
     contents = names(wheel)
     for name in ("model.skops", "model.json", "MODEL_CARD.md"):
         assert f"serq/models/default/{name}" in contents
+        assert f"serq/models/default_speaker/{name}" in contents
+    assert "serq/worker/filterbanks.npz" in contents  # features need it (features.FILTERBANKS)
     schemas = sorted(p.name for p in (REPO / "schemas" / "json").glob("*.json"))
     assert schemas, "schemas/json/*.json should be generated and committed"
     for name in schemas:

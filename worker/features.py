@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 from scipy import fft as sfft
@@ -70,15 +71,36 @@ class Analysis:
         return float(self.frame["rms_db"].max(initial=-np.inf)) < SILENCE_DBFS
 
 
-@lru_cache(maxsize=4)
-def _filterbanks(sr: int = SAMPLE_RATE) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Mel and chroma filterbanks, FFT bin frequencies, mel centre frequencies (cached)."""
+#: librosa's filterbanks for this layout, stored: importing librosa costs about a second at every
+#: process start (a one-off `serq predict`, each worker). tests/test_features.py checks they are
+#: still librosa's; :func:`write_filterbanks` rebuilds the file after a layout change.
+FILTERBANKS = Path(__file__).with_name("filterbanks.npz")
+
+
+def librosa_filterbanks() -> dict[str, np.ndarray]:
+    """The mel (``(N_MELS, N_FFT // 2 + 1)``, Slaney) and chroma (``(N_CHROMA, N_FFT // 2 + 1)``)
+    filterbanks and the mel band centres in Hz (``(N_MELS,)``), computed by librosa."""
     import librosa
 
-    mel = librosa.filters.mel(sr=sr, n_fft=N_FFT, n_mels=N_MELS, fmin=0.0, fmax=sr / 2).astype(np.float32)
-    chroma = librosa.filters.chroma(sr=sr, n_fft=N_FFT, n_chroma=N_CHROMA).astype(np.float32)
-    freqs = np.fft.rfftfreq(N_FFT, 1.0 / sr).astype(np.float32)
-    centres = librosa.mel_frequencies(n_mels=N_MELS + 2, fmin=0.0, fmax=sr / 2)[1:-1]
+    return {
+        "mel": librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS, fmin=0.0,
+                                   fmax=SAMPLE_RATE / 2).astype(np.float32),
+        "chroma": librosa.filters.chroma(sr=SAMPLE_RATE, n_fft=N_FFT, n_chroma=N_CHROMA).astype(np.float32),
+        "centres": librosa.mel_frequencies(n_mels=N_MELS + 2, fmin=0.0, fmax=SAMPLE_RATE / 2)[1:-1],
+    }
+
+
+def write_filterbanks(path: Path = FILTERBANKS) -> None:
+    """Store :func:`librosa_filterbanks` where :func:`_filterbanks` reads them."""
+    np.savez_compressed(path, **librosa_filterbanks())
+
+
+@lru_cache(maxsize=1)
+def _filterbanks() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Mel and chroma filterbanks, FFT bin frequencies (Hz), mel centre frequencies (Hz); cached."""
+    with np.load(FILTERBANKS) as stored:
+        mel, chroma, centres = stored["mel"], stored["chroma"], stored["centres"]
+    freqs = np.fft.rfftfreq(N_FFT, 1.0 / SAMPLE_RATE).astype(np.float32)
     return mel, chroma, freqs, centres
 
 
@@ -182,7 +204,7 @@ def analyse(samples: np.ndarray, sr: int = SAMPLE_RATE) -> Analysis:
     if sr != SAMPLE_RATE:
         raise ValueError(f"features are defined at {SAMPLE_RATE} Hz, got {sr} Hz: resample first")
     samples = np.asarray(samples, dtype=np.float32)
-    mel_fb, chroma_fb, freqs, _ = _filterbanks(sr)
+    mel_fb, chroma_fb, freqs, _ = _filterbanks()
     frames = frame_signal(samples)
     rms_db_all = 20 * np.log10(np.sqrt(np.einsum("ij,ij->i", frames, frames) / N_FFT) + AMIN)
     active_all = rms_db_all > max(rms_db_all.max(initial=-200.0) - ACTIVE_DB, SILENCE_DBFS - 20)
