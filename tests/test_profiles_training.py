@@ -82,7 +82,8 @@ def test_a_speaker_model_never_replaces_the_plain_model(trained, workdir):
     from serq.errors import ModelError
     from serq.models.registry import Registry
     from serq.schemas import ModelActivated
-    from serq.worker.service import verify_event
+    from serq.settings import Settings
+    from serq.worker.service import Worker, verify_event
 
     registry = Registry(workdir / "models")
     with pytest.raises(ModelError, match="speaker profiles"):
@@ -91,8 +92,12 @@ def test_a_speaker_model_never_replaces_the_plain_model(trained, workdir):
     meta = registry.metadata(trained["version"])
     event = ModelActivated(version=meta.version, sha256=meta.sha256, feature_version=meta.feature_version,
                            metadata=meta, artifact_b64=base64.b64encode(registry.artifact_bytes(meta.version)).decode())
-    with pytest.raises(ModelError, match="speaker profiles"):
-        verify_event(event)
+    # Announced on <p>.models, it is verified and goes to the profile path's slot, never the plain one.
+    worker = Worker(Settings(model_dir=workdir / "models"))
+    plain = worker.holder.current
+    worker._install(verify_event(event), "test")
+    assert worker.holder.current is plain and plain.meta.normalisation == "none"
+    assert worker.speaker_model.version == trained["version"]
 
 
 def _vectors(paths):
