@@ -339,15 +339,19 @@ class Bot(cmd.Cmd):
                      "these clips included; `accuracy` gives its figure on speakers it never heard)")
 
     def do_timeline(self, arg: str) -> None:
-        """timeline FILE [--png OUT] [--local]: emotion over time in a long recording (strip chart, segments, summary), streamed to the workers through the broker; computed here with --local or when no broker answers; --png OUT: a figure"""
+        """timeline FILE [--png OUT] [--local] [--speaker S]: emotion over time in a long recording (strip chart, segments, summary), streamed to the workers through the broker; computed here with --local or when no broker answers; --png OUT: a figure; --speaker S: with S's profile"""
         from .timeline_view import show_timeline
 
         parser = _Parser(prog="timeline", add_help=False)
         parser.add_argument("file")
         parser.add_argument("--png", metavar="OUT")
         parser.add_argument("--local", action="store_true")
+        parser.add_argument("--speaker", metavar="SPEAKER")
         ns = parser.parse_args(shlex.split(arg))
         path = self.resolve(ns.file)
+        profile = self.profiles.get(ns.speaker) if ns.speaker is not None else None
+        if ns.speaker is not None and profile is None:
+            self.out(f"note: no profile for {ns.speaker!r} (enroll them first): the plain model answers")
         client = None
         if not ns.local:
             try:
@@ -359,7 +363,7 @@ class Bot(cmd.Cmd):
                 self.out(f"note: {exc}; computing the timeline here instead")
         self.out(f"timeline of {path.name}: " + ("streamed to the workers through the broker" if client
                                                  else "computed here with the active model"))
-        self.out(show_timeline(path, png=ns.png, client=client))
+        self.out(show_timeline(path, png=ns.png, client=client, profile=profile))
 
     def do_enroll(self, arg: str) -> None:
         """enroll SPEAKER FILE|DIR ... [--updates]: build or extend SPEAKER's profile from 5-12 clips of calm, normal speech, through the broker (feature statistics only, no audio); --updates: later clips classified with it update it"""

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
+from serq.schemas.profiles import PROFILE_HEADER, SpeakerProfile
 from serq.schemas.timeline import TIMELINE_CHUNK, Timeline, TimelineChunkResult, TimelineSegment
 from serq.settings import Settings, get_settings
 
@@ -55,10 +56,13 @@ class TimelineStream:
         client: a :class:`serq.client.Client`, or ``None`` to open one from ``settings`` (closed with the stream).
         stream_id: names the stream in the headers and logs (default: random).
         timeout: seconds to wait for each chunk's reply (default ``SERQ_REQUEST_TIMEOUT``).
+        profile: the speaker's profile (:mod:`serq.client.profiles`), sent with every chunk; with
+            enough clips the whole timeline comes from the speaker-normalised model (the
+            results' ``normalisation`` and ``profile_status`` say). A timeline never updates it.
     """
 
     def __init__(self, client: Client | None = None, *, stream_id: str | None = None, timeout: float | None = None,
-                 settings: Settings | None = None):
+                 settings: Settings | None = None, profile: SpeakerProfile | None = None):
         self._own = client is None
         self.client = client or Client(settings=settings or get_settings())
         self.settings = self.client.settings
@@ -69,6 +73,7 @@ class TimelineStream:
         self._seq = 0
         self._offset = 0  # sample index of self._tail[0]
         self._tail = np.zeros(0, np.float32)
+        self._profile = profile.model_dump_json() if profile is not None else None
 
     def __enter__(self) -> "TimelineStream":
         return self
@@ -96,6 +101,8 @@ class TimelineStream:
                    "x-serq-final": final}
         if self.last is not None:
             headers["x-serq-state"] = self.last.state.model_dump_json()
+        if self._profile is not None:
+            headers[PROFILE_HEADER] = self._profile
         result = self.client.call(body, type=TIMELINE_CHUNK, headers=headers, timeout=self.timeout)
         if not isinstance(result, TimelineChunkResult):
             raise ClientError(f"unexpected reply {type(result).__name__} to a timeline chunk", code="invalid_request")
@@ -112,12 +119,14 @@ class TimelineStream:
         result = self.send(np.zeros(0, np.float32), final=True)
         state = result.state
         return Timeline.build(self.segments, duration_s=result.duration_s, labels=state.labels,
-                              model_version=state.model_version, params=state.params, file=file)
+                              model_version=state.model_version, params=state.params, file=file,
+                              profile_status=state.profile_status)
 
 
 def stream_timeline(client, source: str | os.PathLike | Iterable[np.ndarray],
                     on_segment: Callable[[TimelineSegment], None] | None = None, *, chunk_s: float = CHUNK_S,
-                    timeout: float | None = None, stream_id: str | None = None) -> Timeline:
+                    timeout: float | None = None, stream_id: str | None = None,
+                    profile: SpeakerProfile | None = None) -> Timeline:
     """The timeline of a recording computed by the workers, chunk by chunk.
 
     Args:
@@ -125,6 +134,7 @@ def stream_timeline(client, source: str | os.PathLike | Iterable[np.ndarray],
         source: an audio file (read ``chunk_s`` at a time, resampled to 16 kHz) or an
             iterable of mono float32 16 kHz arrays (each sent as one chunk).
         on_segment: called with each segment as soon as a worker decides it.
+        profile: the speaker's profile, as for :class:`TimelineStream`.
     """
     if isinstance(source, (str, os.PathLike)):
         from serq.worker.timeline import read_blocks
@@ -134,7 +144,7 @@ def stream_timeline(client, source: str | os.PathLike | Iterable[np.ndarray],
         name = os.fspath(source)
     else:
         blocks, name = source, None
-    with TimelineStream(client, stream_id=stream_id, timeout=timeout) as stream:
+    with TimelineStream(client, stream_id=stream_id, timeout=timeout, profile=profile) as stream:
         for block in blocks:
             for seg in stream.send(block).segments:
                 if on_segment is not None:

@@ -70,6 +70,9 @@ def render_timeline(timeline: Timeline | dict, width: int = 64, max_segments: in
     name = tl.file or "recording"
     lines = [f"{name}: {clock(tl.duration_s)}, {len(tl.segments)} speech segment(s), "
              f"{clock(s.speech_s)} of speech, model {tl.model_version}"]
+    if tl.profile_status is not None:  # a profile was sent: say whether it was used, as classify does
+        lines.append("  speaker profile used (speaker-normalised model)" if tl.profile_status == "used"
+                     else f"  speaker profile not used ({tl.profile_status}): plain model")
     if not tl.segments:
         lines.append("  (no speech found)")
         return "\n".join(lines)
@@ -117,22 +120,23 @@ def save_png(timeline: Timeline | dict, path: str | Path, *, dpi: int = 120) -> 
     return out
 
 
-def show_timeline(path: str | Path, *, png: str | Path | None = None, client=None) -> str:
-    """What the bot's ``timeline FILE [--png OUT]`` prints: compute the timeline and render it.
+def show_timeline(path: str | Path, *, png: str | Path | None = None, client=None, profile=None) -> str:
+    """What the bot's ``timeline FILE [--png OUT] [--speaker S]`` prints: compute the timeline and render it.
 
     With a :class:`serq.client.Client` the workers compute it (streamed through the
     broker); without one it is computed here with the active model (the ``worker``
-    extra). Writes the PNG too when ``png`` is given. Raises :class:`serq.errors.SerqError`.
+    extra). ``profile``: a speaker profile applied to the whole recording. Writes the
+    PNG too when ``png`` is given. Raises :class:`serq.errors.SerqError`.
     """
     if client is not None:
         from serq.client.timeline import stream_timeline
 
-        timeline = stream_timeline(client, path)
+        timeline = stream_timeline(client, path, profile=profile)
     else:
         from serq.settings import get_settings
         from serq.worker.timeline import local_timeline
 
-        timeline = local_timeline(path, get_settings())
+        timeline = local_timeline(path, get_settings(), profile=profile)
     text = render_timeline(timeline)
     if png is not None:
         text += f"\n  wrote {save_png(timeline, png)}"

@@ -9,11 +9,19 @@ builds the final :class:`Timeline` from the streamed segments with
 Streaming keeps workers stateless: every reply carries the stream's state
 (:class:`TimelineStreamState`, a few kB) and the client sends it back with the
 next chunk, so any worker can take any chunk.
+
+A speaker profile (``x-serq-profile``, as for ``classify``) applies to a whole
+timeline: with a usable one every window is classified by the speaker-normalised
+model; the profile is never updated by a timeline.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .profiles import ProfileStatus
 
 #: Samples per second of every timeline computation and of streamed PCM.
 TIMELINE_RATE = 16_000
@@ -88,13 +96,18 @@ class Timeline(_Model):
     summary: TimelineSummary
     model_version: str
     params: TimelineParams
+    normalisation: Literal["none", "speaker"] = Field(
+        "none", description="'speaker': the speaker-normalised model used the profile sent; 'none': the plain model")
+    profile_status: ProfileStatus | None = Field(None, description="what became of the profile sent (null: none sent)")
 
     @classmethod
     def build(cls, segments: list[TimelineSegment], *, duration_s: float, labels: list[str], model_version: str,
-              params: TimelineParams, file: str | None = None, top: int = 5) -> "Timeline":
+              params: TimelineParams, file: str | None = None, top: int = 5,
+              profile_status: ProfileStatus | None = None) -> "Timeline":
         """A timeline from its segments, with the summary computed here (the one place it is)."""
         return cls(file=file, duration_s=round(duration_s, 3), segments=segments,
-                   summary=summarise(segments, labels, top=top), model_version=model_version, params=params)
+                   summary=summarise(segments, labels, top=top), model_version=model_version, params=params,
+                   normalisation="speaker" if profile_status == "used" else "none", profile_status=profile_status)
 
 
 def summarise(segments: list[TimelineSegment], labels: list[str], *, top: int = 5) -> TimelineSummary:
@@ -153,6 +166,9 @@ class TimelineStreamState(_Model):
     next_seq: int = Field(ge=0, description="sequence number the next chunk must carry")
     model_version: str = Field(description="the model the stream started with")
     labels: list[str] = Field(max_length=64, description="the model's labels (probability order)")
+    profile_status: ProfileStatus | None = Field(None, description="what became of the profile at chunk 0 (null: none sent)")
+    profile_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$",
+                                       description="sha256 of the profile in use: every later chunk must send the same one")
     params: TimelineParams
     position: int = Field(ge=0, description="samples analysed by the voice-activity detector (whole 10 ms frames)")
     received: int = Field(ge=0, description="samples received so far")
@@ -196,5 +212,7 @@ class TimelineChunkResult(_Model):
     next_offset: int = Field(description="sample index the next chunk's body must start at (re-send from there)")
     state: TimelineStreamState = Field(description="send back unchanged as the next chunk's `x-serq-state`")
     model_version: str
+    normalisation: Literal["none", "speaker"] = Field("none", description="as in `Timeline`")
+    profile_status: ProfileStatus | None = Field(None, description="as in `Timeline`")
     request_id: str | None = None
     worker: str | None = None

@@ -68,12 +68,10 @@ def model():
     return load_default()
 
 
-@pytest.fixture(scope="module")
-def joined(ravdess_dir, tmp_path_factory):
-    """The main recording (8 clips, 2 s apart) as a FLAC file, with the clips' spans and files."""
-    folder = tmp_path_factory.mktemp("timeline")
-    clips = [trimmed(ravdess_clip(actor, emotion, intensity=2)) for actor, emotion in CLIPS]
-    audio, spans = join(clips, pause=2.0)
+def write_recording(folder, clips: list[np.ndarray], pause: float = 2.0):
+    """``clips`` joined ``pause`` s apart as ``folder/call.flac``, and each clip alone as a WAV:
+    ``(path, spans, files)``."""
+    audio, spans = join(clips, pause=pause)
     path = folder / "call.flac"
     sf.write(path, audio, RATE)
     files = []
@@ -81,6 +79,13 @@ def joined(ravdess_dir, tmp_path_factory):
         files.append(folder / f"clip{i}.wav")
         sf.write(files[-1], clip, RATE, subtype="FLOAT")
     return path, spans, files
+
+
+@pytest.fixture(scope="module")
+def joined(ravdess_dir, tmp_path_factory):
+    """The main recording (8 clips, 2 s apart) as a FLAC file, with the clips' spans and files."""
+    clips = [trimmed(ravdess_clip(actor, emotion, intensity=2)) for actor, emotion in CLIPS]
+    return write_recording(tmp_path_factory.mktemp("timeline"), clips)
 
 
 def test_segments_land_on_the_joins_and_match_each_clip_alone(joined, model):

@@ -144,17 +144,33 @@ def route(vector: np.ndarray, profile: SpeakerProfile | None, speaker_model: "Lo
     profile was not used (``too_few_clips``, ``feature_version_mismatch``,
     ``no_speaker_model``).
     """
+    status = usable(profile, speaker_model, feature_version, len(vector))
+    if status != "used":
+        return None, status
+    return model_input(vector, profile, speaker_model.meta.speaker_prior), "used"
+
+
+def usable(profile: SpeakerProfile | None, speaker_model: "LoadedModel | None", feature_version: str,
+           width: int) -> str | None:
+    """Whether ``profile`` can drive ``speaker_model`` on vectors of ``width`` features: the status
+    :func:`route` reports (``None``: no profile; ``"used"``; or why not)."""
     if profile is None:
-        return None, None
-    problem = check_profile(profile, feature_version, len(vector))
+        return None
+    problem = check_profile(profile, feature_version, width)
     if problem:
-        return None, problem
+        return problem
     if speaker_model is None or speaker_model.meta.speaker_prior is None:
-        return None, "no_speaker_model"
-    prior = speaker_model.meta.speaker_prior
-    if profile.count < prior.min_clips:
-        return None, "too_few_clips"
-    return model_input(vector, profile, prior), "used"
+        return "no_speaker_model"
+    if profile.count < speaker_model.meta.speaker_prior.min_clips:
+        return "too_few_clips"
+    return "used"
+
+
+def digest(profile: SpeakerProfile) -> str:
+    """sha256 of the profile's wire form: names the profile a timeline stream was started with."""
+    import hashlib
+
+    return hashlib.sha256(to_json(profile).encode()).hexdigest()
 
 
 def updated(profile: SpeakerProfile | None, vector: np.ndarray, *, silent: bool, status: str | None

@@ -52,6 +52,7 @@ from serq.schemas.timeline import (
 
 if TYPE_CHECKING:
     from serq.models.registry import LoadedModel
+    from serq.schemas.profiles import SpeakerProfile
     from serq.settings import Settings
 
 RATE = TIMELINE_RATE  # Hz
@@ -88,19 +89,40 @@ def frame_db(samples: np.ndarray) -> np.ndarray:
     return 10.0 * np.log10(np.einsum("ij,ij->i", frames, frames) / FRAME + 1e-10)
 
 
-def window_probabilities(samples: np.ndarray, model: "LoadedModel") -> np.ndarray:
+def window_probabilities(samples: np.ndarray, model: "LoadedModel",
+                         profile: "SpeakerProfile | None" = None) -> np.ndarray:
     """Class probabilities of one window, shape ``(len(model.meta.labels),)``, via the engine's features.
 
-    A window without speech energy (the engine's ``silent``) gets uniform probabilities.
+    With ``profile``, ``model`` is a speaker-normalised one and reads the window relative
+    to that speaker (see :func:`choose_model`). A window without speech energy (the
+    engine's ``silent``) gets uniform probabilities.
     """
     from .features import analyse, feature_vector
     from .inference import probabilities
+    from .profiles import model_input
 
     analysis = analyse(np.ascontiguousarray(samples, dtype=np.float32), RATE)
     n = len(model.meta.labels)
     if analysis.silent:
         return np.full(n, 1.0 / n)
-    return probabilities(model, feature_vector(analysis))[0].astype(np.float64)
+    vector = feature_vector(analysis)
+    if profile is not None:
+        vector = model_input(vector, profile, model.meta.speaker_prior)
+    return probabilities(model, vector)[0].astype(np.float64)
+
+
+def choose_model(plain: "LoadedModel", profile: "SpeakerProfile | None", speaker_model: "LoadedModel | None"
+                 ) -> tuple["LoadedModel", "SpeakerProfile | None", str | None]:
+    """The model for a whole timeline: ``(model, profile to apply or None, profile status)``.
+
+    The same rule as a classify request (:func:`serq.worker.profiles.route`): a usable
+    profile selects the speaker-normalised model, anything else the plain one.
+    """
+    from .features import FEATURE_NAMES, FEATURE_VERSION
+    from .profiles import usable
+
+    status = usable(profile, speaker_model, FEATURE_VERSION, len(FEATURE_NAMES))
+    return (speaker_model, profile, status) if status == "used" else (plain, None, status)
 
 
 def smooth(probs: list[np.ndarray], i: int) -> np.ndarray:
@@ -134,10 +156,18 @@ class TimelineProcessor:
         model: the loaded model that classifies windows.
         state: where the stream stands (:meth:`new` makes a fresh one).
         tail: the samples ``[state.keep_from, state.received)``, float32.
+        profile: the speaker profile ``model`` (speaker-normalised) applies, if any;
+            it must be the one ``state.profile_sha256`` names.
     """
 
-    def __init__(self, model: "LoadedModel", state: TimelineStreamState, tail: np.ndarray | None = None):
+    def __init__(self, model: "LoadedModel", state: TimelineStreamState, tail: np.ndarray | None = None,
+                 profile: "SpeakerProfile | None" = None):
+        from .profiles import digest
+
+        if (digest(profile) if profile is not None else None) != state.profile_sha256:
+            raise ValueError("the profile is not the one the stream started with")
         self.model = model
+        self.profile = profile
         self.state = state
         self.labels = list(state.labels)
         self.params = state.params
@@ -152,12 +182,17 @@ class TimelineProcessor:
         self._out: list[TimelineSegment] = []
 
     @classmethod
-    def new(cls, model: "LoadedModel", params: TimelineParams | None = None, stream_id: str = "local") -> "TimelineProcessor":
+    def new(cls, model: "LoadedModel", params: TimelineParams | None = None, stream_id: str = "local", *,
+            profile: "SpeakerProfile | None" = None, profile_status: str | None = None) -> "TimelineProcessor":
+        """A fresh stream; ``profile``/``profile_status`` as :func:`choose_model` returned them."""
+        from .profiles import digest
+
         state = TimelineStreamState(
             stream_id=stream_id, next_seq=0, model_version=model.version, labels=list(model.meta.labels),
             params=params or TimelineParams(), position=0, received=0, keep_from=0, vad=VadState(),
+            profile_status=profile_status, profile_sha256=digest(profile) if profile is not None else None,
         )
-        return cls(model, state)
+        return cls(model, state, profile=profile)
 
     # --- the public steps -----------------------------------------------------------------
 
@@ -304,7 +339,7 @@ class TimelineProcessor:
     def _classify(self, start: int, end: int) -> None:
         s = self.state
         lo = start * FRAME - s.keep_from
-        probs = window_probabilities(self.buf[lo : lo + (end - start) * FRAME], self.model)
+        probs = window_probabilities(self.buf[lo : lo + (end - start) * FRAME], self.model, self.profile)
         s.windows.append(WindowState(start=start, end=end, probs=[float(x) for x in probs]))
         s.windows_seen += 1
 
@@ -439,9 +474,15 @@ def read_blocks(path: str | os.PathLike, *, block_s: float = 1.0, max_seconds: f
 
 
 def timeline_of_blocks(blocks: Iterable[np.ndarray], model: "LoadedModel", params: TimelineParams | None = None, *,
-                       file: str | None = None, on_segment=None) -> Timeline:
-    """A whole timeline from 16 kHz blocks; ``on_segment(segment)`` is called as each becomes final."""
-    proc = TimelineProcessor.new(model, params)
+                       file: str | None = None, on_segment=None, profile: "SpeakerProfile | None" = None,
+                       speaker_model: "LoadedModel | None" = None) -> Timeline:
+    """A whole timeline from 16 kHz blocks; ``on_segment(segment)`` is called as each becomes final.
+
+    ``profile`` and ``speaker_model``: the speaker's profile and the speaker-normalised
+    model, used for every window when the profile is usable (:func:`choose_model`).
+    """
+    model, profile, status = choose_model(model, profile, speaker_model)
+    proc = TimelineProcessor.new(model, params, profile=profile, profile_status=status)
     segments: list[TimelineSegment] = []
 
     def take(new: list[TimelineSegment]) -> None:
@@ -454,23 +495,30 @@ def timeline_of_blocks(blocks: Iterable[np.ndarray], model: "LoadedModel", param
         take(proc.feed(block))
     take(proc.finish())
     return Timeline.build(segments, duration_s=proc.duration_s, labels=proc.labels, model_version=model.version,
-                          params=proc.params, file=file)
+                          params=proc.params, file=file, profile_status=status)
 
 
 def timeline_file(path: str | os.PathLike, model: "LoadedModel", *, params: TimelineParams | None = None,
                   max_seconds: float | None = None, block_s: float = 1.0, file: str | None = None,
-                  on_segment=None) -> Timeline:
+                  on_segment=None, profile: "SpeakerProfile | None" = None,
+                  speaker_model: "LoadedModel | None" = None) -> Timeline:
     """The timeline of an audio file, read block by block (memory bounded by the window, not the file)."""
     return timeline_of_blocks(read_blocks(path, block_s=block_s, max_seconds=max_seconds), model, params,
-                              file=file, on_segment=on_segment)
+                              file=file, on_segment=on_segment, profile=profile, speaker_model=speaker_model)
 
 
 def local_timeline(path: str | os.PathLike, settings: "Settings", *, version: str | None = None,
-                   on_segment=None) -> Timeline:
-    """``serq timeline FILE``: the registry's active model (or ``version``) with the ``SERQ_TIMELINE_*`` settings."""
+                   on_segment=None, profile: "SpeakerProfile | None" = None) -> Timeline:
+    """``serq timeline FILE``: the registry's active model (or ``version``) with the ``SERQ_TIMELINE_*`` settings;
+    with ``profile``, the speaker-normalised model a worker would use (``SPEAKER_ACTIVE``, else the shipped one)."""
     from serq.models.registry import Registry
 
     registry = Registry(settings.model_dir)
     model = registry.load(version) if version else registry.load_active()
+    speaker_model = None
+    if profile is not None:
+        from .speaker_training import load_speaker_model
+
+        speaker_model = load_speaker_model(settings.model_dir)
     return timeline_file(path, model, params=params_from_settings(settings), max_seconds=settings.max_recording_seconds,
-                         file=str(path), on_segment=on_segment)
+                         file=str(path), on_segment=on_segment, profile=profile, speaker_model=speaker_model)

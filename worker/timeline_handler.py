@@ -3,8 +3,10 @@
 Workers keep nothing between chunks: the request carries the stream's state
 (``x-serq-state``, the previous reply's ``state``) and re-sends the audio tail
 the state still needs (the body starts at ``state.keep_from``), so any worker can
-take any chunk and the result is exactly the local ``serq timeline``'s. See
-docs/timeline.md for the message format.
+take any chunk and the result is exactly the local ``serq timeline``'s. A speaker
+profile (``x-serq-profile``) sent with chunk 0 applies to the whole stream, and every
+later chunk must send the same one (the state holds its sha256). See docs/timeline.md
+for the message format.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from serq.schemas.timeline import (
 )
 
 from .handlers import Reply
-from .timeline import RATE, TimelineProcessor, params_from_settings, tail_crc32
+from .profile_handler import header_profile
+from .profiles import digest
+from .timeline import RATE, TimelineProcessor, choose_model, params_from_settings, tail_crc32
 
 if TYPE_CHECKING:
     import pika
@@ -83,10 +87,18 @@ def _registry_model(model_dir: str, version: str) -> "LoadedModel":
     return Registry(model_dir).load(version)
 
 
-def stream_model(ctx: "Context", version: str) -> "LoadedModel":
-    """The model a stream started with: the worker's, or the same version from the registry."""
-    if ctx.model.version == version:
-        return ctx.model
+def _speaker_model(ctx: "Context") -> "LoadedModel | None":
+    from .speaker_training import load_speaker_model
+
+    return ctx.speaker_model or load_speaker_model(ctx.settings.model_dir)
+
+
+def stream_model(ctx: "Context", version: str, *, speaker: bool = False) -> "LoadedModel":
+    """The model a stream started with: the worker's (plain, or speaker-normalised when ``speaker``),
+    or the same version from the registry."""
+    serving = _speaker_model(ctx) if speaker else ctx.model
+    if serving is not None and serving.version == version:
+        return serving
     try:
         return _registry_model(str(ctx.settings.model_dir), version)
     except ModelError as exc:
@@ -101,10 +113,14 @@ def handle_chunk(body: bytes, props: "pika.BasicProperties", ctx: "Context") -> 
     if len(body) % 4:
         raise InvalidRequest(f"{len(body)} bytes is not a whole number of float32 samples")
     samples = np.frombuffer(body, dtype="<f4")
+    profile = header_profile(ctx.headers)  # the same x-serq-profile as classify; applies to the whole stream
     if headers.seq == 0:
         if headers.state is not None or headers.offset != 0:
             raise InvalidRequest("chunk 0 starts a stream: no x-serq-state, x-serq-offset 0")
-        proc = TimelineProcessor.new(ctx.model, params_from_settings(ctx.settings), stream_id=headers.stream_id)
+        speaker_model = _speaker_model(ctx) if profile is not None else None
+        model, profile, status = choose_model(ctx.model, profile, speaker_model)
+        proc = TimelineProcessor.new(model, params_from_settings(ctx.settings), stream_id=headers.stream_id,
+                                     profile=profile, profile_status=status)
         tail_len = 0
     else:
         if headers.state is None:
@@ -116,7 +132,13 @@ def handle_chunk(body: bytes, props: "pika.BasicProperties", ctx: "Context") -> 
                                  f"got {len(samples)}")
         if tail_crc32(samples[:tail_len]) != state.tail_crc32:
             raise InvalidRequest("the re-sent tail differs from the audio sent before (CRC-32 mismatch)")
-        proc = TimelineProcessor(stream_model(ctx, state.model_version), state, samples[:tail_len].copy())
+        if state.profile_sha256 is None:
+            profile = None  # the stream runs on the plain model; a profile sent later changes nothing
+        elif profile is None or digest(profile) != state.profile_sha256:
+            raise InvalidRequest("the stream started with a speaker profile: send the same x-serq-profile "
+                                 "with every chunk")
+        model = stream_model(ctx, state.model_version, speaker=state.profile_sha256 is not None)
+        proc = TimelineProcessor(model, state, samples[:tail_len].copy(), profile=profile)
     new = samples[tail_len:]
     if not np.all(np.isfinite(new)):
         raise BadAudio("the chunk contains NaN or infinite samples")
@@ -131,4 +153,6 @@ def handle_chunk(body: bytes, props: "pika.BasicProperties", ctx: "Context") -> 
         stream_id=headers.stream_id, seq=headers.seq, segments=segments, pending=proc.pending(),
         final=headers.final, duration_s=round(proc.duration_s, 3), next_offset=proc.state.keep_from,
         state=proc.state, model_version=proc.model.version, request_id=ctx.request_id, worker=ctx.worker,
+        normalisation="speaker" if proc.state.profile_status == "used" else "none",
+        profile_status=proc.state.profile_status,
     ))

@@ -1,4 +1,4 @@
-"""`serq timeline FILE [--json] [--png OUT] [--broker]`: the emotional course of a long recording."""
+"""`serq timeline FILE [--json] [--png OUT] [--broker] [--speaker KEY]`: the emotional course of a long recording."""
 
 from __future__ import annotations
 
@@ -19,6 +19,9 @@ def register(sub) -> None:
     p.add_argument("--model", metavar="VERSION", help="a registry version instead of the active model (local only)")
     p.add_argument("--broker", action="store_true",
                    help="compute it on the workers, streaming the file in chunks through RabbitMQ")
+    p.add_argument("--speaker", metavar="KEY",
+                   help="apply this speaker's profile (from `serq profiles enroll`) to every window")
+    p.add_argument("--dir", metavar="DIR", help="where profiles are kept (default: $XDG_DATA_HOME/serq/profiles)")
     p.add_argument("--chunk", type=float, default=5.0, metavar="S", help="seconds per streamed chunk (--broker)")
     p.add_argument("--timeout", type=float, metavar="S", help="seconds to wait for each chunk's reply (--broker)")
     p.set_defaults(func=run)
@@ -37,17 +40,26 @@ def run(args: argparse.Namespace) -> int:
         if live:
             print(f"  {seg.start:8.1f}–{seg.end:8.1f} s  {seg.label} ({seg.confidence:.0%})", file=sys.stderr, flush=True)
 
+    profile = None
+    if args.speaker:
+        from serq.client.profiles import ProfileStore, default_directory
+
+        profile = ProfileStore(args.dir or default_directory()).get(args.speaker)
+        if profile is None:
+            raise SerqError(f"no profile for speaker {args.speaker!r}: enrol them first "
+                            "(`serq profiles enroll KEY FILES`)", code="not_found")
     try:
         if args.broker:
             if args.model:
                 raise SerqError("--model applies to local runs; workers use their active model", code="invalid_request")
             from serq.client.timeline import stream_timeline
 
-            timeline = stream_timeline(None, args.path, on_segment=show, chunk_s=args.chunk, timeout=args.timeout)
+            timeline = stream_timeline(None, args.path, on_segment=show, chunk_s=args.chunk, timeout=args.timeout,
+                                       profile=profile)
         else:
             from serq.worker.timeline import local_timeline
 
-            timeline = local_timeline(args.path, settings, version=args.model, on_segment=show)
+            timeline = local_timeline(args.path, settings, version=args.model, on_segment=show, profile=profile)
     except OSError as exc:
         raise SerqError(f"cannot read {args.path}: {exc.strerror or exc}", code="not_found") from None
     if args.json:
