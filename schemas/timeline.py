@@ -21,7 +21,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .profiles import ProfileStatus
+from .profiles import PROFILE_HEADER, ProfileStatus
 
 #: Samples per second of every timeline computation and of streamed PCM.
 TIMELINE_RATE = 16_000
@@ -198,6 +198,10 @@ class TimelineChunkHeaders(BaseModel):
     final: bool = Field(False, alias="x-serq-final", description="true on the last chunk: close the stream")
     state: str | None = Field(None, alias="x-serq-state", max_length=65_536,
                               description="the previous reply's `state`, as JSON; absent on seq 0")
+    profile: str | None = Field(
+        None, alias=PROFILE_HEADER, max_length=65_536,
+        description="the speaker's profile (JSON of SpeakerProfile), as for classify: chunk 0 decides whether it "
+        "is used for the whole stream; every later chunk must then send the same one")
 
 
 class TimelineChunkResult(_Model):
