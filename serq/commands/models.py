@@ -17,12 +17,10 @@ def register(sub) -> None:
     show.set_defaults(func=run_show)
     act = msub.add_parser("activate", help="make VERSION the active model")
     act.add_argument("version")
-    act.add_argument("--json", action="store_true")
-    act.add_argument("--no-publish", action="store_true", help="only change the registry; do not tell running workers")
+    announce_options(act)
     act.set_defaults(func=run_activate)
     rb = msub.add_parser("rollback", help="re-activate the version active before the current one")
-    rb.add_argument("--json", action="store_true")
-    rb.add_argument("--no-publish", action="store_true", help="only change the registry; do not tell running workers")
+    announce_options(rb)
     rb.set_defaults(func=run_rollback)
     bd = msub.add_parser("build-default", help="rebuild the shipped default model from RAVDESS, reproducibly")
     bd.add_argument("--data", metavar="DIR", help="RAVDESS directory (default: SERQ_RAVDESS_DIR)")
@@ -74,6 +72,12 @@ def run_show(args: argparse.Namespace) -> int:
         card = folder / CARD
         print(card.read_text() if card.exists() else meta.model_dump_json(indent=2))
     return 0
+
+
+def announce_options(parser) -> None:
+    """The options of every command that ends in :func:`announce`."""
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--no-publish", action="store_true", help="only change the registry; do not tell running workers")
 
 
 def announce(meta, args, verb: str, reason: str, artifact: bytes | None = None) -> int:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .models import announce_options
+
 
 def register(sub) -> None:
     p = sub.add_parser("profiles", help="enrol speakers and classify their clips with their profiles",
@@ -45,8 +47,7 @@ def register(sub) -> None:
     act = psub.add_parser("activate", help="serve VERSION (a speaker-normalised model) on the profile path, "
                                            "or 'default' for the shipped one")
     act.add_argument("version")
-    act.add_argument("--json", action="store_true")
-    act.add_argument("--no-publish", action="store_true", help="only change the registry; do not tell running workers")
+    announce_options(act)
     act.set_defaults(func=run_activate)
     bm = psub.add_parser("build-model", help="rebuild the shipped speaker-normalised model from RAVDESS")
     bm.add_argument("--data", metavar="DIR", help="RAVDESS directory (default: SERQ_RAVDESS_DIR)")
