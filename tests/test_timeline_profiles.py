@@ -167,3 +167,39 @@ def test_bot_timeline_with_a_speaker(recording, profile, tmp_path, isolated_env)
     text = out.getvalue()
     assert "speaker profile used" in text
     assert "no profile for 'nobody'" in text
+
+
+def test_a_state_that_pairs_a_profile_with_the_plain_model_is_refused(recording, models, profile, tmp_path):
+    """A forged stream state (profile in use, but naming the plain model) gets a typed error, not a crash."""
+    import pika
+
+    from serq.errors import InvalidRequest
+    from serq.schemas.profiles import PROFILE_HEADER
+    from serq.schemas.timeline import PCM_CONTENT_TYPE
+    from serq.worker import profiles
+    from serq.worker.handlers import Context
+    from serq.worker.timeline_handler import handle_chunk
+
+    path, _ = recording
+    plain, speaker = models
+    settings = Settings(model_dir=tmp_path / "models")
+    props = pika.BasicProperties(content_type=PCM_CONTENT_TYPE)
+    blocks = read_blocks(path, block_s=1.5)
+    b0, b1 = next(blocks), next(blocks)
+
+    def chunk(body: np.ndarray, **headers):
+        headers = {"x-serq-stream-id": "s1", PROFILE_HEADER: profiles.to_json(profile)} | headers
+        ctx = Context(settings=settings, model=plain, worker="w", request_id="r", headers=headers,
+                      speaker_model=speaker)
+        return handle_chunk(body.astype("<f4").tobytes(), props, ctx).body
+
+    first = chunk(b0, **{"x-serq-seq": 0})
+    assert first.state.profile_sha256 and first.model_version == speaker.version
+    rest = np.concatenate([b0, b1])[first.next_offset:]
+    forged = first.state.model_copy(update={"model_version": plain.version})
+    with pytest.raises(InvalidRequest, match="not speaker-normalised"):
+        chunk(rest, **{"x-serq-seq": 1, "x-serq-offset": first.next_offset, "x-serq-state": forged.model_dump_json()})
+    # The genuine state goes on.
+    second = chunk(rest, **{"x-serq-seq": 1, "x-serq-offset": first.next_offset,
+                            "x-serq-state": first.state.model_dump_json()})
+    assert second.model_version == speaker.version and second.profile_status == "used"

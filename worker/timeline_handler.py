@@ -100,10 +100,14 @@ def stream_model(ctx: "Context", version: str, *, speaker: bool = False) -> "Loa
     if serving is not None and serving.version == version:
         return serving
     try:
-        return _registry_model(str(ctx.settings.model_dir), version)
+        model = _registry_model(str(ctx.settings.model_dir), version)
     except ModelError as exc:
         raise ModelError(f"the stream started with model {version}, which this worker cannot load ({exc}); "
                          "start a new stream") from None
+    if (model.meta.normalisation == "speaker") != speaker:  # a state that does not fit together
+        raise InvalidRequest(f"the stream state names model {version}, which "
+                             f"{'is not' if speaker else 'is'} speaker-normalised: start a new stream")
+    return model
 
 
 def handle_chunk(body: bytes, props: "pika.BasicProperties", ctx: "Context") -> Reply:
