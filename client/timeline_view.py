@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from serq.labels import EMOTIONS
+from serq.labels import EMOTIONS, in_canonical_order
 from serq.output import bar
 from serq.schemas.timeline import Timeline
 
@@ -30,8 +30,7 @@ def clock(seconds: float) -> str:
 
 
 def _labels_in_order(timeline: Timeline) -> list[str]:
-    present = {s.label for s in timeline.segments}
-    return [e for e in EMOTIONS if e in present] + sorted(present - set(EMOTIONS))
+    return in_canonical_order(sorted({s.label for s in timeline.segments}))
 
 
 def strip_chart(timeline: Timeline, width: int = 64) -> list[str]:

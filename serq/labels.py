@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 #: serq's 8 emotion names, in the order RAVDESS numbers them (01..08).
 EMOTIONS: tuple[str, ...] = (
     "neutral",
@@ -30,4 +32,11 @@ def parse_emotions(text: str | list[str] | tuple[str, ...] | None) -> tuple[str,
         raise ValueError(f"unknown emotion(s) {', '.join(unknown)}; valid: {', '.join(EMOTIONS)}")
     if len(wanted) < 2:
         raise ValueError("choose at least 2 emotions to classify between")
-    return tuple(e for e in EMOTIONS if e in wanted)
+    return tuple(in_canonical_order(wanted))
+
+
+def in_canonical_order(labels: Iterable[str]) -> list[str]:
+    """``labels`` (without repeats) with serq's emotions first, in :data:`EMOTIONS` order, then any
+    other label in the order given."""
+    given = list(dict.fromkeys(labels))
+    return [e for e in EMOTIONS if e in given] + [label for label in given if label not in EMOTIONS]

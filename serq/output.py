@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from serq.labels import EMOTIONS
+from serq.labels import in_canonical_order
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3"}
 
@@ -58,7 +58,7 @@ def format_result(result: dict) -> str:
     if pitch:
         head += f"  pitch {pitch:.0f} Hz"
     probs = result.get("probabilities") or {}
-    order = [e for e in EMOTIONS if e in probs] + [e for e in probs if e not in EMOTIONS]
+    order = in_canonical_order(probs)
     lines = [head] + [f"  {label:<10} {bar(probs[label], 24)} {probs[label]:6.1%}" for label in order]
     return "\n".join(lines)
 

@@ -153,3 +153,13 @@ def test_the_corpus_reads_as_20_actors_8_emotions(ravdess_dir):
     assert summary["speakers"] == len({p.name for p in ravdess_dir.glob("Actor_*")})
     assert set(summary["labels"]) == set(EMOTIONS)
     assert not dataset.skipped
+
+
+def test_labels_in_canonical_order_and_emotion_parsing():
+    from serq.labels import in_canonical_order, parse_emotions
+
+    assert in_canonical_order(["sad", "boredom", "neutral", "sad", "angry"]) == ["neutral", "sad", "angry", "boredom"]
+    assert parse_emotions("sad, Angry,neutral") == ("neutral", "sad", "angry")
+    assert parse_emotions(None) == EMOTIONS
+    with pytest.raises(ValueError, match="boredom"):
+        parse_emotions("sad,boredom")

@@ -186,10 +186,9 @@ class TrainingSet:
     @property
     def labels(self) -> list[str]:
         """The labels present, in serq's canonical order."""
-        from serq.labels import EMOTIONS
+        from serq.labels import in_canonical_order
 
-        present = set(self.y)
-        return [e for e in EMOTIONS if e in present]
+        return in_canonical_order(sorted(set(self.y)))
 
     def copies(self, speeds: Sequence[float]) -> list[np.ndarray]:
         """The perturbed copies a recipe trains on (its ``augment_speeds``), those that were extracted."""
