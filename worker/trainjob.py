@@ -12,7 +12,6 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-
 from serq.errors import DatasetError, SerqError
 from serq.labels import EMOTIONS
 from serq.models.card import model_card
@@ -109,7 +108,7 @@ def _run(request: TrainRequest, settings: Settings, report: Report, roots, n_job
     if request.activate == "if_better":
         speeds += [s for s in registry.active_metadata().hyperparameters.augment_speeds if s not in speeds]
     training = training_set(dataset, settings.cache_dir, speeds, n_jobs=n_jobs, max_seconds=settings.max_seconds,
-                        progress=lambda done, total: report("extracting", done, total))
+                            progress=lambda done, total: report("extracting", done, total))
     summary = dataset.training_summary(training.clips, str(path))
     if request.speaker_normalisation:  # issue 8: a model that expects speaker profiles
         from .speaker_training import train_speaker_model

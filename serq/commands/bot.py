@@ -8,7 +8,7 @@ import argparse
 def register(sub) -> None:
     p = sub.add_parser("bot", help="interactive console: play, spectrum, classify, train, accuracy",
                        description="A console over the running service: `list`, `play FILE`, `spectrum FILE "
-                                   "[--png OUT]`, `classify FILE|DIR [--speaker S]`, `timeline FILE [--png OUT]`, "
+                                   "[--png OUT]`, `classify FILE|DIR [--speaker S]`, `timeline FILE [--png OUT] [--speaker S]`, "
                                    "`enroll SPEAKER FILE...`, `profiles`, `forget SPEAKER`, `train`, `models`, "
                                    "`accuracy`, `help`, "
                                    "`quit`. Commands come from the terminal (history, tab completion), or one per "
