@@ -26,6 +26,7 @@ from .speaker_training import load_speaker_model
 if TYPE_CHECKING:
     import pika
 
+    from serq.models.registry import LoadedModel
     from serq.schemas import SpeakerProfile
 
     from .handlers import Context
@@ -41,12 +42,17 @@ def header_profile(headers: dict) -> "SpeakerProfile | None":
     return None if raw in (None, "", b"") else profiles.from_json(_text(raw))
 
 
+def speaker_model(ctx: "Context") -> "LoadedModel | None":
+    """The profile path's model for this request: the one announced to the worker, else the registry's."""
+    return ctx.speaker_model or load_speaker_model(ctx.settings.model_dir)
+
+
 def profile_args(ctx: "Context") -> dict:
     """Keyword arguments for :func:`serq.worker.inference.classify`: the profile and the speaker model."""
     profile = header_profile(ctx.headers)
     if profile is None:
         return {}
-    return {"profile": profile, "speaker_model": ctx.speaker_model or load_speaker_model(ctx.settings.model_dir)}
+    return {"profile": profile, "speaker_model": speaker_model(ctx)}
 
 
 def handle_enroll(body: bytes, props: "pika.BasicProperties", ctx: "Context") -> Reply:

@@ -26,7 +26,7 @@ from serq.schemas.timeline import (
 )
 
 from .handlers import Reply
-from .profile_handler import header_profile
+from .profile_handler import header_profile, speaker_model
 from .profiles import digest
 from .timeline import RATE, TimelineProcessor, choose_model, params_from_settings, tail_crc32
 
@@ -87,16 +87,10 @@ def _registry_model(model_dir: str, version: str) -> "LoadedModel":
     return Registry(model_dir).load(version)
 
 
-def _speaker_model(ctx: "Context") -> "LoadedModel | None":
-    from .speaker_training import load_speaker_model
-
-    return ctx.speaker_model or load_speaker_model(ctx.settings.model_dir)
-
-
 def stream_model(ctx: "Context", version: str, *, speaker: bool = False) -> "LoadedModel":
     """The model a stream started with: the worker's (plain, or speaker-normalised when ``speaker``),
     or the same version from the registry."""
-    serving = _speaker_model(ctx) if speaker else ctx.model
+    serving = speaker_model(ctx) if speaker else ctx.model
     if serving is not None and serving.version == version:
         return serving
     try:
@@ -121,8 +115,7 @@ def handle_chunk(body: bytes, props: "pika.BasicProperties", ctx: "Context") -> 
     if headers.seq == 0:
         if headers.state is not None or headers.offset != 0:
             raise InvalidRequest("chunk 0 starts a stream: no x-serq-state, x-serq-offset 0")
-        speaker_model = _speaker_model(ctx) if profile is not None else None
-        model, profile, status = choose_model(ctx.model, profile, speaker_model)
+        model, profile, status = choose_model(ctx.model, profile, speaker_model(ctx) if profile is not None else None)
         proc = TimelineProcessor.new(model, params_from_settings(ctx.settings), stream_id=headers.stream_id,
                                      profile=profile, profile_status=status)
         tail_len = 0
