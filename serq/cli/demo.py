@@ -260,20 +260,14 @@ def obtain_broker(settings: Settings, workdir: Path, stack: ExitStack) -> tuple[
 
 def consumers(settings: Settings, queue: str) -> int:
     """Consumers of ``queue``, 0 while it does not exist yet."""
-    import pika.exceptions
-
-    from serq.transport.connection import connect
+    from serq.transport.connection import close_quietly, connect
+    from serq.transport.topology import consumer_count
 
     conn = connect(settings, "serq-demo-probe")
     try:
-        channel = conn.channel()
-        try:
-            return channel.queue_declare(queue, passive=True).method.consumer_count
-        except pika.exceptions.ChannelClosedByBroker:
-            return 0
+        return consumer_count(conn, queue)
     finally:
-        if conn.is_open:
-            conn.close()
+        close_quietly(conn)
 
 
 def start_services(commands: list[str], env: dict, workdir: Path, settings: Settings, stack: ExitStack,
