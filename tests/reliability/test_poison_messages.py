@@ -124,7 +124,7 @@ def test_poison_messages_cost_no_innocent_request(start_worker, amqp_url, prefix
         dead += drain(amqp_url, f"{prefix}.dead")
         if len(dead) < 2 * ROUNDS:
             caller.conn.process_data_events(time_limit=0.2)
-    dead_ids = sorted(p.correlation_id for p, _ in dead)
+    dead_ids = sorted(repr(p.correlation_id) for p, _ in dead)
     caller.send(clip, reply_to=REPLY_TO, correlation_id="after", content_type="audio/wav")  # still serving
     caller.pump_until(lambda: "after" in by_request_id(), timeout=60)
     alive = proc.poll() is None
