@@ -31,6 +31,7 @@ from pathlib import Path
 from serq.cli.output import expand_paths, format_report, format_result
 from serq.client.profiles import ProfileStore
 from serq.errors import SerqError
+from serq.extras import missing_extra
 from serq.files import AUDIO_SUFFIXES
 from serq.labels import EMOTIONS
 
@@ -118,6 +119,8 @@ class Bot(cmd.Cmd):
             self.failures += 1
         except SerqError as exc:
             self.fail(exc)
+        except ModuleNotFoundError as exc:
+            self.fail(missing_extra(exc, line.split()[0]) or SerqError(f"{exc.__class__.__name__}: {exc}"))
         except Exception as exc:  # a bug must not end the session: report it in one line
             self.fail(SerqError(f"{exc.__class__.__name__}: {exc}"))
         return False
