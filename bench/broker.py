@@ -211,6 +211,7 @@ def open_loop(settings, prefix: str, clips: list[bytes], rate: float, seconds: f
     errors: dict[str, str] = {}
     duplicates = 0
     reply_bytes: list[int] = []
+    compute_ms: list[float] = []  # the worker's own decode + features + inference, from each reply
 
     def on_reply(_ch, _method, props, body: bytes) -> None:
         nonlocal duplicates
@@ -223,6 +224,9 @@ def open_loop(settings, prefix: str, clips: list[bytes], rate: float, seconds: f
         reply = parse_reply(body, props.type)
         if isinstance(reply, ErrorReply):
             errors[cid] = f"{reply.error.code}: {reply.error.message}"
+        else:
+            t = reply.timings_ms
+            compute_ms.append(t.decode + t.features + t.inference)
 
     conn = connect(settings, "serq-bench-sustained")
     try:
@@ -261,14 +265,17 @@ def open_loop(settings, prefix: str, clips: list[bytes], rate: float, seconds: f
         "p99_ms": round(percentile(ms, 99), 1) if ms else None,
         "max_ms": round(ms[-1], 1) if ms else None,
         "wall_s": round(wall_s, 2),
+        "worker_compute_ms_mean": round(statistics.fmean(compute_ms), 2) if compute_ms else None,
         "request_body_bytes_mean": round(statistics.fmean(request_bytes)),
+        "clip_seconds_mean": round(statistics.fmean(sf.info(io.BytesIO(c)).duration for c in clips), 2),
         "reply_body_bytes_mean": round(statistics.fmean(reply_bytes)) if reply_bytes else None,
         "error_samples": list(errors.values())[:3],
     }
 
 
-def long_clip(seconds: float, rate: int = 48_000, channels: int = 2) -> bytes:
-    """A 16-bit WAV of ``seconds`` of tone and noise: the longest clip a worker accepts, for its peak memory."""
+def long_clip(seconds: float, rate: int = 96_000, channels: int = 2) -> bytes:
+    """A 16-bit WAV of ``seconds`` of tone and noise at 96 kHz stereo (23 MB for 59 s, under
+    SERQ_MAX_BYTES): about the largest clip a worker accepts, for its peak memory."""
     t = np.arange(int(seconds * rate)) / rate
     rng = np.random.default_rng(0)
     mono = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * rng.standard_normal(t.size)
@@ -299,7 +306,7 @@ def sustained(settings, prefix: str, clips: list[bytes], worker: subprocess.Pope
         out["broker_cpu_ms_per_clip"] = round(max(used, 0.0) * 1000 / answered, 2)
         out["broker_idle_cpu_per_s"] = round(idle_per_s, 3)
     out["worker_peak_rss_mib"] = peak_rss_mib(worker.pid)
-    # The longest clip a worker accepts (SERQ_MAX_SECONDS, 48 kHz stereo WAV), a prefetch's worth at once.
+    # About the largest clip a worker accepts (just under SERQ_MAX_SECONDS, 96 kHz stereo), a prefetch's worth at once.
     from serq.client import Client
 
     big = long_clip(settings.max_seconds - 1)
@@ -390,8 +397,8 @@ def report(out: dict) -> str:
               f"  sent {s['sent']}, answered {s['answered']}, errors {s['errors']}, lost {s['lost']}, "
               f"duplicates {s['duplicates']}",
               f"  latency p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms, max {s['max_ms']} ms"]
-    lines += [f"  {k}: {s[k]}" for k in ("worker_cpu_ms_per_clip", "clips_per_worker_cpu_s", "worker_cpu_utilisation",
-                                         "broker_cpu_ms_per_clip", "broker_idle_cpu_per_s", "request_body_bytes_mean",
+    lines += [f"  {k}: {s[k]}" for k in ("worker_compute_ms_mean", "worker_cpu_ms_per_clip", "clips_per_worker_cpu_s", "worker_cpu_utilisation",
+                                         "broker_cpu_ms_per_clip", "broker_idle_cpu_per_s", "request_body_bytes_mean", "clip_seconds_mean",
                                          "reply_body_bytes_mean", "worker_peak_rss_mib", "long_clip_bytes",
                                          "worker_peak_rss_mib_after_long_clips") if k in s]
     if s["error_samples"]:
