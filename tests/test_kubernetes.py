@@ -406,8 +406,8 @@ def test_the_scaledobject_scales_the_workers_on_their_classify_queue(objects):
     meta = trigger["metadata"]
     assert trigger["type"] == "rabbitmq" and meta["mode"] == "QueueLength"
     assert meta["queueName"] == Settings(prefix=env["SERQ_PREFIX"]).name("classify")
-    # Unacknowledged messages count (the http protocol), and the target exceeds what a busy
-    # worker holds anyway (its prefetch), as the arithmetic in 40-keda.yaml explains.
+    # Unacknowledged messages count (the http protocol), and the target exceeds a worker's
+    # prefetch, so part of a backlog waits in the queue for new workers (40-keda.yaml explains).
     assert meta["protocol"] == "http" and meta.get("excludeUnacknowledged", "false") == "false"
     assert float(meta["value"]) > int(env["SERQ_PREFETCH"])
     assert 1 <= so["minReplicaCount"] <= so["fallback"]["replicas"] <= so["maxReplicaCount"]
