@@ -74,7 +74,7 @@ _MODEL = None
 
 def in_process(clips: list[bytes]) -> dict:
     from serq.settings import Settings
-    from serq.worker.inference import classify
+    from serq.worker.engine.inference import classify
 
     model, settings = _model(), Settings()
     classify(clips[0], model, settings)  # warm-up, as a worker does at start

@@ -53,8 +53,8 @@ def seed_features(path: str | Path) -> np.ndarray:
 
 def serq_features(path: str | Path) -> tuple[np.ndarray, dict]:
     """serq's path, everything a prediction computes before the model: vector and spectral summary."""
-    from serq.worker.audio import decode
-    from serq.worker.features import analyse, feature_vector, spectral_summary
+    from serq.worker.engine.audio import decode
+    from serq.worker.engine.features import analyse, feature_vector, spectral_summary
 
     audio = decode(path)
     analysis = analyse(audio.samples, audio.sample_rate)
@@ -123,7 +123,7 @@ def as_48k_wav(files: list[Path], folder: Path) -> list[Path]:
 
 
 def _seed_one(path: Path) -> tuple[str, np.ndarray]:
-    from serq.worker.extraction import file_digest
+    from serq.worker.training.extraction import file_digest
 
     return file_digest(path), seed_features(path)
 
@@ -132,7 +132,7 @@ def seed_matrix(paths: list[Path], cache_dir: Path | None) -> np.ndarray:
     """The seed's 180 features for ``paths``, from a disk cache keyed by file content."""
     from joblib import Parallel, delayed
 
-    from serq.worker.extraction import FeatureCache, file_digest
+    from serq.worker.training.extraction import FeatureCache, file_digest
 
     cache = FeatureCache(cache_dir, version=SEED_VERSION, width=SEED_WIDTH) if cache_dir else None
     rows: list[np.ndarray | None] = [cache.get(file_digest(p)) if cache else None for p in paths]
@@ -153,9 +153,9 @@ def accuracy(k: int = 5) -> dict:
     from serq.labels import EMOTIONS
     from serq.schemas import Hyperparameters
     from serq.settings import get_settings
-    from serq.worker.datasets import scan
-    from serq.worker.extraction import training_set
-    from serq.worker.training import cross_validate, folds_for, score
+    from serq.worker.training.datasets import scan
+    from serq.worker.training.extraction import training_set
+    from serq.worker.training.fit import cross_validate, folds_for, score
 
     settings = get_settings()
     hp = Hyperparameters()  # the shipped model's recipe, speed-perturbed training copies included
@@ -200,7 +200,7 @@ def accuracy(k: int = 5) -> dict:
 
 
 def report_text(result: dict) -> str:
-    from serq.worker.features import FEATURE_NAMES, FEATURE_VERSION
+    from serq.worker.engine.features import FEATURE_NAMES, FEATURE_VERSION
 
     lines = [f"machine: {result['machine']}", f"serq features: {FEATURE_VERSION}, {len(FEATURE_NAMES)} values; "
              f"seed: {SEED_WIDTH} values"]

@@ -82,7 +82,11 @@ def write_recording(path: Path, pieces: list[np.ndarray], seconds: float, pauses
 
 
 def measure(path: Path, model) -> dict:
-    from serq.worker.timeline import TimelineProcessor, read_blocks, timeline_file
+    from serq.worker.engine.timeline import (
+        TimelineProcessor,
+        read_blocks,
+        timeline_file,
+    )
 
     started = time.perf_counter()
     timeline = timeline_file(path, model)
@@ -131,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
 def run(minutes: float, where: str) -> dict:
     from serq.models.registry import load_default
     from serq.settings import Settings
-    from serq.worker.timeline import window_probabilities
+    from serq.worker.engine.timeline import window_probabilities
 
     settings = Settings()
     root = settings.ravdess_dir if settings.ravdess_dir.is_absolute() else (REPO / settings.ravdess_dir).resolve()

@@ -11,8 +11,14 @@
 Needs only the base install (pika, pydantic, numpy, soundfile). See docs/client.md.
 """
 
-from .client import ClassifyResult, Client, Subscription
-from .errors import BrokerUnavailable, ClientError, ConnectionLost, ServiceError, Timeout
+from serq.client.client import ClassifyResult, Client, Subscription
+from serq.client.errors import (
+    BrokerUnavailable,
+    ClientError,
+    ConnectionLost,
+    ServiceError,
+    Timeout,
+)
 
 __all__ = [
     "BrokerUnavailable",

@@ -25,14 +25,19 @@ from pathlib import Path
 
 import pika
 
+from serq.client.errors import (
+    BrokerUnavailable,
+    ClientError,
+    ConnectionLost,
+    ServiceError,
+    Timeout,
+)
 from serq.labels import EMOTIONS
 from serq.schemas import ErrorReply, PredictionResult
-from serq.schemas.contract import parse_reply
+from serq.schemas.contract import error_key, parse_reply, result_key
 from serq.settings import Settings, get_settings
-
-from .amqp import CONNECTION_ERRORS, Backoff, close_quietly, connect
-from .errors import BrokerUnavailable, ClientError, ConnectionLost, ServiceError, Timeout
-from .topology import declare_classify, declare_results, error_key, result_key
+from serq.transport.connection import CONNECTION_ERRORS, Backoff, close_quietly, connect
+from serq.transport.topology import declare_classify, declare_results
 
 logger = logging.getLogger("serq.client")
 

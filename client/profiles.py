@@ -28,10 +28,9 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from serq.client.errors import ClientError
 from serq.schemas import EnrollResult, PredictionResult, SpeakerProfile
 from serq.schemas.profiles import ENROLL, PROFILE_HEADER
-
-from .errors import ClientError
 
 
 def default_directory() -> Path:

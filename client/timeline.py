@@ -34,12 +34,18 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
+from serq.audiofile import read_blocks
+from serq.client.client import Client
+from serq.client.errors import ClientError
 from serq.schemas.profiles import PROFILE_HEADER, SpeakerProfile
-from serq.schemas.timeline import TIMELINE_CHUNK, Timeline, TimelineChunkResult, TimelineSegment
+from serq.schemas.timeline import (
+    TIMELINE_CHUNK,
+    TIMELINE_RATE,
+    Timeline,
+    TimelineChunkResult,
+    TimelineSegment,
+)
 from serq.settings import Settings, get_settings
-
-from .client import Client
-from .errors import ClientError
 
 #: Default chunk length, seconds: a segment is reported within about this plus a pause after it ends.
 CHUNK_S = 5.0
@@ -137,10 +143,9 @@ def stream_timeline(client, source: str | os.PathLike | Iterable[np.ndarray],
         profile: the speaker's profile, as for :class:`TimelineStream`.
     """
     if isinstance(source, (str, os.PathLike)):
-        from serq.worker.timeline import read_blocks
-
         settings = getattr(client, "settings", None) or get_settings()
-        blocks: Iterable[np.ndarray] = read_blocks(source, block_s=chunk_s, max_seconds=settings.max_recording_seconds)
+        blocks: Iterable[np.ndarray] = read_blocks(source, TIMELINE_RATE, block_s=chunk_s,
+                                                   max_seconds=settings.max_recording_seconds)
         name = os.fspath(source)
     else:
         blocks, name = source, None

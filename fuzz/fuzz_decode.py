@@ -4,7 +4,7 @@
     python fuzz/fuzz_decode.py -runs=2000 some/corpus/dir   # any libFuzzer flags and corpus directories
                                                             # (an empty or new one is seeded first)
 
-The property is the one of ``tests/test_properties.py``: :func:`serq.worker.audio.decode`
+The property is the one of ``tests/test_properties.py``: :func:`serq.worker.engine.audio.decode`
 returns a usable clip or raises a :class:`serq.errors.AudioError` subclass. Anything
 else (another exception, NaN samples, a clip over the limit) stops the fuzzer and
 writes the input to ``crash-<sha1>`` in the working directory; replay one with
@@ -22,7 +22,7 @@ import numpy as np
 
 with atheris.instrument_imports(include=["serq", "soundfile"]):
     from serq.errors import AudioError
-    from serq.worker.audio import ANALYSIS_RATE, MIN_SAMPLES, decode
+    from serq.worker.engine.audio import ANALYSIS_RATE, MIN_SAMPLES, decode
 
 #: Small limits keep each run in microseconds to milliseconds; the limits themselves are tested elsewhere.
 MAX_BYTES = 256 * 1024

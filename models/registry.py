@@ -17,16 +17,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from serq.errors import ModelError
 from serq.schemas import ModelMetadata
+from serq.worker.engine.model import LoadedModel
+
+logger = logging.getLogger("serq.profiles")  # the speaker-model messages below
 
 DEFAULT_DIR = Path(__file__).resolve().parent / "default"
+DEFAULT_SPEAKER_DIR = DEFAULT_DIR.parent / "default_speaker"  # beside the shipped plain model
+#: The speaker-normalised model the profile path serves (a pointer like ACTIVE).
+SPEAKER_POINTER = "SPEAKER_ACTIVE"
 ARTIFACT = "model.skops"
 METADATA = "model.json"
 CARD = "MODEL_CARD.md"
@@ -45,25 +51,13 @@ def feature_names_sha256(names) -> str:
     return sha256_bytes("\n".join(names).encode())
 
 
-@dataclass(frozen=True)
-class LoadedModel:
-    """A verified, deserialised model and its metadata."""
-
-    meta: ModelMetadata
-    pipeline: object  # a fitted sklearn Pipeline
-
-    @property
-    def version(self) -> str:
-        return self.meta.version
-
-
 def load_artifact(data: bytes, meta: ModelMetadata) -> LoadedModel:
     """Verify ``data`` against ``meta`` and the running feature layout, then deserialise it.
 
     Raises :class:`ModelError` for a checksum mismatch, another feature version or
     layout, an unexpected type inside the file, or a file that does not load.
     """
-    from serq.worker.features import FEATURE_NAMES, FEATURE_VERSION
+    from serq.worker.engine.features import FEATURE_NAMES, FEATURE_VERSION
 
     digest = sha256_bytes(data)
     if digest != meta.sha256:
@@ -292,3 +286,58 @@ def default_metadata() -> ModelMetadata:
     if _default_meta is None:
         _default_meta = read_metadata(DEFAULT_DIR)
     return _default_meta
+
+
+# The speaker-normalised model of the profile path: its own pointer beside ACTIVE.
+
+def activate_speaker(registry: Registry, version: str) -> ModelMetadata:
+    """Serve ``version`` (a registered speaker-normalised model) on the profile path."""
+    model = registry.load(version)  # verified before it is pointed at
+    if model.meta.normalisation != "speaker" or model.meta.speaker_prior is None:
+        raise ModelError(f"model {version} is not speaker-normalised; activate it with `serq models activate`")
+    _atomic_write(registry.root / SPEAKER_POINTER, version.encode() + b"\n")
+    return model.meta
+
+
+def speaker_version(registry: Registry) -> str | None:
+    try:
+        return (registry.root / SPEAKER_POINTER).read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def current_speaker_metadata(registry: Registry) -> ModelMetadata | None:
+    version = speaker_version(registry)
+    if version:
+        return registry.metadata(version)
+    try:
+        return read_metadata(DEFAULT_SPEAKER_DIR)
+    except ModelError:
+        return None
+
+
+_loaded: dict[tuple[str, str | None], LoadedModel | None] = {}
+
+
+def load_speaker_model(model_dir: str | Path) -> LoadedModel | None:
+    """The speaker model a worker serves: SPEAKER_ACTIVE's version, else the shipped one; ``None`` if unusable.
+
+    Unusable (e.g. the shipped model predates the running feature version) means
+    every request falls back to the plain model, with ``profile_status``
+    ``no_speaker_model``; it is logged once, never fatal. Cached per version.
+    """
+    registry = Registry(model_dir)
+    version = speaker_version(registry)
+    key = (str(model_dir), version)
+    if key not in _loaded:
+        try:
+            _loaded[key] = registry.load(version) if version else load_folder(DEFAULT_SPEAKER_DIR)
+        except ModelError as exc:
+            logger.warning("no speaker-normalised model (profiles fall back to the plain model): %s", exc)
+            _loaded[key] = None
+    return _loaded[key]
+
+
+def forget_speaker_models() -> None:
+    """Drop the cached speaker models (after a rebuild wrote a new one in place)."""
+    _loaded.clear()

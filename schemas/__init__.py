@@ -5,7 +5,8 @@ JSON Schema files in ``schemas/json/`` and the AsyncAPI document
 ``schemas/asyncapi.yaml`` from them; a test fails when those drift.
 """
 
-from .engine import (
+from serq.schemas.contract import ClassifyHeaders, type_name
+from serq.schemas.engine import (
     ErrorInfo,
     ErrorReply,
     EvaluationReport,
@@ -14,14 +15,17 @@ from .engine import (
     ModelMetadata,
     PitchSummary,
     PredictionResult,
-    Spectrum,
     SpectralSummary,
+    Spectrum,
     Timings,
 )
-from .contract import ClassifyHeaders, type_name
-from .training import ModelActivated, Stage, TrainProgress, TrainRequest, TrainResult
-from .profiles import EnrollHeaders, EnrollResult, SpeakerPrior, SpeakerProfile
-from .timeline import (
+from serq.schemas.profiles import (
+    EnrollHeaders,
+    EnrollResult,
+    SpeakerPrior,
+    SpeakerProfile,
+)
+from serq.schemas.timeline import (
     Moment,
     Timeline,
     TimelineChunkHeaders,
@@ -30,6 +34,13 @@ from .timeline import (
     TimelineSegment,
     TimelineStreamState,
     TimelineSummary,
+)
+from serq.schemas.training import (
+    ModelActivated,
+    Stage,
+    TrainProgress,
+    TrainRequest,
+    TrainResult,
 )
 
 __all__ = [

@@ -16,10 +16,19 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .engine import ErrorReply, PredictionResult
-from .profiles import PROFILE_HEADER, EnrollHeaders, EnrollResult
-from .timeline import PCM_CONTENT_TYPE, TimelineChunkHeaders, TimelineChunkResult
-from .training import ModelActivated, TrainProgress, TrainRequest, TrainResult
+from serq.schemas.engine import ErrorReply, PredictionResult
+from serq.schemas.profiles import PROFILE_HEADER, EnrollHeaders, EnrollResult
+from serq.schemas.timeline import (
+    PCM_CONTENT_TYPE,
+    TimelineChunkHeaders,
+    TimelineChunkResult,
+)
+from serq.schemas.training import (
+    ModelActivated,
+    TrainProgress,
+    TrainRequest,
+    TrainResult,
+)
 
 #: Content types a classify request may carry (absent is accepted too).
 AUDIO_CONTENT_TYPES = ("audio/*", "application/octet-stream")
@@ -208,3 +217,17 @@ OPERATIONS: tuple[Operation, ...] = (
 def messages() -> dict[str, Message]:
     """Every message of the contract by name (each once)."""
     return {m.name: m for channel in CHANNELS for m in channel.messages}
+
+
+#: Routing keys on the results exchange (documented in the AsyncAPI document).
+SILENT_KEY = "emotion.silent"  # a clip without speech
+
+
+def result_key(label: str | None) -> str:
+    """``"angry" -> "emotion.angry"``; ``None`` (a silent clip) -> ``"emotion.silent"``."""
+    return SILENT_KEY if label is None else f"emotion.{label}"
+
+
+def error_key(code: str) -> str:
+    """``"too_long" -> "error.too_long"``."""
+    return f"error.{code}"

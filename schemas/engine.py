@@ -8,8 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from serq.labels import EMOTIONS
-
-from .profiles import ProfileStatus, SpeakerPrior, SpeakerProfile
+from serq.schemas.profiles import ProfileStatus, SpeakerPrior, SpeakerProfile
 
 
 class _Model(BaseModel):

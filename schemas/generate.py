@@ -14,8 +14,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from serq import __version__
-
-from .contract import CHANNELS, OPERATIONS, Channel, Message, messages
+from serq.schemas.contract import CHANNELS, OPERATIONS, Channel, Message, messages
 
 HERE = Path(__file__).resolve().parent
 JSON_DIR = "json"

@@ -21,7 +21,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .profiles import PROFILE_HEADER, ProfileStatus
+from serq.schemas.profiles import PROFILE_HEADER, ProfileStatus
 
 #: Samples per second of every timeline computation and of streamed PCM.
 TIMELINE_RATE = 16_000

@@ -9,8 +9,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from serq.errors import SerqError
 from serq.labels import parse_emotions
-
-from .engine import ErrorInfo, EvaluationReport, Hyperparameters, ModelMetadata
+from serq.schemas.engine import (
+    ErrorInfo,
+    EvaluationReport,
+    Hyperparameters,
+    ModelMetadata,
+)
 
 Stage = Literal["scanning", "extracting", "cross-validating", "fitting", "registering", "done", "failed"]
 

@@ -71,6 +71,12 @@ class DatasetError(SerqError):
     code = "dataset_error"
 
 
+class MissingExtra(SerqError):
+    """A module from an install extra is missing (``pip install 'serq[worker]'`` and the like)."""
+
+    code = "missing_extra"
+
+
 class Overloaded(SerqError):
     code = "overloaded"
 
@@ -92,3 +98,40 @@ ERROR_CODES: dict[str, str] = {
     "overloaded": "the worker refused the request (limits)",
     "internal": "an unexpected failure inside serq (a bug; see the worker log)",
 }
+
+
+# The client library's errors (re-exported by serq.client): here, so that the transport layer
+# can raise them without importing the client.
+class ClientError(SerqError):
+    """Base class of everything :class:`serq.client.Client` raises."""
+
+    code = "client_error"
+
+
+class BrokerUnavailable(ClientError):
+    """No connection to RabbitMQ could be made (wrong SERQ_AMQP_URL, broker down, bad credentials)."""
+
+    code = "no_broker"
+
+
+class ConnectionLost(ClientError):
+    """The connection dropped and could not be restored before the deadline."""
+
+    code = "connection_lost"
+
+
+class Timeout(ClientError):
+    """No reply within the timeout (usually: no worker is running)."""
+
+    code = "timeout"
+
+
+class ServiceError(ClientError):
+    """The worker answered with an error reply; ``code`` is the reply's code (``too_long``, ...).
+
+    ``reply`` holds the whole :class:`serq.schemas.ErrorReply` (``request_id``, ``worker``).
+    """
+
+    def __init__(self, message: str, *, code: str, reply=None):
+        super().__init__(message, code=code)
+        self.reply = reply

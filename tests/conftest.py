@@ -101,7 +101,7 @@ def prefix(amqp_url) -> str:
 def _delete_prefixed(url: str, name: str) -> None:
     import pika
 
-    from serq.client.topology import delete_deployment
+    from serq.transport.topology import delete_deployment
 
     try:
         conn = pika.BlockingConnection(pika.URLParameters(url))

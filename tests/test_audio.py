@@ -12,8 +12,16 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from serq.errors import AudioError, BadAudio, EmptyAudio, TooLarge, TooLong, TooShort, UnsupportedFormat
-from serq.worker.audio import ANALYSIS_RATE, MIN_SAMPLES, decode
+from serq.errors import (
+    AudioError,
+    BadAudio,
+    EmptyAudio,
+    TooLarge,
+    TooLong,
+    TooShort,
+    UnsupportedFormat,
+)
+from serq.worker.engine.audio import ANALYSIS_RATE, MIN_SAMPLES, decode
 
 FORMATS = {  # name -> (soundfile format, subtype)
     "wav": ("WAV", "PCM_16"),
@@ -218,7 +226,7 @@ def test_missing_file_is_an_os_error_for_the_caller(tmp_path):
 def test_silent_clip_is_flagged_silent_not_classified(isolated_env):
     from serq.models.registry import load_default
     from serq.settings import get_settings
-    from serq.worker.inference import classify
+    from serq.worker.engine.inference import classify
 
     model = load_default()
     result = classify(encode(np.zeros(ANALYSIS_RATE, dtype=np.float32), fmt="wav"), model, get_settings())

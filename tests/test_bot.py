@@ -118,8 +118,7 @@ def test_no_sound_device_is_a_one_line_warning_and_the_rest_works(tmp_path):
 
 def test_ctrl_c_stops_playback(monkeypatch, tmp_path):
     """Unit test with a fake device: KeyboardInterrupt while playing stops the sound and returns."""
-    from serq.client import playback
-
+    from serq.cli import playback
     class FakePlay:
         stopped = False
         polls = 0
@@ -140,7 +139,7 @@ def test_ctrl_c_stops_playback(monkeypatch, tmp_path):
 
 
 def test_pcm16_matches_the_file():
-    from serq.client.playback import pcm16
+    from serq.cli.playback import pcm16
 
     pcm, rate = pcm16(sample("fearful"))
     data, file_rate = sf.read(sample("fearful"), dtype="int16", always_2d=True)
@@ -149,7 +148,7 @@ def test_pcm16_matches_the_file():
 
 
 def test_pcm16_errors_are_typed(tmp_path):
-    from serq.client.playback import pcm16
+    from serq.cli.playback import pcm16
     from serq.errors import SerqError
 
     with pytest.raises(SerqError) as missing:
@@ -166,7 +165,7 @@ def test_pcm16_errors_are_typed(tmp_path):
 
 
 def bot(paths=(SAMPLES,), **kw):
-    from serq.client.bot import Bot
+    from serq.cli.bot import Bot
 
     out = io.StringIO()
     return Bot(paths, stdin=io.StringIO(), stdout=out, interactive=False, **kw), out
@@ -174,8 +173,8 @@ def bot(paths=(SAMPLES,), **kw):
 
 def test_spectrum_shows_the_engines_summary_and_writes_a_png(tmp_path):
     from serq.settings import get_settings
-    from serq.worker.audio import decode
-    from serq.worker.features import analyse, spectral_summary
+    from serq.worker.engine.audio import decode
+    from serq.worker.engine.features import analyse, spectral_summary
 
     b, out = bot()
     png = tmp_path / "fig" / "angry.png"
@@ -290,7 +289,7 @@ def test_classify_through_a_worker_agrees_with_predict(start_worker, amqp_url, p
     """Every sample through a real worker gets what `serq predict` computes; a bad file is one error line."""
     from serq.models.registry import Registry
     from serq.settings import Settings
-    from serq.worker.inference import classify
+    from serq.worker.engine.inference import classify
 
     start_worker()
     junk = tmp_path / "junk.wav"

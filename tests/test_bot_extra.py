@@ -13,12 +13,13 @@ import re
 
 import pytest
 import soundfile as sf
-
-from conftest import ravdess_clip
-from serq.schemas import SpeakerProfile
 from test_bot import SAMPLES, bot, run_bot
 from test_profiles_broker import model_dir, speaker_version  # noqa: F401 (fixtures: the worker's speaker model)
 from test_timeline_corpus import join, trimmed
+
+from serq.schemas import SpeakerProfile
+
+from conftest import ravdess_clip
 
 NO_BROKER = "amqp://guest:guest@127.0.0.1:1/%2F"
 #: Actor 11's neutral (statements 1-2, repetitions 1-2) and calm (statement 1) clips: the enrolment.
@@ -38,9 +39,8 @@ def call(ravdess_dir, tmp_path):
 
 def local_view(path, model_dir) -> str:
     """What `serq timeline FILE` prints with the registry in ``model_dir``."""
-    from serq.client.timeline_view import render_timeline
+    from serq.cli.timeline_view import local_timeline, render_timeline
     from serq.settings import Settings
-    from serq.worker.timeline import local_timeline
 
     return render_timeline(local_timeline(path, Settings(model_dir=model_dir)))
 
@@ -101,7 +101,7 @@ def test_tab_completion_after_the_new_commands(tmp_path, monkeypatch):
 
 
 def test_answered_by_names_the_path():
-    from serq.client.bot import answered_by
+    from serq.cli.bot import answered_by
 
     def result(normalisation, status, clips):
         return type("R", (), {"normalisation": normalisation, "profile_status": status, "profile_clips": clips})
@@ -114,7 +114,7 @@ def test_answered_by_names_the_path():
 
 
 def test_demo_script_shows_a_timeline_of_joined_samples(tmp_path):
-    from serq.demo import joined_recording, script
+    from serq.cli.demo import joined_recording, script
 
     clips = sorted(SAMPLES.glob("*.flac"))
     recording = joined_recording(clips, tmp_path / "call.flac")

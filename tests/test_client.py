@@ -11,11 +11,12 @@ import time
 import pika
 import pytest
 
-from conftest import close_broker_connections
 from serq.client import BrokerUnavailable, Client, ServiceError, Timeout
 from serq.client.client import read_clip
 from serq.client.errors import ClientError
 from serq.schemas import ErrorInfo, ErrorReply
+
+from conftest import close_broker_connections
 
 NO_BROKER = "amqp://guest:s3cret@127.0.0.1:1/%2F"
 

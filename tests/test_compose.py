@@ -190,7 +190,7 @@ def test_build_stage_makes_a_wheel_with_the_default_model(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("serq-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     for needed in ("serq/models/default/model.skops", "serq/models/default/model.json",
-                   "serq/worker/inference.py", "serq/client/__init__.py", "serq/cli.py"):
+                   "serq/worker/engine/inference.py", "serq/client/__init__.py", "serq/cli/__init__.py"):
         assert needed in names
     tops = {n.split("/")[0] for n in names}
     assert tops <= {"serq", f"{wheel.name.split('-')[0]}-{wheel.name.split('-')[1]}.dist-info"}

@@ -8,10 +8,28 @@ import jsonschema
 import pytest
 import yaml
 
-from serq.client.topology import error_key, result_key
 from serq.schemas import ErrorInfo, ErrorReply, ModelActivated, PredictionResult
-from serq.schemas.contract import CHANNELS, OPERATIONS, REPLY_MODELS, ClassifyHeaders, messages, parse_reply, type_name
-from serq.schemas.generate import ASYNCAPI, HERE, JSON_DIR, asyncapi, check, json_schemas, render, write
+from serq.schemas.contract import (
+    CHANNELS,
+    OPERATIONS,
+    REPLY_MODELS,
+    ClassifyHeaders,
+    error_key,
+    messages,
+    parse_reply,
+    result_key,
+    type_name,
+)
+from serq.schemas.generate import (
+    ASYNCAPI,
+    HERE,
+    JSON_DIR,
+    asyncapi,
+    check,
+    json_schemas,
+    render,
+    write,
+)
 
 
 def test_checked_in_documents_match_the_models():

@@ -11,7 +11,7 @@ import pytest
 
 from serq.errors import DatasetError
 from serq.labels import EMOTIONS
-from serq.worker.datasets import parse_name, read_manifest, scan
+from serq.worker.training.datasets import parse_name, read_manifest, scan
 
 
 def touch(root: Path, *names: str) -> None:

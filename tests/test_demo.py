@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from serq.demo import free_port
+from serq.cli.demo import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "samples"
@@ -50,7 +50,7 @@ def names_left(url: str, prefix: str) -> list[str]:
     """Which of the deployment's queues/exchanges still exist (passive declares)."""
     import pika
 
-    from serq.client.topology import NAME_SUFFIXES
+    from serq.transport.topology import NAME_SUFFIXES
 
     left = []
     conn = pika.BlockingConnection(pika.URLParameters(url))
@@ -133,7 +133,7 @@ def test_demo_starts_and_stops_its_own_broker(tmp_path):
 
 def test_demo_without_a_broker_prints_the_one_command(tmp_path):
     """Nothing answers and nothing can start one (empty PATH): a clear error naming the command, exit non-zero."""
-    from serq.demo import INSTALL_HINT
+    from serq.cli.demo import INSTALL_HINT
 
     empty = tmp_path / "bin"
     empty.mkdir()
@@ -146,7 +146,7 @@ def test_demo_without_a_broker_prints_the_one_command(tmp_path):
 
 
 def test_demo_script_covers_every_clip():
-    from serq.demo import script
+    from serq.cli.demo import script
 
     clips = sorted(SAMPLES.glob("*.flac"))
     text = script(clips, play=True, train=True, png_dir=None)

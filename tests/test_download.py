@@ -18,7 +18,7 @@ import pytest
 import soundfile as sf
 
 from serq.cli import main as serq_main
-from serq.worker.download import DATASETS, DownloadError, download, extract_zip
+from serq.worker.training.download import DATASETS, DownloadError, download, extract_zip
 
 SOURCE = DATASETS["ravdess"]
 RECORD_PATH = f"/api/records/{SOURCE.record}"

@@ -14,14 +14,15 @@ import threading
 import time
 
 import pytest
+from test_trainer import REPO, feature_cache, make_subset  # noqa: F401  (feature_cache is a fixture)
 
-from conftest import ravdess_clip
 from serq.client import Client
-from serq.client.models import activation_event, publish_event
 from serq.models.registry import Registry, default_metadata
 from serq.schemas import TrainResult
 from serq.settings import Settings
-from test_trainer import REPO, feature_cache, make_subset  # noqa: F401  (feature_cache is a fixture)
+from serq.transport.announce import activation_event, publish_event
+
+from conftest import ravdess_clip
 
 pytestmark = [pytest.mark.broker, pytest.mark.corpus, pytest.mark.slow]
 
@@ -138,8 +139,7 @@ def test_a_speaker_model_is_announced_and_reaches_a_worker_without_shared_disk(
     shared disk) swaps its profile-path model from the event, keeps its plain model, and
     `serq profiles activate default` swaps it back the same way."""
     from serq.client.profiles import SpeakerProfiles
-    from serq.models.registry import read_metadata
-    from serq.worker.speaker_training import DEFAULT_SPEAKER_DIR
+    from serq.models.registry import DEFAULT_SPEAKER_DIR, read_metadata
 
     root = tmp_path / "data"
     make_subset(root, ravdess_dir, [1, 2, 3], "three")

@@ -64,7 +64,9 @@ def test_every_module_of_every_folder_is_inside_serq(wheel):
             if wanted not in names(wheel):
                 missing.append(wanted)
     assert not missing, f"modules left out of the wheel (add their package to pyproject's `packages`): {missing}"
-    for package in ("serq/worker", "serq/client", "serq/schemas", "serq/models", "serq/commands"):
+    for package in ("serq/worker", "serq/worker/engine", "serq/worker/training", "serq/worker/handlers",
+                    "serq/worker/services", "serq/transport", "serq/cli", "serq/cli/commands", "serq/client",
+                    "serq/schemas", "serq/models"):
         assert f"{package}/__init__.py" in names(wheel)
 
 
@@ -74,7 +76,7 @@ def test_data_files_ship(wheel):
     for name in ("model.skops", "model.json", "MODEL_CARD.md"):
         assert f"serq/models/default/{name}" in contents
         assert f"serq/models/default_speaker/{name}" in contents
-    assert "serq/worker/filterbanks.npz" in contents  # features need it (features.FILTERBANKS)
+    assert "serq/worker/engine/filterbanks.npz" in contents  # features need it (features.FILTERBANKS)
     schemas = sorted(p.name for p in (REPO / "schemas" / "json").glob("*.json"))
     assert schemas, "schemas/json/*.json should be generated and committed"
     for name in schemas:

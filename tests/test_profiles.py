@@ -8,8 +8,8 @@ import pytest
 
 from serq.errors import InvalidRequest
 from serq.schemas import PredictionResult, SpeakerPrior, SpeakerProfile
-from serq.worker import profiles
-from serq.worker.speaker_training import (
+from serq.worker.engine import profiles
+from serq.worker.training.speaker import (
     ProfileRecipe,
     enrol_plan,
     enrolment_indices,

@@ -11,10 +11,11 @@ import time
 
 import pika
 import pytest
-from conftest import ravdess_clip
 
 from serq.schemas import EnrollResult, Hyperparameters, TrainRequest
 from serq.settings import Settings, get_settings
+
+from conftest import ravdess_clip
 
 pytestmark = [pytest.mark.broker, pytest.mark.corpus, pytest.mark.slow]
 
@@ -29,7 +30,7 @@ def model_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def speaker_version(ravdess_dir, model_dir) -> str:
     """A tiny speaker model in the workers' registry, on the profile path (trained once per module)."""
-    from serq.worker.trainjob import run_training
+    from serq.worker.training.job import run_training
 
     settings = Settings(model_dir=model_dir, cache_dir=get_settings().cache_dir)
     request = TrainRequest(dataset=str(ravdess_dir), speakers=["01", "02", "03"], folds=2, activate="always",

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_training import cli, link_actors  # noqa: F401  (cli is a fixture)
 
-from serq.worker.features import FEATURE_NAMES, FEATURE_VERSION
+from serq.worker.engine.features import FEATURE_NAMES, FEATURE_VERSION
 
 from conftest import ravdess_clip
-from test_training import cli, link_actors  # noqa: F401  (cli is a fixture)
 
 ACTORS = [1, 2, 3, 4]
 SMALL = ["--hidden", "32", "--max-iter", "40", "--seed", "1", "--folds", "2"]
@@ -57,8 +57,7 @@ def trained(cli, subset) -> dict:
 
 
 def test_speaker_normalised_training_registers_a_speaker_model_beside_the_plain_one(trained, workdir):
-    from serq.models.registry import Registry
-    from serq.worker.speaker_training import load_speaker_model, speaker_version
+    from serq.models.registry import Registry, load_speaker_model, speaker_version
 
     assert trained["ok"] and trained["activated"], trained
     metrics = trained["metrics"]
@@ -83,7 +82,7 @@ def test_a_speaker_model_never_replaces_the_plain_model(trained, workdir):
     from serq.models.registry import Registry
     from serq.schemas import ModelActivated
     from serq.settings import Settings
-    from serq.worker.service import Worker, verify_event
+    from serq.worker.services.worker import Worker, verify_event
 
     registry = Registry(workdir / "models")
     with pytest.raises(ModelError, match="speaker profiles"):
@@ -102,8 +101,8 @@ def test_a_speaker_model_never_replaces_the_plain_model(trained, workdir):
 
 def _vectors(paths):
     from serq.settings import get_settings
-    from serq.worker.datasets import Clip
-    from serq.worker.extraction import extract_clips
+    from serq.worker.training.datasets import Clip
+    from serq.worker.training.extraction import extract_clips
 
     X, ok, _ = extract_clips([Clip(p, "calm", "x", "ravdess") for p in paths], get_settings().cache_dir)
     assert ok.all()
@@ -111,11 +110,10 @@ def _vectors(paths):
 
 
 def test_classify_uses_the_profile_or_falls_back_and_says_which(trained, workdir, cli):
-    from serq.models.registry import Registry
+    from serq.models.registry import Registry, load_speaker_model
     from serq.settings import get_settings
-    from serq.worker import profiles
-    from serq.worker.inference import classify
-    from serq.worker.speaker_training import load_speaker_model
+    from serq.worker.engine import profiles
+    from serq.worker.engine.inference import classify
 
     settings = get_settings()
     plain = Registry(workdir / "models").load_active()

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ValidationError
 
 import serq.schemas as schemas
 from serq.errors import AudioError
-from serq.worker.audio import ANALYSIS_RATE, MIN_SAMPLES, decode
+from serq.worker.engine.audio import ANALYSIS_RATE, MIN_SAMPLES, decode
 
 #: Small limits keep each example cheap; the limits themselves are tested in tests/reliability/.
 LIMITS = {"max_bytes": 256 * 1024, "max_seconds": 5.0}
@@ -125,7 +125,7 @@ def test_the_property_can_fail(monkeypatch):
     """``check_decode`` catches a decoder that leaks a raw exception or returns an unusable clip."""
     import sys
 
-    from serq.worker.audio import Audio
+    from serq.worker.engine.audio import Audio
 
     check_decode(valid_files()[0])  # a real file passes
     module = sys.modules[__name__]

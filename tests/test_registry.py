@@ -27,8 +27,8 @@ from serq.models.registry import (
     sha256_bytes,
 )
 from serq.schemas import Hyperparameters, ModelMetadata
-from serq.worker.features import FEATURE_NAMES, FEATURE_VERSION
-from serq.worker.training import fit
+from serq.worker.engine.features import FEATURE_NAMES, FEATURE_VERSION
+from serq.worker.training.fit import fit
 
 LABELS = ["neutral", "happy", "sad", "angry"]
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -241,17 +241,16 @@ def test_serialised_models_hold_only_default_trusted_types_and_predict_the_same(
 def test_the_shipped_models_hold_only_default_trusted_types():
     import skops.io as sio
 
-    from serq.worker.speaker_training import DEFAULT_SPEAKER_DIR
+    from serq.models.registry import DEFAULT_SPEAKER_DIR
 
     for folder in (DEFAULT_DIR, DEFAULT_SPEAKER_DIR):
         assert sio.get_untrusted_types(file=folder / ARTIFACT) == [], folder
 
 
 def test_an_announced_speaker_model_is_verified_and_needs_its_prior():
-    from serq.client.models import activation_event
-    from serq.models.registry import read_metadata
-    from serq.worker.service import verify_event
-    from serq.worker.speaker_training import DEFAULT_SPEAKER_DIR
+    from serq.models.registry import DEFAULT_SPEAKER_DIR, read_metadata
+    from serq.transport.announce import activation_event
+    from serq.worker.services.worker import verify_event
 
     meta = read_metadata(DEFAULT_SPEAKER_DIR)
     data = (DEFAULT_SPEAKER_DIR / meta.artifact).read_bytes()

@@ -15,9 +15,14 @@ import pytest
 import soundfile as sf
 
 from serq.errors import SerqError
-from serq.schemas import Timeline, TimelineChunkResult, TimelineParams, TimelineStreamState
-from serq.worker import timeline as tl
-from serq.worker.timeline import RATE, TimelineProcessor, decide, smooth
+from serq.schemas import (
+    Timeline,
+    TimelineChunkResult,
+    TimelineParams,
+    TimelineStreamState,
+)
+from serq.worker.engine import timeline as tl
+from serq.worker.engine.timeline import RATE, TimelineProcessor, decide, smooth
 
 LABELS = ["neutral", "angry", "sad"]
 
@@ -238,13 +243,13 @@ def test_state_and_buffer_stay_bounded(fake_model):
 
 
 def test_read_blocks_resamples_and_mixes_down_like_decode(tmp_path):
-    from serq.worker.audio import decode
+    from serq.worker.engine.audio import decode
 
     t = np.arange(int(2.5 * 44_100)) / 44_100
     stereo = np.stack([0.3 * np.sin(2 * np.pi * 220 * t), 0.1 * np.sin(2 * np.pi * 330 * t)], axis=1)
     path = tmp_path / "tone.wav"
     sf.write(path, stereo, 44_100, subtype="FLOAT")
-    blocks = list(tl.read_blocks(path, block_s=0.3))
+    blocks = list(tl.read_blocks(path, tl.RATE, block_s=0.3))
     assert all(len(b) <= int(0.3 * RATE) + 64 for b in blocks)
     streamed = np.concatenate(blocks)
     whole = decode(path).samples
@@ -261,7 +266,7 @@ def test_read_blocks_errors(tmp_path, content, code):
     else:
         path.write_bytes(content)
     with pytest.raises(SerqError) as err:
-        list(tl.read_blocks(path, max_seconds=2.0))
+        list(tl.read_blocks(path, tl.RATE, max_seconds=2.0))
     assert err.value.code == code
 
 
@@ -271,7 +276,7 @@ def test_read_blocks_refuses_nan(tmp_path):
     x[100] = np.nan
     sf.write(path, x, RATE, subtype="FLOAT")
     with pytest.raises(SerqError) as err:
-        list(tl.read_blocks(path))
+        list(tl.read_blocks(path, tl.RATE))
     assert err.value.code == "bad_audio"
 
 
@@ -287,7 +292,7 @@ def model():
 
 def ctx(model, headers: dict):
     from serq.settings import Settings
-    from serq.worker.handlers import Context
+    from serq.worker.handlers.base import Context
 
     return Context(settings=Settings(max_recording_seconds=20.0), model=model, worker="w", request_id="r",
                    headers=headers)
@@ -297,7 +302,7 @@ PCM = "audio/x-raw;format=F32LE;rate=16000;channels=1"
 
 
 def call(model, samples: np.ndarray, headers: dict, content_type: str = PCM) -> TimelineChunkResult:
-    from serq.worker.timeline_handler import handle_chunk
+    from serq.worker.handlers.timeline import handle_chunk
 
     reply = handle_chunk(samples.astype("<f4").tobytes(), SimpleNamespace(content_type=content_type),
                          ctx(model, headers))
@@ -340,7 +345,7 @@ def test_handler_streams_and_checks_the_state(model):
 
 
 def test_handler_refuses_bad_first_chunks(model):
-    from serq.worker.timeline_handler import handle_chunk
+    from serq.worker.handlers.timeline import handle_chunk
 
     with pytest.raises(SerqError, match="whole number"):
         handle_chunk(b"\x00" * 7, SimpleNamespace(content_type=PCM), ctx(model, {"x-serq-stream-id": "a", "x-serq-seq": 0}))
@@ -370,7 +375,7 @@ def test_summary_shares_and_strongest(fake_model):
 
 
 def test_render_and_png(fake_model, tmp_path):
-    from serq.client.timeline_view import render_timeline, save_png, strip_chart
+    from serq.cli.timeline_view import render_timeline, save_png, strip_chart
 
     timeline = sample_timeline(fake_model)
     text = render_timeline(timeline)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import soundfile as sf
+from test_timeline_corpus import CLIPS, join, trimmed
 
-from conftest import ravdess_clip
 from serq.client.errors import ServiceError
 from serq.client.timeline import TimelineStream, stream_timeline
 from serq.settings import Settings
-from serq.worker.timeline import RATE, read_blocks, timeline_file
-from test_timeline_corpus import CLIPS, join, trimmed
+from serq.worker.engine.timeline import RATE, read_blocks, timeline_file
+
+from conftest import ravdess_clip
 
 pytestmark = [pytest.mark.broker, pytest.mark.corpus]
 
@@ -45,7 +46,7 @@ def test_streamed_over_two_workers_equals_local(call, start_worker, amqp_url, pr
     # Chunk by chunk: every reply says which worker answered.
     workers, early = set(), 0
     with TimelineStream(settings=settings, timeout=60) as stream:
-        for block in read_blocks(call, block_s=1.5):
+        for block in read_blocks(call, RATE, block_s=1.5):
             reply = stream.send(block)
             workers.add(reply.worker)
             early += len(reply.segments)
@@ -79,7 +80,7 @@ def test_streamed_over_two_workers_equals_local(call, start_worker, amqp_url, pr
     assert [(s.start, s.end, s.label) for s in printed.segments] == [(s.start, s.end, s.label) for s in local.segments]
 
     # A client that skips a chunk gets an error reply, not a wrong timeline.
-    blocks = read_blocks(call, block_s=2.0)
+    blocks = read_blocks(call, RATE, block_s=2.0)
     with TimelineStream(settings=settings, timeout=60) as stream:
         stream.send(next(blocks))
         stream._seq += 1

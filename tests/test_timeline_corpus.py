@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import ravdess_clip
 from serq.schemas import Timeline
-from serq.worker.timeline import RATE, timeline_file
+from serq.worker.engine.timeline import RATE, timeline_file
+
+from conftest import ravdess_clip
 
 pytestmark = pytest.mark.corpus
 
@@ -90,7 +91,7 @@ def joined(ravdess_dir, tmp_path_factory):
 
 def test_segments_land_on_the_joins_and_match_each_clip_alone(joined, model):
     from serq.settings import Settings
-    from serq.worker.inference import classify
+    from serq.worker.engine.inference import classify
 
     path, spans, files = joined
     timeline = timeline_file(path, model)
@@ -160,7 +161,7 @@ def test_cli_json_and_strip_chart(joined, model, capsys, isolated_env):
 
 def test_bot_view_renders_what_the_cli_prints(joined, capsys, isolated_env):
     from serq.cli import main
-    from serq.client.timeline_view import show_timeline
+    from serq.cli.timeline_view import show_timeline
 
     path, _, _ = joined
     assert main(["timeline", str(path)]) == 0

@@ -12,13 +12,14 @@ import io
 
 import numpy as np
 import pytest
+from test_timeline_corpus import stretches, trimmed, write_recording
 
-from conftest import ravdess_clip
 from serq.client.errors import ServiceError
 from serq.client.timeline import TimelineStream, stream_timeline
 from serq.settings import Settings
-from serq.worker.timeline import read_blocks, timeline_file
-from test_timeline_corpus import stretches, trimmed, write_recording
+from serq.worker.engine.timeline import RATE, read_blocks, timeline_file
+
+from conftest import ravdess_clip
 
 pytestmark = pytest.mark.corpus
 
@@ -30,17 +31,16 @@ ENROLLED = [(2, 1, 1, 2), (2, 1, 2, 1), (2, 1, 2, 2), (1, 1, 2, 1), (1, 1, 2, 2)
 
 
 def vectors(paths) -> np.ndarray:
-    from serq.worker.audio import decode
-    from serq.worker.features import extract
+    from serq.worker.engine.audio import decode
+    from serq.worker.engine.features import extract
 
     return np.stack([extract(decode(p).samples) for p in paths])
 
 
 @pytest.fixture(scope="module")
 def models():
-    from serq.models.registry import load_default
+    from serq.models.registry import load_default, load_speaker_model
     from serq.settings import get_settings
-    from serq.worker.speaker_training import load_speaker_model
 
     speaker = load_speaker_model(get_settings().model_dir)
     assert speaker is not None, "the shipped speaker model must load"
@@ -49,8 +49,8 @@ def models():
 
 @pytest.fixture(scope="module")
 def profile(ravdess_dir):
-    from serq.worker import profiles
-    from serq.worker.features import FEATURE_VERSION
+    from serq.worker.engine import profiles
+    from serq.worker.engine.features import FEATURE_VERSION
 
     paths = [ravdess_clip(ACTOR, e, intensity=i, statement=s, repetition=r) for e, i, s, r in ENROLLED]
     return profiles.build("caller-11", vectors(paths), FEATURE_VERSION)
@@ -65,7 +65,7 @@ def recording(ravdess_dir, tmp_path_factory):
 
 
 def test_a_usable_profile_sends_every_window_through_the_speaker_model(recording, models, profile):
-    from serq.worker.inference import classify
+    from serq.worker.engine.inference import classify
 
     path, files = recording
     plain, speaker = models
@@ -88,8 +88,8 @@ def test_a_usable_profile_sends_every_window_through_the_speaker_model(recording
 
 
 def test_a_profile_of_too_few_clips_leaves_the_plain_model(recording, models, profile):
-    from serq.worker import profiles
-    from serq.worker.features import FEATURE_VERSION
+    from serq.worker.engine import profiles
+    from serq.worker.engine.features import FEATURE_VERSION
 
     path, _ = recording
     plain, speaker = models
@@ -123,7 +123,7 @@ def test_streamed_with_a_profile_over_two_workers_equals_local(recording, models
             assert a.probabilities == pytest.approx(b.probabilities, abs=1e-5)
 
         # A stream started with a profile refuses a chunk without it (or with another one).
-        blocks = read_blocks(path, block_s=1.5)
+        blocks = read_blocks(path, RATE, block_s=1.5)
         with TimelineStream(client, timeout=60, profile=profile) as stream:
             first = stream.send(next(blocks))
             assert (first.normalisation, first.profile_status) == ("speaker", "used")
@@ -154,7 +154,7 @@ def test_cli_speaker_option(recording, profile, tmp_path, capsys, isolated_env):
 
 def test_bot_timeline_with_a_speaker(recording, profile, tmp_path, isolated_env):
     """The bot's `timeline FILE --speaker S --local` renders what `serq timeline --speaker` prints."""
-    from serq.client.bot import Bot
+    from serq.cli.bot import Bot
     from serq.client.profiles import ProfileStore
 
     path, _ = recording
@@ -176,15 +176,15 @@ def test_a_state_that_pairs_a_profile_with_the_plain_model_is_refused(recording,
     from serq.errors import InvalidRequest
     from serq.schemas.profiles import PROFILE_HEADER
     from serq.schemas.timeline import PCM_CONTENT_TYPE
-    from serq.worker import profiles
-    from serq.worker.handlers import Context
-    from serq.worker.timeline_handler import handle_chunk
+    from serq.worker.engine import profiles
+    from serq.worker.handlers.base import Context
+    from serq.worker.handlers.timeline import handle_chunk
 
     path, _ = recording
     plain, speaker = models
     settings = Settings(model_dir=tmp_path / "models")
     props = pika.BasicProperties(content_type=PCM_CONTENT_TYPE)
-    blocks = read_blocks(path, block_s=1.5)
+    blocks = read_blocks(path, RATE, block_s=1.5)
     b0, b1 = next(blocks), next(blocks)
 
     def chunk(body: np.ndarray, **headers):

@@ -23,8 +23,8 @@ import pytest
 from serq.errors import DatasetError, SerqError
 from serq.schemas import ModelActivated, TrainProgress, TrainRequest, TrainResult
 from serq.settings import Settings
-from serq.worker.trainer import ProgressThrottle, job_id_of, parse_request
-from serq.worker.trainjob import confine, resolve_dataset
+from serq.worker.services.trainer import ProgressThrottle, job_id_of, parse_request
+from serq.worker.training.job import confine, resolve_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ["scanning", "extracting", "cross-validating", "fitting", "registering"]
@@ -113,7 +113,7 @@ def roots_layout(tmp_path):
 
 
 def test_datasets_are_confined_to_the_data_roots(roots_layout):
-    from serq.worker.datasets import scan
+    from serq.worker.training.datasets import scan
 
     root, outside = roots_layout
     roots = [root.resolve()]
@@ -190,7 +190,7 @@ class Tap:
     """Sends jobs and collects what comes back: the reply queue, ``<p>.events`` and ``<p>.models``."""
 
     def __init__(self, amqp_url: str, prefix: str):
-        from serq.client.topology import declare_models, declare_train
+        from serq.transport.topology import declare_models, declare_train
 
         self.settings = Settings(amqp_url=amqp_url, prefix=prefix)
         self.conn = pika.BlockingConnection(pika.URLParameters(amqp_url))

@@ -19,7 +19,7 @@ import pytest
 from serq.labels import EMOTIONS
 from serq.schemas import Hyperparameters, TrainRequest
 from serq.settings import Settings
-from serq.worker.training import cross_validate, folds_for
+from serq.worker.training.fit import cross_validate, folds_for
 
 TRAIN_ACTORS = [1, 2, 3, 4, 5, 6]
 HELD_OUT_ACTORS = [17, 18, 19, 20]
@@ -147,7 +147,7 @@ def test_training_speakers_are_skipped_by_default(trained, ravdess_dir, workdir,
 @pytest.mark.corpus
 @pytest.mark.slow
 def test_same_seed_gives_identical_metrics(trained, ravdess_dir, workdir):
-    from serq.worker.trainjob import run_training
+    from serq.worker.training.job import run_training
 
     settings = Settings(model_dir=workdir / "models-again", cache_dir=workdir / "cache")
     request = TrainRequest(

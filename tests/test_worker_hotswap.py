@@ -9,14 +9,15 @@ import time
 import urllib.request
 
 import pytest
+from test_worker_errors import free_port
 
-from conftest import ravdess_clip
 from serq.client import Client
-from serq.client.models import activation_event, publish_activation, publish_event
 from serq.models.registry import Registry, load_default
 from serq.schemas import Hyperparameters, TrainRequest
 from serq.settings import Settings
-from test_worker_errors import free_port
+from serq.transport.announce import activation_event, publish_activation, publish_event
+
+from conftest import ravdess_clip
 
 pytestmark = [pytest.mark.broker, pytest.mark.corpus, pytest.mark.slow]
 
@@ -24,7 +25,7 @@ pytestmark = [pytest.mark.broker, pytest.mark.corpus, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def small_model(ravdess_dir, tmp_path_factory):
     """A real model trained on three actors (plumbing, not accuracy), in a registry the worker cannot see."""
-    from serq.worker.trainjob import run_training
+    from serq.worker.training.job import run_training
 
     root = tmp_path_factory.mktemp("trainer")
     cache = os.environ.get("SERQ_CACHE_DIR") or str(root / "cache")

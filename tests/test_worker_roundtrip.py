@@ -10,17 +10,18 @@ import time
 
 import pytest
 
-from conftest import ravdess_clip
 from serq.client import Client, ServiceError
-from serq.client.topology import result_key
 from serq.models.registry import load_default
+from serq.schemas.contract import result_key
 from serq.settings import Settings
+
+from conftest import ravdess_clip
 
 pytestmark = [pytest.mark.broker, pytest.mark.corpus]
 
 
 def test_round_trip_gives_what_in_process_classify_gives(start_worker, amqp_url, prefix, ravdess_dir):
-    from serq.worker.inference import classify
+    from serq.worker.engine.inference import classify
 
     start_worker()
     clip = ravdess_clip(1, 5)

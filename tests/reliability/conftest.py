@@ -119,10 +119,10 @@ def _free_port_pair() -> int:
 
 
 class PrivateBroker:
-    """A RabbitMQ node of this test alone (serq.demo.LocalBroker), which it may stop and start at will."""
+    """A RabbitMQ node of this test alone (serq.cli.demo.LocalBroker), which it may stop and start at will."""
 
     def __init__(self, workdir: Path):
-        from serq.demo import LocalBroker
+        from serq.cli.demo import LocalBroker
 
         self.url = f"amqp://guest:guest@127.0.0.1:{_free_port_pair()}/%2F"
         self.node = LocalBroker(self.url, workdir)

@@ -13,7 +13,6 @@ import time
 
 import pika
 import pytest
-
 from test_trainer import Tap
 from test_worker_errors import Rpc
 

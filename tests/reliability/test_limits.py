@@ -14,7 +14,6 @@ import urllib.request
 
 import pika
 import pytest
-
 from test_worker_errors import Rpc, free_port
 
 from .conftest import record

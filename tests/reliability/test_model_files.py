@@ -10,10 +10,16 @@ import re
 import urllib.request
 
 import pytest
+from test_worker_errors import free_port
 
 from serq.client import Client
-from serq.models.registry import ARTIFACT, METADATA, DEFAULT_DIR, default_metadata, sha256_bytes
-from test_worker_errors import free_port
+from serq.models.registry import (
+    ARTIFACT,
+    DEFAULT_DIR,
+    METADATA,
+    default_metadata,
+    sha256_bytes,
+)
 
 from .conftest import record
 from .payloads import encode, tone
@@ -25,7 +31,6 @@ def sneaky_artifact() -> bytes:
     """A skops file holding a type nobody trusts (test_registry.Sneaky): loading it would import test code."""
     import numpy as np
     import skops.io as sio
-
     from test_registry import LABELS, Sneaky
 
     return sio.dumps(Sneaky().fit(np.zeros((4, 2)), np.array(LABELS)))
@@ -68,7 +73,7 @@ KINDS = ["checksum", "feature-version", "unexpected-type", "truncated", "metadat
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_kind_of_broken_active_model_is_refused_and_the_default_serves(kind, tmp_path, caplog):
     from serq.settings import Settings
-    from serq.worker.service import Worker
+    from serq.worker.services.worker import Worker
 
     words = broken_registry(tmp_path / "models", kind)
     with caplog.at_level("ERROR", logger="serq.worker"):

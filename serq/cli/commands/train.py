@@ -1,0 +1,116 @@
+"""`serq train`: fit, cross-validate by speaker, register (and maybe activate) a model.
+
+``--local`` runs the job in this process; without it the job goes to a trainer
+over the broker (see :mod:`serq.client`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train a model (locally with --local, else via the trainer service)",
+                       description="Extract features (cached), cross-validate by speaker, fit on all data, register "
+                                   "a new version. --activate alone means 'always'.")
+    p.add_argument("--local", action="store_true", help="train in this process instead of sending a job")
+    p.add_argument("--data", metavar="DIR|CSV", help="dataset (default: SERQ_RAVDESS_DIR)")
+    p.add_argument("--emotions", metavar="a,b,...", help="subset of emotions (default: all 8)")
+    p.add_argument("--speakers", metavar="ID,...", help="only these speakers, e.g. 01,02,03")
+    p.add_argument("--activate", nargs="?", const="always", default="never",
+                   choices=["always", "if_better", "never"], help="activation policy (default: never)")
+    p.add_argument("--protocol", choices=["speaker", "random"], default="speaker",
+                   help="cross-validation: speaker-grouped (default, honest) or random over clips")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--hidden", metavar="N,N", help="hidden layer sizes (default 256)")
+    p.add_argument("--alpha", type=float, help="L2 penalty")
+    p.add_argument("--max-iter", type=int)
+    p.add_argument("--seed", type=int, help="random_state")
+    p.add_argument("--augment", metavar="S,S|none",
+                   help="speed-perturbed copies of each training clip, e.g. 0.9,1.1 (the default); none = no copies")
+    p.add_argument("--speaker-normalisation", action="store_true",
+                   help="train a model that expects speaker profiles (served on the profile path; docs/profiles.md)")
+    p.add_argument("--wait", action="store_true", help="(broker) wait for the result, showing progress")
+    p.add_argument("--timeout", type=float, default=3600.0, help="(broker) seconds to wait for the result")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def build_request(args: argparse.Namespace, default_data: str):
+    from pydantic import ValidationError
+
+    from serq.errors import InvalidRequest, SerqError
+    from serq.schemas import TrainRequest
+    from serq.schemas.training import request_error
+
+    hp: dict = {}
+    if args.hidden:
+        try:
+            hp["hidden_layers"] = [int(x) for x in args.hidden.split(",")]
+        except ValueError:
+            raise SerqError(f"--hidden wants layer sizes like 256 or 128,64, not {args.hidden!r}",
+                            code="bad_hyperparameter") from None
+    if args.augment is not None:
+        try:
+            none = args.augment.strip().lower() == "none"
+            hp["augment_speeds"] = [] if none else [float(x) for x in args.augment.split(",")]
+        except ValueError:
+            raise SerqError(f"--augment wants speeds like 0.9,1.1 or none, not {args.augment!r}",
+                            code="bad_hyperparameter") from None
+    for key, value in (("alpha", args.alpha), ("max_iter", args.max_iter), ("random_state", args.seed)):
+        if value is not None:
+            hp[key] = value
+    try:
+        return TrainRequest(
+            dataset=args.data or default_data,
+            emotions=args.emotions.split(",") if args.emotions else None,
+            speakers=args.speakers.split(",") if args.speakers else None,
+            hyperparameters=hp,  # validated inside, so errors name hyperparameters.<field>
+            protocol=args.protocol,
+            folds=args.folds,
+            activate=args.activate,
+            speaker_normalisation=args.speaker_normalisation,
+        )
+    except ValidationError as exc:
+        raise request_error(exc) from None
+    except ValueError as exc:
+        raise InvalidRequest(f"bad training request: {exc}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from serq.settings import get_settings
+
+    settings = get_settings()
+    request = build_request(args, str(settings.ravdess_dir))
+    if not args.local:
+        from serq.cli.commands.train_remote import run_remote
+
+        return run_remote(request, args, settings)
+    from serq.progress import progress_printer
+    from serq.worker.training.job import run_training
+
+    printers: dict = {}
+
+    def report(stage: str, done: int, total: int) -> None:
+        if not args.json:
+            printers.setdefault(stage, progress_printer(stage))(done, total)
+
+    return show_result(run_training(request, settings, report=report), args)
+
+
+def show_result(result, args: argparse.Namespace) -> int:
+    """Print a TrainResult (JSON with ``--json``); the exit code: 0 if it succeeded, else 2."""
+    from serq.cli.output import format_report, print_json
+
+    if args.json:
+        print_json(result)
+    elif result.ok:
+        print(f"model {result.version} registered; activated: {result.activated} ({result.activation_reason})")
+        if result.baseline:
+            print(f"baseline (the active model's recipe on the same folds): "
+                  f"balanced accuracy {result.baseline.balanced_accuracy:.3f}")
+        print(format_report(result.metrics.model_dump()))
+    else:
+        print(f"serq train: error [{result.error.code}]: {result.error.message}", file=sys.stderr)
+    return 0 if result.ok else 2

@@ -1,0 +1,1 @@
+"""The broker edge: connection and reconnect, topology, publishing. pika only; no engine."""

@@ -1,0 +1,55 @@
+"""Announcing a model activation on ``<prefix>.models`` (the worker side of hot-swap listens).
+
+The trainer calls :func:`publish_activation` after it activates a version;
+``serq models activate|rollback`` read the registry and call it too. Both go through
+the same event, :class:`serq.schemas.ModelActivated`, which carries the artifact
+itself (base64), so workers on other machines need no shared disk.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import TYPE_CHECKING
+
+import pika
+
+from serq.schemas import ModelActivated, ModelMetadata
+from serq.schemas.contract import type_name
+from serq.settings import Settings, get_settings
+from serq.transport.connection import connect
+from serq.transport.topology import declare_models
+
+if TYPE_CHECKING:
+    from pika.adapters.blocking_connection import BlockingChannel
+
+
+def activation_event(meta: ModelMetadata, artifact: bytes, reason: str = "") -> ModelActivated:
+    """The event announcing ``meta``'s version with its artifact bytes inside."""
+    return ModelActivated(version=meta.version, sha256=meta.sha256, feature_version=meta.feature_version,
+                          metadata=meta, artifact_b64=base64.b64encode(artifact).decode("ascii"), reason=reason)
+
+
+def publish_event(event: ModelActivated, *, settings: Settings | None = None,
+                  channel: "BlockingChannel | None" = None) -> None:
+    """Publish ``event`` on ``<prefix>.models`` (confirmed when ``channel`` is in confirm mode or is ours)."""
+    settings = settings or get_settings()
+    props = pika.BasicProperties(content_type="application/json", type=type_name(event), app_id="serq")
+    body = event.model_dump_json().encode()
+    if channel is not None:
+        channel.basic_publish(declare_models(channel, settings), "", body, props)
+        return
+    conn = connect(settings, "serq-announce")
+    try:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        ch.basic_publish(declare_models(ch, settings), "", body, props)
+    finally:
+        conn.close()
+
+
+def publish_activation(meta: ModelMetadata, artifact: bytes, *, reason: str = "", settings: Settings | None = None,
+                       channel: "BlockingChannel | None" = None) -> ModelActivated:
+    """Announce that ``meta``'s version is active; returns the event sent."""
+    event = activation_event(meta, artifact, reason)
+    publish_event(event, settings=settings, channel=channel)
+    return event

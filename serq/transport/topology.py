@@ -1,0 +1,112 @@
+"""The broker topology: every queue and exchange serq uses, declared in one place.
+
+The worker, the trainer, the client and the tests all call these functions, so a
+name or an argument can never differ between two declarations (RabbitMQ refuses
+a re-declaration with other arguments, ``PRECONDITION_FAILED``). Only pika here:
+the client imports this module without the worker extra.
+
+Names (``<p>`` = ``SERQ_PREFIX``):
+
+=================  ===================  ==============================================
+name               kind                 role
+=================  ===================  ==============================================
+``<p>.classify``   quorum queue         requests (audio bytes); delivery limit, DLX
+``<p>.dead``       fanout + queue       requests that exhausted their delivery limit
+                                        or expired before a worker took them
+``<p>.results``    topic exchange       every reply again, key ``emotion.<label>``,
+                                        ``emotion.silent`` or ``error.<code>``
+``<p>.train``      quorum queue         training jobs (JSON ``TrainRequest``)
+``<p>.events``     topic exchange       training progress ``train.<job_id>.<stage>``
+``<p>.models``     fanout exchange      ``ModelActivated`` events (hot-swap)
+=================  ===================  ==============================================
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pika.adapters.blocking_connection import BlockingChannel
+
+    from serq.settings import Settings
+
+#: How long a dead-lettered request is kept for inspection, ms (7 days), and how many at most.
+DEAD_TTL_MS = 7 * 24 * 3600 * 1000
+DEAD_MAX = 10_000
+
+
+#: Every name a deployment declares, as suffixes of its prefix (request types such as
+#: ``timeline.chunk`` and ``enroll`` travel on ``<p>.classify`` and add none).
+NAME_SUFFIXES = ("classify", "dead", "train", "results", "events", "models")
+
+
+def delete_deployment(connection, prefix: str) -> list[str]:
+    """Delete every queue and exchange of ``prefix`` (demo and test teardown); returns what was deleted.
+
+    Each delete gets its own channel: deleting a name that is not there closes the channel.
+    """
+    deleted = []
+    for suffix in NAME_SUFFIXES:
+        for kind in ("queue", "exchange"):
+            channel = connection.channel()
+            try:
+                getattr(channel, f"{kind}_delete")(f"{prefix}.{suffix}")
+                deleted.append(f"{kind} {prefix}.{suffix}")
+            except Exception:  # absent, or closed under us: nothing left to delete
+                pass
+            finally:
+                if channel.is_open:
+                    channel.close()
+    return deleted
+
+
+def _work_queue(channel: "BlockingChannel", settings: "Settings", suffix: str) -> str:
+    """A durable quorum queue whose poison messages end in ``<p>.dead`` after the delivery limit."""
+    dead = settings.name("dead")
+    channel.exchange_declare(dead, exchange_type="fanout", durable=True)
+    channel.queue_declare(dead, durable=True, arguments={"x-message-ttl": DEAD_TTL_MS, "x-max-length": DEAD_MAX})
+    channel.queue_bind(dead, dead)
+    name = settings.name(suffix)
+    channel.queue_declare(
+        name,
+        durable=True,
+        arguments={
+            "x-queue-type": "quorum",
+            "x-delivery-limit": settings.delivery_limit,
+            "x-dead-letter-exchange": dead,
+        },
+    )
+    return name
+
+
+def declare_results(channel: "BlockingChannel", settings: "Settings") -> str:
+    """The ``<p>.results`` topic exchange; returns its name."""
+    name = settings.name("results")
+    channel.exchange_declare(name, exchange_type="topic", durable=True)
+    return name
+
+
+def declare_classify(channel: "BlockingChannel", settings: "Settings") -> str:
+    """``<p>.classify`` (+ ``<p>.dead``) and ``<p>.results``; returns the request queue's name."""
+    declare_results(channel, settings)
+    return _work_queue(channel, settings, "classify")
+
+
+def declare_train(channel: "BlockingChannel", settings: "Settings") -> str:
+    """``<p>.train`` (+ ``<p>.dead``) and ``<p>.events``; returns the job queue's name."""
+    channel.exchange_declare(settings.name("events"), exchange_type="topic", durable=True)
+    return _work_queue(channel, settings, "train")
+
+
+def declare_models(channel: "BlockingChannel", settings: "Settings") -> str:
+    """The ``<p>.models`` fanout exchange; returns its name."""
+    name = settings.name("models")
+    channel.exchange_declare(name, exchange_type="fanout", durable=True)
+    return name
+
+
+def declare_all(channel: "BlockingChannel", settings: "Settings") -> None:
+    """Every queue and exchange of a deployment (idempotent)."""
+    declare_classify(channel, settings)
+    declare_train(channel, settings)
+    declare_models(channel, settings)

@@ -1,0 +1,1 @@
+"""The pure engine: bytes -> audio -> features -> probabilities. No broker, no files written."""

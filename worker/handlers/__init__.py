@@ -1,0 +1,1 @@
+"""One module per message type: a delivery in, a reply out (no broker I/O)."""

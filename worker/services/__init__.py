@@ -1,0 +1,1 @@
+"""The long-running services (worker, trainer): transport + handlers, health, metrics, logs."""

@@ -1,0 +1,368 @@
+"""The AMQP worker: consume ``<prefix>.classify``, reply, publish results, hot-swap models.
+
+Threads and their jobs:
+
+- the **I/O thread** (the caller of :meth:`Worker.run`) owns the pika connection:
+  it receives deliveries, publishes replies with publisher confirms and acks.
+  It never classifies, so heartbeats keep flowing however long a clip takes;
+- one **compute thread** runs the handlers (concurrency = worker processes);
+  it hands each reply back with ``connection.add_callback_threadsafe``;
+- one **model thread** verifies and loads a model announced on ``<prefix>.models``,
+  beside the serving one, then swaps the reference between two requests.
+
+A request is acked only after its reply is confirmed by the broker, so a worker
+that dies mid-request loses nothing: the broker redelivers it (and after
+``SERQ_DELIVERY_LIMIT`` deliveries dead-letters it, so a clip that kills workers
+cannot loop). A request that cannot be answered (no ``reply_to``) is acked and
+logged; everything else wrong with a request gets a typed error reply.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+
+import pika
+import pika.exceptions
+from pydantic import ValidationError
+
+from serq.errors import InvalidRequest, ModelError, SerqError, TooLarge
+from serq.models.registry import Registry, load_artifact, load_default
+from serq.schemas import ErrorInfo, ErrorReply, ModelActivated
+from serq.schemas.contract import CLASSIFY
+from serq.settings import Settings
+from serq.transport.connection import CONNECTION_ERRORS, Backoff, close_quietly, connect
+from serq.transport.topology import declare_classify, declare_models
+from serq.worker.engine.model import LoadedModel
+from serq.worker.handlers.base import Context, Reply, handler_for, known_types
+from serq.worker.services.logging import log
+from serq.worker.services.metrics import Metrics, serve
+
+logger = logging.getLogger("serq.worker")
+
+
+class ModelHolder:
+    """The serving model. A request takes :attr:`current` once and keeps it; :meth:`swap` replaces it for the next."""
+
+    def __init__(self, model: LoadedModel):
+        self._model = model
+        self._lock = threading.Lock()
+
+    @property
+    def current(self) -> LoadedModel:
+        return self._model  # one reference read: atomic
+
+    def swap(self, model: LoadedModel) -> LoadedModel:
+        with self._lock:
+            old, self._model = self._model, model
+        return old
+
+
+def verify_event(event: ModelActivated) -> LoadedModel:
+    """Decode and verify an activation event's artifact; :class:`ModelError` if anything disagrees."""
+    meta = event.metadata
+    if meta.normalisation == "speaker" and meta.speaker_prior is None:
+        raise ModelError(f"model {event.version} expects speaker profiles but carries no speaker prior")
+    if (event.version, event.sha256, event.feature_version) != (meta.version, meta.sha256, meta.feature_version):
+        raise ModelError(
+            f"model {event.version}: the event's version/sha256/feature version disagree with its metadata"
+        )
+    try:
+        data = base64.b64decode(event.artifact_b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise ModelError(f"model {event.version}: artifact is not valid base64") from None
+    return load_artifact(data, meta)  # checks the sha256, the feature layout and the types inside
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Worker:
+    """One worker process's service loop. ``run()`` blocks until :meth:`stop` (SIGTERM/SIGINT)."""
+
+    def __init__(self, settings: Settings, model: LoadedModel | None = None, metrics: Metrics | None = None):
+        self.settings = settings
+        self.registry = Registry(settings.model_dir)
+        self.metrics = metrics or Metrics()
+        self.holder = ModelHolder(model or self._initial_model())
+        # The profile path's model once one is announced on <p>.models; until then the registry's
+        # SPEAKER_ACTIVE (or the shipped one) serves, read per request (serq.worker.training.speaker).
+        self.speaker_model: LoadedModel | None = None
+        self.metrics.set_model(self.holder.current.version)
+        self.worker_id = settings.worker_id or default_worker_id()
+        self._compute = ThreadPoolExecutor(1, thread_name_prefix="serq-compute")
+        self._loader = ThreadPoolExecutor(1, thread_name_prefix="serq-model")
+        self._stopping = threading.Event()
+        self._in_flight = 0  # touched on the I/O thread only
+        self._results = settings.name("results")
+
+    def _initial_model(self) -> LoadedModel:
+        """The registry's active model; a broken one (tampered, truncated, other features) must not keep
+        the service down: the shipped default serves instead, with an ERROR log and ``serq_model_refused_total``."""
+        try:
+            return self.registry.load_active()
+        except ModelError as exc:
+            self.metrics.refused.inc()
+            log(logger, "active model refused; serving the shipped default", level=logging.ERROR,
+                refused=self.registry.active_version() or "?", reason=str(exc))
+            return load_default()
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def stop(self, *_args) -> None:
+        """Stop consuming, finish and ack what is in flight, then return from :meth:`run`."""
+        if self._stopping.is_set():
+            return
+        log(logger, "stopping", worker=self.worker_id, in_flight=self._in_flight)
+        self._stopping.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+
+    def warm_up(self) -> None:
+        """Classify a synthetic clip once, so the first real request does not pay for lazy imports and JIT."""
+        import io
+
+        import numpy as np
+        import soundfile as sf
+
+        from serq.worker.engine.inference import classify
+
+        t = np.arange(16_000, dtype=np.float32) / 16_000
+        buf = io.BytesIO()
+        sf.write(buf, 0.3 * np.sin(2 * np.pi * 220 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t)), 16_000, format="WAV")
+        started = time.monotonic()
+        classify(buf.getvalue(), self.holder.current, self.settings)
+        log(logger, "warmed up", ms=round((time.monotonic() - started) * 1000, 1))
+
+    def run(self) -> int:
+        """Serve until stopped, reconnecting with backoff; returns the exit code (0)."""
+        from threadpoolctl import threadpool_limits
+
+        # A clip's matrix products are small: BLAS threads would only spin against the other
+        # workers on the machine (serq scales by processes, `--scale worker=N`), halving throughput.
+        threadpool_limits(limits=1)
+        server = serve(self.metrics, self.settings.metrics_port) if self.settings.metrics_port else None
+        log(logger, "starting", worker=self.worker_id, broker=self.settings.redacted_amqp_url,
+            queue=self.settings.name("classify"), prefetch=self.settings.prefetch,
+            model_version=self.holder.current.version,
+            metrics_port=server.server_address[1] if server else 0)
+        backoff = Backoff(self.settings.reconnect_max_s)
+        sessions = 0
+        try:
+            while not self._stopping.is_set():
+                try:
+                    if sessions:
+                        self.metrics.reconnects.inc()
+                        self._loader.submit(self._sync_registry)
+                    sessions += 1
+                    self._session(backoff)
+                except SerqError as exc:  # BrokerUnavailable while (re)connecting
+                    log(logger, "broker unavailable", level=logging.WARNING, reason=str(exc))
+                except CONNECTION_ERRORS as exc:
+                    log(logger, "connection lost", level=logging.WARNING,
+                        reason=f"{exc.__class__.__name__}: {exc}", in_flight=self._in_flight)
+                finally:
+                    self.metrics.set_connected(False)
+                    self._in_flight = 0  # unacked deliveries of a lost channel come back from the broker
+                    self.metrics.in_flight.set(0)
+                if not self._stopping.is_set():
+                    delay = backoff.next_delay()
+                    log(logger, "reconnecting", level=logging.INFO, in_s=round(delay, 2))
+                    self._stopping.wait(delay)
+        finally:
+            self._compute.shutdown(wait=True, cancel_futures=True)
+            self._loader.shutdown(wait=False, cancel_futures=True)
+            if server:
+                server.shutdown()
+        log(logger, "stopped", worker=self.worker_id)
+        return 0
+
+    def _session(self, backoff: Backoff) -> None:
+        """One connection's life: declare, consume, serve until stopped and drained (or the link drops)."""
+        conn = connect(self.settings, f"serq-worker {self.settings.prefix} {self.worker_id}")
+        try:
+            ch = conn.channel()
+            ch.confirm_delivery()
+            ch.basic_qos(prefetch_count=self.settings.prefetch)
+            queue = declare_classify(ch, self.settings)
+            exchange = declare_models(ch, self.settings)
+            events = conn.channel()
+            mine = events.queue_declare("", exclusive=True, auto_delete=True).method.queue
+            events.queue_bind(mine, exchange)
+            events.basic_consume(mine, self._on_model_event, auto_ack=True)
+            # Results go out on a channel without confirms: followers are best-effort, and the one
+            # confirm the request waits for (its reply's) then costs one round trip, not two.
+            results = conn.channel()
+            tag = ch.basic_consume(queue, partial(self._on_request, conn, results))
+            self.metrics.set_connected(True)
+            backoff.reset()
+            log(logger, "consuming", queue=queue, models=exchange)
+            cancelled = False
+            while True:
+                conn.process_data_events(time_limit=0.2)
+                if self._stopping.is_set() and not cancelled:
+                    ch.basic_cancel(tag)  # no new deliveries; undispatched ones go back to the queue
+                    cancelled = True
+                if cancelled and self._in_flight == 0:
+                    break
+        finally:
+            close_quietly(conn)
+
+    # --- requests ----------------------------------------------------------------------------
+
+    def _on_request(self, conn, results, ch, method, props: pika.BasicProperties, body: bytes) -> None:
+        """I/O thread: count the request in and hand it to the compute thread."""
+        self._in_flight += 1
+        self.metrics.in_flight.inc()
+        started = time.monotonic()
+        self._compute.submit(self._work, conn, results, ch, method.delivery_tag, props, body, started)
+
+    def _work(self, conn, results, ch, tag: int, props: pika.BasicProperties, body: bytes, started: float) -> None:
+        """Compute thread: run the handler, then schedule reply + ack on the I/O thread."""
+        request_id = props.correlation_id or props.message_id or uuid.uuid4().hex
+        reply = self._handle(body, props, request_id)
+        try:
+            conn.add_callback_threadsafe(partial(self._finish, ch, results, tag, props, reply, request_id, started))
+        except CONNECTION_ERRORS:  # the connection died meanwhile: the broker redelivers the request
+            log(logger, "reply dropped: connection lost; the request will be redelivered", level=logging.WARNING,
+                request_id=request_id)
+
+    def _handle(self, body: bytes, props: pika.BasicProperties, request_id: str) -> Reply:
+        """The reply to one request; every failure becomes a typed error reply."""
+        try:
+            if not props.reply_to:
+                raise InvalidRequest("no reply_to: nowhere to send the reply")
+            if len(body) > self.settings.max_bytes:  # before any decoding
+                raise TooLarge(f"{len(body)} bytes exceeds the limit of {self.settings.max_bytes} bytes (SERQ_MAX_BYTES)")
+            handler = handler_for(props.type)
+            ctx = Context(settings=self.settings, model=self.holder.current, worker=self.worker_id,
+                          request_id=request_id, headers=dict(props.headers or {}), speaker_model=self.speaker_model)
+            return handler(body, props, ctx)
+        except SerqError as exc:
+            error = ErrorInfo(**exc.to_dict())
+        except Exception as exc:  # a bug: answer, log the traceback, keep serving
+            log(logger, "internal error", level=logging.ERROR, exc_info=exc, request_id=request_id)
+            error = ErrorInfo(code="internal", message=f"internal error ({exc.__class__.__name__}); see the worker log")
+        return Reply.of(ErrorReply(error=error, request_id=request_id, worker=self.worker_id))
+
+    def _finish(self, ch, results, tag: int, props: pika.BasicProperties, reply: Reply, request_id: str,
+                started: float) -> None:
+        """I/O thread: publish to results, publish the reply (confirmed), then ack."""
+        if not ch.is_open:
+            return  # a channel of a lost connection: the request comes back via redelivery
+        self._in_flight -= 1
+        self.metrics.in_flight.dec()
+        is_error = isinstance(reply.body, ErrorReply)
+        payload = reply.body.model_dump_json(exclude_none=is_error).encode()
+        out = pika.BasicProperties(content_type="application/json", correlation_id=props.correlation_id,
+                                   type=reply.type, app_id="serq-worker")
+        delivered = "no reply_to"
+        if props.reply_to:  # the caller first: its latency; then the followers
+            try:
+                # Not mandatory: RabbitMQ returns direct reply-to messages as unroutable even when it
+                # delivers them. A caller that left misses its reply; a reconnecting client re-sends.
+                ch.basic_publish("", props.reply_to, payload, out)
+                delivered = "ok"
+            except pika.exceptions.NackError:
+                # Redelivered, so answered later: followers hear of it then, not twice.
+                log(logger, "reply refused by the broker; requeued", level=logging.WARNING, request_id=request_id)
+                ch.basic_nack(tag, requeue=True)
+                return
+        if reply.routing_key:
+            # A speaker profile goes back to its caller only, never to followers (docs/profiles.md).
+            public = payload if getattr(reply.body, "profile", None) is None else \
+                reply.body.model_copy(update={"profile": None}).model_dump_json().encode()
+            results.basic_publish(self._results, reply.routing_key, public, out)
+        ch.basic_ack(tag)
+        kind = props.type or CLASSIFY
+        kind = kind if kind in known_types() else "unknown"  # a metric label must not be client-chosen
+        seconds = time.monotonic() - started
+        self.metrics.requests.labels(kind).inc()
+        self.metrics.latency.labels(kind).observe(seconds)
+        fields = {"request_id": request_id, "type": reply.type, "key": reply.routing_key,
+                  "ms": round(seconds * 1000, 1), "reply": delivered}
+        if is_error:
+            self.metrics.errors.labels(reply.body.error.code).inc()
+            level = logging.WARNING if delivered != "ok" else logging.INFO
+            log(logger, "error reply", level=level, code=reply.body.error.code, message=reply.body.error.message,
+                **fields)
+        else:
+            log(logger, "reply", model_version=getattr(reply.body, "model_version", None), **fields)
+
+    # --- models ------------------------------------------------------------------------------
+
+    def _on_model_event(self, ch, method, props, body: bytes) -> None:
+        """I/O thread: verify and load on the model thread (seconds of work must not block I/O)."""
+        self._loader.submit(self._activate, body)
+
+    def _activate(self, body: bytes) -> None:
+        try:
+            event = ModelActivated.model_validate_json(body)
+        except ValidationError as exc:
+            self._refuse("?", f"not a ModelActivated event ({exc.error_count()} validation errors)")
+            return
+        serving = self.speaker_model if event.metadata.normalisation == "speaker" else self.holder.current
+        if serving is not None and (event.version, event.sha256) == (serving.version, serving.meta.sha256):
+            log(logger, "model already serving", model_version=event.version)
+            return
+        try:
+            model = verify_event(event)
+        except ModelError as exc:
+            self._refuse(event.version, str(exc))
+            return
+        self._install(model, event.reason or "activated")
+
+    def _install(self, model: LoadedModel, reason: str) -> None:
+        if model.meta.normalisation == "speaker":  # the profile path's model; the plain one stays
+            old, self.speaker_model = self.speaker_model, model  # one reference write: atomic for readers
+            self.metrics.swaps.inc()
+            log(logger, "speaker model swapped", model_version=model.version,
+                previous=old.version if old else "registry", reason=reason)
+            return
+        old = self.holder.swap(model)
+        self.metrics.set_model(model.version)
+        self.metrics.swaps.inc()
+        log(logger, "model swapped", model_version=model.version, previous=old.version, reason=reason)
+
+    def _refuse(self, version: str, reason: str) -> None:
+        self.metrics.refused.inc()
+        log(logger, "model refused; serving the current one", level=logging.ERROR, refused=version,
+            model_version=self.holder.current.version, reason=reason)
+
+    def _sync_registry(self) -> None:
+        """After a reconnect: catch up with an activation missed while away (shared registry only)."""
+        from serq.models.registry import speaker_version
+
+        version = None
+        try:
+            version = self.registry.active_version()
+            if version and version != self.holder.current.version:
+                self._install(self.registry.load(version), "registry (missed while disconnected)")
+            version = speaker_version(self.registry)
+            if version and self.speaker_model is not None and version != self.speaker_model.version:
+                self._install(self.registry.load(version), "registry (missed while disconnected)")
+        except ModelError as exc:
+            self._refuse(version or "?", str(exc))
+
+
+def main(settings: Settings) -> int:
+    """``serq worker``: configure logging, load the active model, serve until SIGTERM/SIGINT."""
+    from serq.worker.services.logging import setup
+
+    setup(settings.log_level, settings.log_json)
+    worker = Worker(settings)
+    worker.install_signal_handlers()
+    worker.warm_up()
+    return worker.run()

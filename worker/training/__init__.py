@@ -1,0 +1,1 @@
+"""Training and evaluation: datasets, extraction cache, fit, speaker recipe, the training job."""

@@ -1,0 +1,226 @@
+"""Feature extraction over a dataset: parallel, cached, with progress.
+
+The cache is keyed by the file's content hash and :data:`FEATURE_VERSION`, so a
+renamed file is still a hit, an edited file is a miss, and a new feature layout
+never reads old vectors. Entries are plain ``.npy`` arrays (no pickle).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from serq.errors import AudioError
+from serq.worker.engine.audio import ANALYSIS_RATE, decode
+from serq.worker.engine.features import FEATURE_NAMES, FEATURE_VERSION, extract
+from serq.worker.training.datasets import Clip, Dataset
+
+#: ``progress(done, total)``, called from the parent process as results arrive.
+Progress = Callable[[int, int], None]
+
+
+class FeatureCache:
+    """Feature vectors on disk under ``root/<version>/ab/<sha256>.npy``.
+
+    ``version`` and ``width`` default to serq's layout; another recipe (the seed's,
+    in ``bench/``) passes its own, so the two never read each other's vectors.
+    """
+
+    def __init__(self, root: str | Path, version: str = FEATURE_VERSION, width: int | None = None):
+        self.root = Path(root) / version
+        self.width = len(FEATURE_NAMES) if width is None else width
+
+    def _path(self, digest: str) -> Path:
+        return self.root / digest[:2] / f"{digest}.npy"
+
+    def get(self, digest: str) -> np.ndarray | None:
+        path = self._path(digest)
+        try:
+            vec = np.load(path, allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+        return vec if vec.shape == (self.width,) else None
+
+    def put(self, digest: str, vec: np.ndarray) -> None:
+        path = self._path(digest)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Write then rename: concurrent trainers never read a half-written file.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, vec, allow_pickle=False)
+        os.replace(tmp, path)
+
+
+def perturb_speed(samples: np.ndarray, speed: float, rate: int = ANALYSIS_RATE) -> np.ndarray:
+    """Play ``samples`` ``speed`` times faster (tempo and pitch together), shape ``(~n / speed,)``.
+
+    Speed perturbation (Ko et al., 2015) makes training speakers sound like other
+    vocal tracts: a cheap way to generalise to speakers the model never heard.
+    """
+    if speed == 1.0:
+        return samples
+    import soxr
+
+    return soxr.resample(samples, int(round(rate * speed)), rate, quality="HQ").astype(np.float32, copy=False)
+
+
+def _extract_one(path: Path, max_seconds: float | None, speed: float = 1.0) -> tuple[str, np.ndarray | None, str | None]:
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        audio = decode(data, max_bytes=max(len(data), 1), max_seconds=max_seconds)
+        return digest, extract(perturb_speed(audio.samples, speed), audio.sample_rate), None
+    except AudioError as exc:
+        return digest, None, f"{exc.code}: {exc}"
+
+
+def extract_clips(
+    clips: Sequence[Clip],
+    cache_dir: str | Path | None,
+    *,
+    n_jobs: int = -1,
+    max_seconds: float | None = 60.0,
+    progress: Progress | None = None,
+    speed: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
+    """Feature matrix for ``clips`` (played ``speed`` times faster when not 1, see :func:`perturb_speed`).
+
+    Returns:
+        ``(X, ok, errors)``: ``X`` shape ``(n_ok, len(FEATURE_NAMES))`` for the clips
+        where ``ok`` (bool, shape ``(len(clips),)``) is true; ``errors`` maps the
+        path of each unusable clip to why.
+    """
+    version = FEATURE_VERSION if speed == 1.0 else f"{FEATURE_VERSION}-speed{speed:g}"
+    cache = FeatureCache(cache_dir, version=version) if cache_dir else None
+    total = len(clips)
+    vectors: list[np.ndarray | None] = [None] * total
+    errors: dict[str, str] = {}
+    todo: list[int] = []
+    for i, clip in enumerate(clips):
+        hit = cache.get(file_digest(clip.path)) if cache else None
+        if hit is not None:
+            vectors[i] = hit
+        else:
+            todo.append(i)
+    done = total - len(todo)
+    if progress:
+        progress(done, total)
+    if todo:
+        from joblib import Parallel, delayed
+
+        jobs = 1 if len(todo) < 16 else n_jobs
+        results = Parallel(n_jobs=jobs, return_as="generator", batch_size=8)(
+            delayed(_extract_one)(clips[i].path, max_seconds, speed) for i in todo
+        )
+        for i, (digest, vec, error) in zip(todo, results):
+            if vec is not None:
+                vectors[i] = vec
+                if cache:
+                    cache.put(digest, vec)
+            else:
+                errors[str(clips[i].path)] = error or "unknown error"
+            done += 1
+            if progress:
+                progress(done, total)
+    ok = np.array([v is not None for v in vectors], dtype=bool)
+    matrix = np.stack([v for v in vectors if v is not None]) if ok.any() else np.zeros((0, len(FEATURE_NAMES)), np.float32)
+    return matrix, ok, errors
+
+
+def extract_training_set(
+    clips: Sequence[Clip],
+    cache_dir: str | Path | None,
+    speeds: Sequence[float] = (),
+    *,
+    n_jobs: int = -1,
+    max_seconds: float | None = 60.0,
+    progress: Progress | None = None,
+) -> tuple[np.ndarray, np.ndarray, dict[str, str], list[np.ndarray]]:
+    """:func:`extract_clips` plus one speed-perturbed copy of the matrix per entry of ``speeds``.
+
+    Returns ``(X, ok, errors, augmented)``; each ``augmented[i]`` has the rows of ``X``
+    (same clips, same order). Progress counts every copy.
+    """
+    copies = len(speeds) + 1
+    total = len(clips) * copies
+
+    def stage(offset: int) -> Progress | None:
+        return (lambda done, _n: progress(offset + done, total)) if progress else None
+
+    X, ok, errors = extract_clips(clips, cache_dir, n_jobs=n_jobs, max_seconds=max_seconds, progress=stage(0))
+    original = np.zeros((len(clips), X.shape[1]), np.float32)
+    original[ok] = X
+    augmented = []
+    for i, speed in enumerate(speeds, start=1):
+        A, ok_a, _ = extract_clips(clips, cache_dir, n_jobs=n_jobs, max_seconds=max_seconds,
+                                   progress=stage(i * len(clips)), speed=speed)
+        # Align with X's rows; a clip that fails only when perturbed keeps its original row.
+        full = original.copy()
+        full[ok_a] = A
+        augmented.append(full[ok])
+    return X, ok, errors, augmented
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """A dataset's readable clips as training data: row ``i`` of ``X``, ``y`` and ``groups`` is ``clips[i]``.
+
+    ``augmented`` maps a speed factor to the speed-perturbed copy of ``X`` (same rows);
+    ``skipped`` counts files left out, by reason (the dataset's, plus unreadable audio).
+    """
+
+    X: np.ndarray
+    y: np.ndarray
+    groups: np.ndarray
+    clips: list[Clip]
+    augmented: dict[float, np.ndarray]
+    skipped: dict[str, int]
+
+    @property
+    def labels(self) -> list[str]:
+        """The labels present, in serq's canonical order."""
+        from serq.labels import in_canonical_order
+
+        return in_canonical_order(sorted(set(self.y)))
+
+    def copies(self, speeds: Sequence[float]) -> list[np.ndarray]:
+        """The perturbed copies a recipe trains on (its ``augment_speeds``), those that were extracted."""
+        return [self.augmented[s] for s in speeds if s in self.augmented]
+
+
+def training_set(
+    dataset: Dataset,
+    cache_dir: str | Path | None,
+    speeds: Sequence[float] = (),
+    *,
+    n_jobs: int = -1,
+    max_seconds: float | None = 60.0,
+    progress: Progress | None = None,
+) -> TrainingSet:
+    """Extract (cached) ``dataset`` and its speed-perturbed copies into a :class:`TrainingSet`."""
+    X, ok, errors, copies = extract_training_set(dataset.clips, cache_dir, speeds, n_jobs=n_jobs,
+                                                 max_seconds=max_seconds, progress=progress)
+    clips = [c for c, good in zip(dataset.clips, ok) if good]
+    skipped = dict(dataset.skipped)
+    if errors:
+        skipped["unreadable audio"] = skipped.get("unreadable audio", 0) + len(errors)
+    return TrainingSet(X=X, y=np.array([c.label for c in clips]), groups=np.array([c.speaker for c in clips]),
+                       clips=clips, augmented=dict(zip(speeds, copies)), skipped=skipped)
+
+
+_digest_memo: dict[tuple[str, int, int], str] = {}
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's content, memoised per (path, size, mtime) within this process."""
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _digest_memo:
+        _digest_memo[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return _digest_memo[key]

@@ -1,0 +1,182 @@
+"""One training job, end to end: scan, extract (cached), cross-validate, fit, register, activate.
+
+`serq train --local` and the trainer service both run :func:`run_training`; the
+trainer only adds the broker around it. A failure raises before anything is
+registered or activated, so a failed job never touches the active model.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+from serq.errors import DatasetError, SerqError
+from serq.labels import EMOTIONS
+from serq.models.card import model_card
+from serq.models.registry import (
+    Registry,
+    feature_names_sha256,
+    new_version,
+    serialise,
+    sha256_bytes,
+)
+from serq.schemas import ModelMetadata, TrainRequest, TrainResult
+from serq.settings import Settings
+from serq.worker.engine.features import FEATURE_NAMES, FEATURE_VERSION
+from serq.worker.training.datasets import scan
+from serq.worker.training.extraction import TrainingSet, training_set
+from serq.worker.training.fit import cross_validate, fit
+
+#: ``report(stage, done, total)``; ETA is derived by the caller.
+Report = Callable[[str, int, int], None]
+
+
+def resolve_dataset(dataset: str, roots: list[Path] | None) -> Path:
+    """The dataset path, refused unless it lies inside one of ``roots`` (when given).
+
+    Symlinks are resolved first, so a link pointing out of a root is refused too.
+    """
+    try:
+        return _resolve_dataset(dataset, roots)
+    except (OSError, ValueError, RuntimeError) as exc:  # NUL byte, name too long, ~nosuchuser: typed, not a crash
+        raise DatasetError(f"dataset {dataset[:60]!r}: not a usable path ({exc.__class__.__name__})") from None
+
+
+def _resolve_dataset(dataset: str, roots: list[Path] | None) -> Path:
+    path = Path(dataset).expanduser()
+    if roots is not None:
+        if not roots:
+            raise DatasetError("no data roots configured: set SERQ_DATA_ROOTS to the directories training may read")
+        candidates = [path] if path.is_absolute() else [root / path for root in roots]
+        escapes = False
+        for candidate in candidates:  # a relative name may live under any of the roots
+            real = candidate.resolve()
+            if not _inside(real, roots):
+                escapes = True
+            elif real.exists():
+                return real
+        if not escapes:
+            raise DatasetError(f"dataset not found: {dataset}")
+        raise DatasetError(f"dataset {dataset!r} is outside the data roots ({':'.join(map(str, roots))})")
+    if not path.exists():
+        raise DatasetError(f"dataset not found: {dataset}")
+    return path.resolve()
+
+
+def _inside(real: Path, roots: list[Path]) -> bool:
+    return any(real == root or real.is_relative_to(root) for root in roots)
+
+
+def confine(clips, roots: list[Path] | None) -> None:
+    """Refuse clips outside ``roots``: a manifest entry or a symlinked file must not reach out either."""
+    if roots is None:
+        return
+    outside = [c.path for c in clips if not _inside(Path(c.path).resolve(), roots)]
+    if outside:
+        raise DatasetError(f"{len(outside)} clip(s) of the dataset lie outside the data roots, e.g. {outside[0]}")
+
+
+def run_training(
+    request: TrainRequest,
+    settings: Settings,
+    *,
+    report: Report | None = None,
+    roots: list[Path] | None = None,
+    n_jobs: int = -1,
+) -> TrainResult:
+    """Run ``request``; returns a :class:`TrainResult` (``ok=False`` with a typed error on failure)."""
+    started = time.monotonic()
+    report = report or (lambda stage, done, total: None)
+    try:
+        return _run(request, settings, report, roots, n_jobs, started)
+    except SerqError as exc:
+        return TrainResult(job_id=request.job_id, ok=False, error=exc.to_dict(), duration_s=time.monotonic() - started)
+
+
+def _run(request: TrainRequest, settings: Settings, report: Report, roots, n_jobs: int, started: float) -> TrainResult:
+    labels = list(request.emotions or EMOTIONS)
+    report("scanning", 0, 1)
+    path = resolve_dataset(request.dataset, roots)
+    dataset = scan(path).restrict(tuple(labels))
+    confine(dataset.clips, roots)
+    if request.speakers:
+        dataset = dataset.only_speakers(request.speakers)
+    if not dataset.clips:
+        raise DatasetError(f"no clips of {', '.join(labels)} in {request.dataset}")
+    report("scanning", 1, 1)
+
+    registry = Registry(settings.model_dir)
+    # Speed-perturbed copies for this recipe and, for if_better, the active model's recipe.
+    speeds = list(request.hyperparameters.augment_speeds)
+    if request.activate == "if_better":
+        speeds += [s for s in registry.active_metadata().hyperparameters.augment_speeds if s not in speeds]
+    training = training_set(dataset, settings.cache_dir, speeds, n_jobs=n_jobs, max_seconds=settings.max_seconds,
+                            progress=lambda done, total: report("extracting", done, total))
+    summary = dataset.training_summary(training.clips, str(path))
+    if request.speaker_normalisation:  # issue 8: a model that expects speaker profiles
+        from serq.worker.training.speaker import train_speaker_model
+
+        return train_speaker_model(request, settings, report, training, labels, summary, started)
+
+    own = training.copies(request.hyperparameters.augment_speeds)
+    metrics = cross_validate(
+        training.X, training.y, training.groups, request.hyperparameters, labels=labels, protocol=request.protocol,
+        k=request.folds, progress=lambda done, total: report("cross-validating", done, total),
+        skipped=training.skipped, augmented=own,
+    )
+    baseline = None
+    if request.activate == "if_better":
+        baseline = _baseline(registry, training, labels, request)
+
+    report("fitting", 0, 1)
+    model = fit(training.X, training.y, request.hyperparameters, own)
+    report("fitting", 1, 1)
+
+    report("registering", 0, 1)
+    data = serialise(model)
+    digest = sha256_bytes(data)
+    meta = ModelMetadata(
+        version=new_version(digest),
+        created=datetime.now(timezone.utc),
+        feature_version=FEATURE_VERSION,
+        feature_names_sha256=feature_names_sha256(FEATURE_NAMES),
+        labels=labels,
+        sha256=digest,
+        hyperparameters=request.hyperparameters,
+        training_data=summary,
+        metrics=metrics,
+    )
+    meta = registry.register(data, meta, model_card(meta))
+    activated, reason = _decide(request.activate, metrics, baseline)
+    if activated:
+        registry.activate(meta.version)
+    report("registering", 1, 1)
+    return TrainResult(
+        job_id=request.job_id, ok=True, version=meta.version, activated=activated, activation_reason=reason,
+        metrics=metrics, baseline=baseline, dataset=summary, duration_s=time.monotonic() - started,
+    )
+
+
+def _baseline(registry: Registry, training: TrainingSet, labels, request: TrainRequest):
+    """The active model's recipe re-fitted on the same folds, so the comparison is like for like."""
+    active = registry.active_metadata()
+    if sorted(active.labels) != sorted(labels):
+        return None
+    return cross_validate(training.X, training.y, training.groups, active.hyperparameters, labels=labels,
+                          protocol=request.protocol, k=request.folds,
+                          augmented=training.copies(active.hyperparameters.augment_speeds))
+
+
+def _decide(policy: str, metrics, baseline) -> tuple[bool, str]:
+    if policy == "always":
+        return True, "activation policy 'always'"
+    if policy == "never":
+        return False, "activation policy 'never'"
+    if baseline is None:
+        return False, "if_better: the active model covers other emotions, so the two cannot be compared; not activated"
+    new, old = metrics.balanced_accuracy, baseline.balanced_accuracy
+    if new > old:
+        return True, f"if_better: balanced accuracy {new:.3f} > active recipe's {old:.3f} on the same folds"
+    return False, f"if_better: balanced accuracy {new:.3f} <= active recipe's {old:.3f} on the same folds; not activated"
