@@ -198,7 +198,7 @@ def open_loop(settings, prefix: str, clips: list[bytes], rate: float, seconds: f
     *scheduled* send time to its reply, so a stall delays the next sends' clocks too (no
     coordinated omission). Every request is accounted for: answered, error, or lost (no
     reply within ``drain_s`` after the last send)."""
-    from serq.client.amqp import connect
+    from serq.transport.connection import connect
     from serq.schemas import ErrorReply
     from serq.schemas.contract import parse_reply
 

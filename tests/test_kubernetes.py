@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from serq.settings import Settings
-from serq.worker.metrics import Metrics, serve
+from serq.worker.services.metrics import Metrics, serve
 from test_compose import _stages
 
 REPO = Path(__file__).resolve().parents[1]
