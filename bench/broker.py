@@ -198,9 +198,10 @@ def open_loop(settings, prefix: str, clips: list[bytes], rate: float, seconds: f
     *scheduled* send time to its reply, so a stall delays the next sends' clocks too (no
     coordinated omission). Every request is accounted for: answered, error, or lost (no
     reply within ``drain_s`` after the last send)."""
-    from serq.transport.connection import connect
+    from serq.client.client import DIRECT_REPLY_TO
     from serq.schemas import ErrorReply
     from serq.schemas.contract import parse_reply
+    from serq.transport.connection import connect
 
     total = int(rate * seconds)
     if not 0 < total <= MAX_SUSTAINED_REQUESTS:
@@ -232,7 +233,7 @@ def open_loop(settings, prefix: str, clips: list[bytes], rate: float, seconds: f
     try:
         ch = conn.channel()
         ch.confirm_delivery()
-        ch.basic_consume("amq.rabbitmq.reply-to", on_reply, auto_ack=True)
+        ch.basic_consume(DIRECT_REPLY_TO, on_reply, auto_ack=True)
         start = time.perf_counter() + 0.05
         late = []
         for i in range(total):
@@ -243,7 +244,7 @@ def open_loop(settings, prefix: str, clips: list[bytes], rate: float, seconds: f
             cid = f"s{i}"
             scheduled[cid] = due
             ch.basic_publish("", queue, clips[i % len(clips)],
-                             pika.BasicProperties(reply_to="amq.rabbitmq.reply-to", correlation_id=cid,
+                             pika.BasicProperties(reply_to=DIRECT_REPLY_TO, correlation_id=cid,
                                                   content_type="audio/flac", expiration="120000"),
                              mandatory=True)
         sent_s = time.perf_counter() - start
