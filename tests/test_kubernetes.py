@@ -12,6 +12,7 @@ referenced, and the queue the ScaledObject watches.
 from __future__ import annotations
 
 import json
+import os
 import tomllib
 import urllib.error
 import urllib.request
@@ -274,7 +275,7 @@ def test_every_serq_env_name_is_a_setting(objects):
 
 @pytest.mark.parametrize("deployment", ["serq-worker", "serq-trainer"])
 def test_the_env_values_are_accepted_by_the_settings(objects, deployment, monkeypatch):
-    for name in list(__import__("os").environ):
+    for name in list(os.environ):
         if name.startswith("SERQ_"):
             monkeypatch.delenv(name)
     values = {k: v for k, v in literal_env(container(objects, deployment)).items() if k not in PENDING_SETTINGS}
