@@ -38,11 +38,11 @@ EXPECTED = {
     ("Deployment", "serq-worker"), ("PodDisruptionBudget", "serq-worker"), ("Deployment", "serq-trainer"),
     ("TriggerAuthentication", "serq-keda-rabbitmq"), ("ScaledObject", "serq-worker"),
     ("Secret", "serq-worker-broker"), ("Secret", "serq-trainer-broker"), ("Secret", "serq-keda-broker"),
-    ("Secret", "serq-signing-key"), ("Secret", "serq-trusted-keys"),
+    ("Secret", "serq-signing-key"), ("Secret", "serq-trusted-keys"), ("Secret", "serq-state-key"),
 }
-#: Env names of issue 13 (signed models) that the manifests carry while serq/settings.py may not
-#: have them yet. Once a name is a setting it is checked like every other (its value too).
-PENDING_SETTINGS = {"SERQ_SIGNING_KEY", "SERQ_TRUSTED_KEYS"}
+#: Env names of issue 13 (signed models, sealed stream state) that the manifests carry while
+#: serq/settings.py may not have them yet. Once a name is a setting it is checked like every other.
+PENDING_SETTINGS = {"SERQ_SIGNING_KEY", "SERQ_TRUSTED_KEYS", "SERQ_STATE_KEY"}
 SETTINGS = {f"SERQ_{name.upper()}" for name in Settings.model_fields}
 NOT_YET_SETTINGS = PENDING_SETTINGS - SETTINGS
 
