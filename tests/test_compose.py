@@ -11,6 +11,7 @@ test is skipped with the reason, not errored.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -269,6 +270,22 @@ def docker_cleanup() -> list[str]:
     return ["down -v --remove-orphans"]
 
 
+def _compose(request, *args: str) -> subprocess.CompletedProcess:
+    """Run ``docker compose ARGS`` on the project the fixtures brought up."""
+    command = shlex.split(request.getfixturevalue("docker_compose_command"))
+    project = ["-f", request.getfixturevalue("docker_compose_file"),
+               "-p", request.getfixturevalue("docker_compose_project_name")]
+    return subprocess.run(command + project + list(args), capture_output=True, text=True, timeout=120)
+
+
+def _containers(request) -> list[dict]:
+    """`docker compose ps --format json`: one JSON array, or one object per line (older releases)."""
+    out = _compose(request, "ps", "--format", "json").stdout.strip()
+    if out.startswith("["):
+        return json.loads(out)
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
 def _consumers(url: str, queue: str) -> int:
     """Consumers of ``queue`` now; 0 while the broker or the queue is not there yet."""
     try:
@@ -301,7 +318,12 @@ def test_compose_up_serves_classifies_and_hot_swaps(request):
     user = compose["services"]["rabbitmq"]["environment"]["RABBITMQ_DEFAULT_USER"].split(":-")[-1].rstrip("}")
     password = compose["services"]["rabbitmq"]["environment"]["RABBITMQ_DEFAULT_PASS"].split(":-")[-1].rstrip("}")
     url = f"amqp://{user}:{password}@127.0.0.1:{services.port_for('rabbitmq', 5672)}/%2F"
-    # Both workers consume classify and the trainer consumes train.
+    # The broker is healthy, two workers and a trainer run; both workers consume classify and
+    # the trainer consumes train.
+    containers = _containers(request)
+    assert [c.get("Health") for c in containers if c["Service"] == "rabbitmq"] == ["healthy"], containers
+    running = [c["Service"] for c in containers if c.get("State") == "running"]
+    assert sorted(running) == ["rabbitmq", "trainer", "worker", "worker"], containers
     services.wait_until_responsive(lambda: _consumers(url, "serq.classify") == 2, timeout=180, pause=1)
     services.wait_until_responsive(lambda: _consumers(url, "serq.train") == 1, timeout=180, pause=1)
 
@@ -335,11 +357,7 @@ def test_compose_up_serves_classifies_and_hot_swaps(request):
 
         services.wait_until_responsive(both_workers_swapped, timeout=120, pause=0.5)
     # The registry volume holds the activated version: a restarted worker would load it.
-    active = subprocess.run(
-        shlex.split(request.getfixturevalue("docker_compose_command"))
-        + ["-f", str(COMPOSE), "-p", request.getfixturevalue("docker_compose_project_name"),
-           "exec", "-T", "trainer", "cat", "/models/ACTIVE"],
-        capture_output=True, text=True, timeout=60)
+    active = _compose(request, "exec", "-T", "trainer", "cat", "/models/ACTIVE")
     assert active.stdout.strip() == result.version, active.stderr
 
 
