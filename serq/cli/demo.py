@@ -237,17 +237,20 @@ def obtain_broker(settings: Settings, workdir: Path, stack: ExitStack) -> tuple[
     if amqp_ok(settings):
         say(f"using the broker at {settings.redacted_amqp_url}")
         return settings.amqp_url, "existing"
-    parts = urlsplit(settings.amqp_url)
+    from serq.transport.connection import node_urls
+
+    first = node_urls(settings)[0]  # a broker the demo starts itself is one node, at the first URL
+    parts = urlsplit(first)
     local = (parts.hostname or "127.0.0.1") in {"127.0.0.1", "localhost", "::1"}
     if local and port_open(parts.hostname or "127.0.0.1", parts.port or 5672):
         raise NoBroker(f"something listens at {settings.redacted_amqp_url} but refuses an AMQP login: "
                        "check the credentials in SERQ_AMQP_URL")
     if local and shutil.which("rabbitmq-server"):
-        broker = LocalBroker(settings.amqp_url, workdir)
+        broker = LocalBroker(first, workdir)
         stack.callback(broker.stop)
         return broker.start(), "local"
     if local and COMPOSE_FILE.is_file() and docker_works():
-        broker = ComposeBroker(settings.amqp_url)
+        broker = ComposeBroker(first)
         stack.callback(broker.stop)
         return broker.start(), "docker"
     raise NoBroker(f"no RabbitMQ answers at {settings.redacted_amqp_url} and none can be started here "
