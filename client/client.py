@@ -100,6 +100,8 @@ class Client:
         self._pending: dict[str, _Pending] = {}
         self._conn: pika.BlockingConnection | None = None
         self._ch = None
+        #: Replies dropped because their request was already answered (at-least-once delivery) or abandoned.
+        self.duplicates_dropped = 0
         self._connect()
 
     # --- connection ----------------------------------------------------------------------------
@@ -150,6 +152,7 @@ class Client:
         pending = self._pending.get(props.correlation_id or "")
         if pending is None or pending.reply is not None:
             logger.debug("dropped a duplicate or late reply %s", props.correlation_id)
+            self.duplicates_dropped += 1
             return
         pending.reply = (props.type, body)
 
