@@ -40,7 +40,7 @@ def test_a_comma_separated_url_is_a_node_list_tried_in_shuffled_order():
 
 def test_every_url_of_a_list_is_redacted_in_logs_and_errors():
     redacted = redact_url(CLUSTER)
-    assert not {"first", "second", "third"} & set(redacted.replace("/", " ").replace(":", " ").replace("@", " ").split())
+    assert not any(secret in redacted for secret in (":first@", ":second@", ":third@"))
     assert redacted.count("u:***@") == 3
     assert "second" not in Settings(amqp_url=CLUSTER).redacted_amqp_url
     dead = "amqp://u:first@127.0.0.1:1/%2F,amqp://u:second@127.0.0.1:2/%2F"

@@ -395,7 +395,8 @@ def run(*, samples_dir: Path | None = None, train: bool = False, play: bool = Tr
             env = dict(os.environ)
             env.update({
                 "SERQ_AMQP_URL": url, "SERQ_PREFIX": settings.prefix, "SERQ_MODEL_DIR": str(settings.model_dir),
-                "SERQ_METRICS_PORT": "0", "SERQ_TRAINER_METRICS_PORT": "0", "SERQ_RAVDESS_DIR": str(ravdess), "SERQ_DATA_ROOTS": str(ravdess),
+                "SERQ_METRICS_PORT": "0", "SERQ_TRAINER_METRICS_PORT": "0",
+                "SERQ_RAVDESS_DIR": str(ravdess), "SERQ_DATA_ROOTS": str(ravdess),
                 "SERQ_CACHE_DIR": str(base.cache_dir),  # warm features (and numba's cache, if set) outlive the demo
             })
             say(f"prefix {settings.prefix}, models in {settings.model_dir} (removed afterwards)")

@@ -150,8 +150,12 @@ def connect_retrying(settings: "Settings", name: str, *, deadline: float | None 
                 raise
 
 
-def serve_forever(settings: "Settings", name: str, session: Callable[[pika.BlockingConnection, Callable[[], None]], None],
-                  *, stop: threading.Event, on_lost: Callable[[BaseException], None] | None = None,
+#: ``session(conn, ready)``: one connection's life (see :func:`serve_forever`).
+Session = Callable[[pika.BlockingConnection, Callable[[], None]], None]
+
+
+def serve_forever(settings: "Settings", name: str, session: Session, *, stop: threading.Event,
+                  on_lost: Callable[[BaseException], None] | None = None,
                   first: pika.BlockingConnection | None = None) -> int:
     """Run ``session(conn, ready)`` on a fresh connection until ``stop`` is set; returns how many sessions ran.
 

@@ -17,8 +17,8 @@ worker (as docs/contract.md tells operators to do) must be declared and consumed
 from __future__ import annotations
 
 import json
-import sys
 import socket
+import sys
 import time
 import urllib.error
 import urllib.request
