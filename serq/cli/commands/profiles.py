@@ -155,7 +155,7 @@ def run_build_model(args: argparse.Namespace) -> int:
     from serq.cli.output import format_profile_reports, print_json
     from serq.progress import progress_printer
     from serq.settings import get_settings
-    from serq.worker.training.speaker import build_default_speaker
+    from serq.worker.training.shipped import build_default_speaker
 
     meta, evaluations = build_default_speaker(args.data or str(get_settings().ravdess_dir), args.out,
                                               progress=None if args.json else progress_printer)
