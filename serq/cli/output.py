@@ -14,7 +14,8 @@ from serq.files import audio_files
 from serq.labels import in_canonical_order
 
 if TYPE_CHECKING:
-    from serq.schemas import EvaluationReport
+    from serq.schemas import EvaluationReport, TrainResult
+
 
 def expand_paths(items: Iterable[str]) -> Iterator[Path]:
     """Files as given, and the audio files inside directories (recursively, sorted)."""
@@ -93,3 +94,19 @@ def format_profile_reports(reports: dict[str, "EvaluationReport"]) -> str:
     parts = [f"== {name} ==\n" + format_report(reports[name].model_dump())
              for name in ("plain", "plain_same_clips", "speaker_profiles")]
     return "\n".join(head) + "\n" + "\n\n".join(parts)
+
+
+def show_train_result(result: "TrainResult", as_json: bool) -> int:
+    """Print a training job's result (JSON with ``as_json``), local or remote alike; the exit code: 0 if it
+    succeeded, else 2."""
+    if as_json:
+        print_json(result)
+    elif result.ok:
+        print(f"model {result.version} registered; activated: {result.activated} ({result.activation_reason})")
+        if result.baseline:
+            print(f"baseline (the active model's recipe on the same folds): "
+                  f"balanced accuracy {result.baseline.balanced_accuracy:.3f}")
+        print(format_report(result.metrics.model_dump()))
+    else:
+        print(f"serq train: error [{result.error.code}]: {result.error.message}", file=sys.stderr)
+    return 0 if result.ok else 2
