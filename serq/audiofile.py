@@ -24,6 +24,8 @@ MAX_CHANNELS = 64
 MAX_RATE = 768_000
 #: A header's frame count at or beyond this is "unknown" (libsndfile's sentinel for streams).
 _UNKNOWN_FRAMES = 2**62
+#: Most samples (all channels) one block of :func:`read_blocks` holds: 16 MB, whatever a header claims.
+MAX_BLOCK_SAMPLES = 2**22
 
 
 def open_sound(source: str | os.PathLike | IO[bytes]) -> sf.SoundFile:
@@ -90,7 +92,7 @@ def read_blocks(path: str | os.PathLike, rate_out: int, *, block_s: float = 1.0,
 
             resampler = soxr.ResampleStream(rate, rate_out, 1, dtype="float32", quality="HQ")
         seen = 0
-        blocksize = max(1, int(block_s * rate))
+        blocksize = max(1, min(int(block_s * rate), MAX_BLOCK_SAMPLES // int(handle.channels)))
         while True:
             block = read_frames(handle, blocksize)
             last = len(block) < blocksize
