@@ -188,3 +188,21 @@ def test_no_cycle_between_modules():
 def test_the_cycle_finder_finds_cycles():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": {"e"}}
     assert cycles(graph) == [["a", "b", "c"]]
+
+
+def test_no_test_module_imports_another():
+    # Shared helpers live in tests/helpers/ and shared fixtures in conftest.py.
+    tests = REPO / "tests"
+    names = {p.stem for p in tests.rglob("test_*.py")}
+    offenders = []
+    for path in sorted(tests.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom):
+                imported = [node.module or ""] + ([f"{node.module}.{a.name}" for a in node.names] if node.module
+                                                  else [a.name for a in node.names])
+            elif isinstance(node, ast.Import):
+                imported = [a.name for a in node.names]
+            else:
+                continue
+            offenders += [f"{path.relative_to(REPO)} -> {m}" for m in imported if m.split(".")[-1] in names]
+    assert not offenders, offenders
