@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import argparse
 
+# Only the standard library at the top: `serq --help` imports every command module, so each command
+# imports what it runs (pydantic, the broker, the engine) when it runs.
+
 
 def register(sub) -> None:
     p = sub.add_parser("evaluate", help="score a model on a labelled dataset (speakers it never heard)",

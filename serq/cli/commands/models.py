@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
+
+# Only the standard library at the top: `serq --help` imports every command module, so each command
+# imports what it runs (pydantic, the broker, the engine) when it runs.
 
 
 def register(sub) -> None:
@@ -86,7 +90,6 @@ def announce(meta, args, verb: str, reason: str, artifact: bytes | None = None) 
     ``artifact``: the model's bytes when they are not in the registry under ``meta.version``
     (the shipped speaker model).
     """
-    import sys
 
     from serq.cli.output import print_json
 

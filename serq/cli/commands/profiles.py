@@ -12,6 +12,9 @@ import sys
 
 from serq.cli.commands.models import announce_options
 
+# Only the standard library at the top: `serq --help` imports every command module, so each command
+# imports what it runs (pydantic, the broker, the engine) when it runs.
+
 
 def register(sub) -> None:
     p = sub.add_parser("profiles", help="enrol speakers and classify their clips with their profiles",

@@ -16,6 +16,9 @@ import time
 
 from serq.errors import SerqError
 
+# Only the standard library at the top: `serq --help` imports every command module, so each command
+# imports what it runs (pydantic, the broker, the engine) when it runs.
+
 #: Seconds of silence after which the waiting client checks the trainer is still there.
 QUIET_CHECK_S = 5.0
 REPLY_TO = "amq.rabbitmq.reply-to"
