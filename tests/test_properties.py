@@ -233,12 +233,21 @@ json_values = st.recursive(
 )
 
 
+def schema_examples(n: int):
+    """Hypothesis settings of the tests that draw ``n`` instances of a schema (slow to generate, often filtered)."""
+    return settings(max_examples=n, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large])
+
+
+def draw_instance(data, model: type[BaseModel]):
+    return data.draw(instances(model), label="instance")
+
+
 @pytest.mark.parametrize("model", contract_models(), ids=lambda m: m.__name__)
-@settings(max_examples=20, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large])
+@schema_examples(20)
 @given(data=st.data())
 def test_schemas_round_trip_through_json(model, data):
-    raw = data.draw(instances(model), label="instance")
+    raw = draw_instance(data, model)
     try:
         obj = model.model_validate(raw)
     except ValidationError:
@@ -261,12 +270,11 @@ def test_schemas_refuse_garbage_with_validation_error_only(model, garbage):
 
 
 @pytest.mark.parametrize("model", contract_models(), ids=lambda m: m.__name__)
-@settings(max_examples=15, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large])
+@schema_examples(15)
 @given(data=st.data())
 def test_schemas_refuse_broken_instances_with_validation_error_only(model, data):
     """A valid instance with one field replaced by an arbitrary JSON value: accepted or ValidationError."""
-    raw = data.draw(instances(model), label="instance")
+    raw = draw_instance(data, model)
     assume(isinstance(raw, dict) and raw)
     key = data.draw(st.sampled_from(sorted(raw)), label="field")
     raw[key] = data.draw(json_values, label="value")

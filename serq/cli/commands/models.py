@@ -27,9 +27,7 @@ def register(sub) -> None:
     announce_options(rb)
     rb.set_defaults(func=run_rollback)
     bd = msub.add_parser("build-default", help="rebuild the shipped default model from RAVDESS, reproducibly")
-    bd.add_argument("--data", metavar="DIR", help="RAVDESS directory (default: SERQ_RAVDESS_DIR)")
-    bd.add_argument("--out", metavar="DIR", help="where to write it (default: the package's models/default)")
-    bd.add_argument("--json", action="store_true")
+    rebuild_options(bd, "models/default")
     bd.set_defaults(func=run_build_default)
 
 
@@ -76,6 +74,13 @@ def run_show(args: argparse.Namespace) -> int:
         card = folder / CARD
         print(card.read_text() if card.exists() else meta.model_dump_json(indent=2))
     return 0
+
+
+def rebuild_options(parser, folder: str) -> None:
+    """The options of every command that rebuilds a shipped model (into ``folder`` by default)."""
+    parser.add_argument("--data", metavar="DIR", help="RAVDESS directory (default: SERQ_RAVDESS_DIR)")
+    parser.add_argument("--out", metavar="DIR", help=f"where to write it (default: the package's {folder})")
+    parser.add_argument("--json", action="store_true")
 
 
 def announce_options(parser) -> None:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from serq.cli.commands.models import announce_options
+from serq.cli.commands.models import announce_options, rebuild_options
 
-# Only the standard library at the top: `serq --help` imports every command module, so each command
+# Only the standard library (and the models command's option helpers) at the top: `serq --help` imports every command module, so each command
 # imports what it runs (pydantic, the broker, the engine) when it runs.
 
 
@@ -53,9 +53,7 @@ def register(sub) -> None:
     announce_options(act)
     act.set_defaults(func=run_activate)
     bm = psub.add_parser("build-model", help="rebuild the shipped speaker-normalised model from RAVDESS")
-    bm.add_argument("--data", metavar="DIR", help="RAVDESS directory (default: SERQ_RAVDESS_DIR)")
-    bm.add_argument("--out", metavar="DIR", help="where to write it (default: the package's models/default_speaker)")
-    bm.add_argument("--json", action="store_true")
+    rebuild_options(bm, "models/default_speaker")
     bm.set_defaults(func=run_build_model)
 
 
