@@ -17,7 +17,7 @@ from serq.worker.engine import profiles
 from serq.worker.engine.audio import decode
 from serq.worker.engine.features import FEATURE_NAMES, FEATURE_VERSION, analyse, feature_vector
 from serq.worker.handlers.base import Context, Reply, parse_headers, require_audio
-from serq.worker.handlers.profiles import header_profile
+from serq.worker.handlers.profiles import header_profile, speaker_model
 
 if TYPE_CHECKING:
     import pika
@@ -40,5 +40,8 @@ def handle_enroll(body: bytes, props: "pika.BasicProperties", ctx: Context) -> R
     added = not analysis.silent
     if added:
         profile = profiles.add(profile, feature_vector(analysis))
+    served = speaker_model(ctx)
+    prior = served.meta.speaker_prior if served is not None else None
     return Reply.of(EnrollResult(speaker_key=profile.speaker_key, profile=profile, added=added,
+                                 min_clips=prior.min_clips if prior is not None else None,
                                  file=headers.filename, request_id=ctx.request_id, worker=ctx.worker))

@@ -18,6 +18,7 @@ from serq.errors import DatasetError, InvalidRequest
 from serq.progress import progress_printer
 from serq.schemas import EvaluationReport, Hyperparameters, SpeakerPrior
 from serq.settings import Settings
+from serq.text import counts
 from serq.worker.engine import profiles
 from serq.worker.engine.features import FEATURE_VERSION
 from serq.worker.engine.inference import probabilities
@@ -45,7 +46,7 @@ def evaluate_model(model: LoadedModel, data: str, settings: Settings, *, include
             clips.append(clip)
     if not clips:
         raise DatasetError(
-            f"nothing to score in {data}: {dict(skipped)}. Every usable clip is of a speaker model "
+            f"nothing to score in {data} (skipped: {counts(skipped)}). Every usable clip is of a speaker model "
             f"{model.version} was trained on; evaluate on other speakers, read its cross-validated figures "
             "(`serq models show`), or pass --include-seen-speakers for a speaker-dependent figure"
         )
