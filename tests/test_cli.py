@@ -64,7 +64,8 @@ NO_BROKER = "amqp://guest:guest@127.0.0.1:1/%2F"
 
 
 @pytest.mark.parametrize("command", [["classify", "samples"], ["train", "--data", "x"],
-                                     ["timeline", "--broker", "samples"], ["models", "list"], ["profiles", "list"],
+                                     ["timeline", "--broker", "samples/happy-03-01-03-02-01-01-02.flac"],
+                                     ["models", "list"], ["profiles", "list"],
                                      ["schemas", "check"]])
 def test_broker_only_commands_do_not_import_the_ml_stack(command, tmp_path):
     # What the base install runs (pika, pydantic, numpy, soundfile): scipy, scikit-learn, librosa are the worker's.
