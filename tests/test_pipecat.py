@@ -8,6 +8,7 @@ import asyncio
 import io
 import logging
 import os
+import re
 import subprocess
 import sys
 
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from serq.labels import EMOTIONS
 from serq.settings import Settings, get_settings
 
 from conftest import REPO, ravdess_clip
@@ -257,4 +259,5 @@ def test_the_documented_local_pipeline_runs(start_worker, amqp_url, prefix):
                          capture_output=True, text=True, timeout=300,
                          env=dict(os.environ, SERQ_AMQP_URL=amqp_url, SERQ_PREFIX=prefix))
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "EmotionFrame(label: " in run.stdout
+    labels = re.findall(r"^EmotionFrame#\d+\(label: (\w+), confidence: [01]\.\d\d", run.stdout, re.M)
+    assert len(labels) == 1 and labels[0] in EMOTIONS, run.stdout
