@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -23,17 +24,25 @@ from conftest import REPO, ravdess_clip
 
 pytest.importorskip("pipecat", reason="the Pipecat plugin needs the pipecat extra: pip install 'serq[pipecat]'")
 
-from pipecat.frames.frames import (  # noqa: E402 - after the skip above
+from pipecat.audio.vad.silero import SileroVADAnalyzer  # noqa: E402 - after the skip above
+from pipecat.frames.frames import (  # noqa: E402
     EndFrame,
     InputAudioRawFrame,
     LLMMessagesAppendFrame,
+    TranscriptionFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
 from pipecat.pipeline.pipeline import Pipeline  # noqa: E402
+from pipecat.processors.aggregators.llm_context import LLMContext  # noqa: E402
+from pipecat.processors.aggregators.llm_response_universal import (  # noqa: E402
+    LLMContextAggregatorPair,
+    LLMUserAggregatorParams,
+)
 from pipecat.pipeline.worker import PipelineWorker  # noqa: E402
 from pipecat.processors.frame_processor import FrameDirection  # noqa: E402
 from pipecat.tests.utils import QueuedFrameProcessor, run_test  # noqa: E402
+from pipecat.utils.time import time_now_iso8601  # noqa: E402
 from pipecat.workers.runner import WorkerRunner  # noqa: E402
 
 from serq.client.aio import AsyncClient  # noqa: E402
@@ -198,6 +207,73 @@ def test_any_rate_stereo_turns_and_upstream_turn_frames(start_worker, amqp_url, 
     assert len(emotions) == 1 and emotions[0].label
     assert emotions[0].duration_s == pytest.approx(len(pcm16) / rate, abs=2 * FRAME_S)
     assert [f for f in down if isinstance(f, InputAudioRawFrame)] == audio
+
+
+@pytest.mark.broker
+def test_in_the_documented_arrangement_the_note_reaches_the_llm_context(start_worker, amqp_url, prefix):
+    """transport -> serq -> (STT) -> user aggregator with Silero VAD: the turn frames come up from the
+    aggregator and serq's note lands in the LLM context. No STT runs offline, so the transcript an
+    STT would send is queued as its TranscriptionFrame."""
+    start_worker()
+    pcm, rate = sf.read(ANGRY, dtype="int16")
+    speech = audio_frames(pcm, rate)
+    silence = audio_frames(np.zeros(2 * rate, np.int16), rate)
+    context = LLMContext([{"role": "system", "content": "You are a voice assistant."}])
+    user = LLMContextAggregatorPair(context, user_params=LLMUserAggregatorParams(vad_analyzer=SileroVADAnalyzer())).user()
+    serq = SerqEmotionProcessor(settings=Settings(amqp_url=amqp_url, prefix=prefix), llm_note=True)
+
+    async def main():
+        down_q, up_q = asyncio.Queue(), asyncio.Queue()
+        source = QueuedFrameProcessor(queue=up_q, queue_direction=FrameDirection.UPSTREAM)
+        sink = QueuedFrameProcessor(queue=down_q, queue_direction=FrameDirection.DOWNSTREAM)
+        worker = PipelineWorker(Pipeline([source, serq, user, sink]), cancel_on_idle_timeout=False)
+        ready, down, up = asyncio.Event(), [], []
+
+        @worker.event_handler("on_pipeline_started")
+        async def _started(worker, frame):
+            ready.set()
+
+        async def until(condition, what: str, timeout: float = 60.0):
+            deadline = time.monotonic() + timeout
+            while True:
+                while not down_q.empty():
+                    down.append(down_q.get_nowait())
+                while not up_q.empty():
+                    up.append(up_q.get_nowait())
+                if condition():
+                    return
+                assert time.monotonic() < deadline, f"timed out waiting for {what}"
+                await asyncio.sleep(0.002)
+
+        def audio_out() -> int:
+            return sum(isinstance(f, InputAudioRawFrame) for f in down)
+
+        async def feed():
+            await asyncio.wait_for(ready.wait(), 30)
+            for n, frame in enumerate(speech + silence, 1):  # in lock-step, as a live microphone paces them
+                await worker.queue_frame(frame)
+                await until(lambda: audio_out() >= n, "the audio")
+                if n == len(speech):
+                    await worker.queue_frame(TranscriptionFrame(text="I can't believe you did that", user_id="caller",
+                                                                timestamp=time_now_iso8601()))
+            await until(lambda: any(isinstance(f, EmotionFrame) for f in down), "serq's emotion")
+            await worker.queue_frame(EndFrame())
+
+        runner = WorkerRunner()
+        await runner.add_workers(worker)
+        await asyncio.gather(runner.run(), feed())
+        return down, up
+
+    down, up = asyncio.run(main())
+    assert sum(isinstance(f, UserStoppedSpeakingFrame) for f in up) == 1  # the turn came up from the aggregator
+    (emotion,) = [f for f in down if isinstance(f, EmotionFrame)]
+    assert emotion.duration_s > 1.0
+    messages = context.get_messages()
+    note = {"role": "system", "content": f"The user sounds {emotion.label}, {100 * emotion.confidence:.0f} % "
+                                         "(from the tone of voice)."}
+    assert messages[1] == {"role": "user", "content": "I can't believe you did that"}
+    assert note in messages[2:]
+    assert [f for f in down if isinstance(f, InputAudioRawFrame)] == speech + silence
 
 
 @pytest.mark.broker
