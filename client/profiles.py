@@ -111,11 +111,16 @@ def enroll_headers(speaker: str, profile: SpeakerProfile | None, updates: bool) 
     return {"x-serq-speaker": speaker, "x-serq-profile-updates": updates}
 
 
-def enrolled_profile(reply) -> SpeakerProfile:
-    """The profile an ``enroll`` reply carries; :class:`ClientError` for any other reply."""
+def enrolled(reply) -> EnrollResult:
+    """``reply`` if it is an ``enroll`` reply (the profile, the model's ``min_clips``); else :class:`ClientError`."""
     if not isinstance(reply, EnrollResult):
         raise ClientError(f"unexpected reply to enroll: {type(reply).__name__}", code="invalid_request")
-    return reply.profile
+    return reply
+
+
+def clips_short(min_clips: int | None, profile: SpeakerProfile) -> int:
+    """How many more clips ``profile`` needs before a speaker model needing ``min_clips`` uses it (0: enough or unknown)."""
+    return max(0, (min_clips or 0) - profile.count)
 
 
 def profile_headers(profile: SpeakerProfile | None) -> dict | None:
@@ -141,6 +146,8 @@ class SpeakerProfiles:
     def __init__(self, client, directory: str | Path | None = None, *, store: ProfileStore | None = None):
         self.client = client
         self.store = store or ProfileStore(directory)
+        #: Clips the workers' speaker-normalised model needs in a profile (from the last enrol reply).
+        self.min_clips: int | None = None
 
     def enroll(self, speaker: str, clips: Iterable, *, updates: bool = False, timeout: float | None = None
                ) -> SpeakerProfile:
@@ -152,13 +159,20 @@ class SpeakerProfiles:
         """
         profile = self.store.get(speaker)
         for clip in clips:
-            reply = self.client.call(clip, type=ENROLL, headers=enroll_headers(speaker, profile, updates),
-                                     timeout=timeout)
-            profile = enrolled_profile(reply)
+            reply = enrolled(self.client.call(clip, type=ENROLL, headers=enroll_headers(speaker, profile, updates),
+                                              timeout=timeout))
+            profile, self.min_clips = reply.profile, reply.min_clips
             self.store.put(profile)
         if profile is None:
             raise ClientError(f"no clips to enrol {speaker!r} with", code="invalid_request")
         return profile
+
+    def clips_short(self, profile: SpeakerProfile) -> int:
+        """How many more clips ``profile`` needs before the workers' speaker model uses it (0: enough or unknown).
+
+        Known after an :meth:`enroll` (the reply says what the serving model needs).
+        """
+        return clips_short(self.min_clips, profile)
 
     def classify(self, speaker: str | None, clip, *, timeout: float | None = None) -> PredictionResult:
         """Classify ``clip`` with ``speaker``'s profile, if any; store the updated profile the reply carries.
@@ -197,6 +211,8 @@ class AsyncSpeakerProfiles:
     def __init__(self, client, directory: str | Path | None = None, *, store: ProfileStore | None = None):
         self.client = client
         self.store = store or ProfileStore(directory)
+        #: Clips the workers' speaker-normalised model needs in a profile (from the last enrol reply).
+        self.min_clips: int | None = None
 
     async def _store(self, method: str, *args):
         call = getattr(self.store, method)
@@ -207,13 +223,17 @@ class AsyncSpeakerProfiles:
         """As :meth:`SpeakerProfiles.enroll`."""
         profile = await self._store("get", speaker)
         for clip in clips:
-            reply = await self.client.call(clip, type=ENROLL, headers=enroll_headers(speaker, profile, updates),
-                                           timeout=timeout)
-            profile = enrolled_profile(reply)
+            reply = enrolled(await self.client.call(clip, type=ENROLL, timeout=timeout,
+                                                    headers=enroll_headers(speaker, profile, updates)))
+            profile, self.min_clips = reply.profile, reply.min_clips
             await self._store("put", profile)
         if profile is None:
             raise ClientError(f"no clips to enrol {speaker!r} with", code="invalid_request")
         return profile
+
+    def clips_short(self, profile: SpeakerProfile) -> int:
+        """As :meth:`SpeakerProfiles.clips_short`."""
+        return clips_short(self.min_clips, profile)
 
     async def classify(self, speaker: str | None, clip, *, timeout: float | None = None) -> PredictionResult:
         """As :meth:`SpeakerProfiles.classify`."""
