@@ -139,11 +139,17 @@ def wav_bytes(pcm: np.ndarray, rate: int) -> bytes:
     return out.getvalue()
 
 
-def level_dbfs(pcm: np.ndarray) -> float:
-    """RMS level of 16-bit PCM in dB below full scale (-inf for digital silence)."""
+def peak_level_dbfs(pcm: np.ndarray, rate: int, window_s: float = 0.05) -> float:
+    """The RMS level of the loudest ``window_s`` stretch of 16-bit PCM, dB below full scale (-inf: digital silence).
+
+    The loudest stretch, not the whole turn: a quiet speaker's turn is mostly pauses (RAVDESS's
+    softest clips are below -60 dBFS overall, but their loudest 50 ms are above -55).
+    """
     if not len(pcm):
         return float("-inf")
-    rms = float(np.sqrt(np.mean(np.square(pcm.astype(np.float64) / 32768.0))))
+    n = min(len(pcm), max(1, int(rate * window_s)))
+    windows = pcm[: len(pcm) // n * n].astype(np.float64).reshape(-1, n) / 32768.0
+    rms = float(np.sqrt(np.mean(np.square(windows), axis=1)).max())
     return 20 * np.log10(rms) if rms > 0 else float("-inf")
 
 
@@ -167,7 +173,8 @@ class SerqEmotionProcessor(FrameProcessor):
         note: the note's wording, see :data:`NOTE`.
         min_confidence: no frame (and no note) below this confidence.
         min_turn_s: turns shorter than this are not classified.
-        silence_dbfs: turns quieter than this RMS level are not classified.
+        silence_dbfs: turns whose loudest 50 ms are quieter than this are not sent (the worker,
+            whose own floor is -55 dBFS, decides anything louder; a clip it finds silent gives no frame).
         preroll_s: audio kept from before the turn's start frame.
         turn_frames: ``"user"``: turns are ``UserStarted/StoppedSpeakingFrame`` (the user
             aggregator's turns); ``"vad"``: ``VADUserStarted/StoppedSpeakingFrame`` (a bare VAD).
@@ -177,7 +184,7 @@ class SerqEmotionProcessor(FrameProcessor):
     def __init__(self, *, client: AsyncClient | None = None, settings: Settings | None = None,
                  speaker: str | None = None, profiles: ProfileStore | str | Path | None = None,
                  llm_note: bool = False, note: str = NOTE, min_confidence: float = 0.0,
-                 min_turn_s: float = 0.5, silence_dbfs: float = -50.0, preroll_s: float = 0.5,
+                 min_turn_s: float = 0.5, silence_dbfs: float = -60.0, preroll_s: float = 0.5,
                  turn_frames: Literal["user", "vad"] = "user", timeout: float | None = None, **kwargs):
         super().__init__(**kwargs)
         self._own_client = client is None
@@ -243,8 +250,8 @@ class SerqEmotionProcessor(FrameProcessor):
         if duration < self.min_turn_s:
             logger.debug("serq: a turn of %.2f s is too short to classify", duration)
             return
-        if level_dbfs(pcm) < self.silence_dbfs:
-            logger.debug("serq: a silent turn (%.0f dBFS) is not classified", level_dbfs(pcm))
+        if (level := peak_level_dbfs(pcm, rate)) < self.silence_dbfs:
+            logger.debug("serq: a silent turn (%.0f dBFS at its loudest) is not classified", level)
             return
         task = self.create_task(self._classify(pcm, rate, self.speaker), name="serq_classify_turn")
         self._tasks.add(task)

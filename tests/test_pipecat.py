@@ -46,7 +46,7 @@ from pipecat.utils.time import time_now_iso8601  # noqa: E402
 from pipecat.workers.runner import WorkerRunner  # noqa: E402
 
 from serq.client.aio import AsyncClient  # noqa: E402
-from serq.client.pipecat import EmotionFrame, SerqEmotionProcessor, TurnAudio, level_dbfs, wav_bytes  # noqa: E402
+from serq.client.pipecat import EmotionFrame, SerqEmotionProcessor, TurnAudio, peak_level_dbfs, wav_bytes  # noqa: E402
 from serq.client.profiles import AsyncSpeakerProfiles, ProfileStore  # noqa: E402
 
 ANGRY = REPO / "samples" / "angry-03-01-05-02-02-01-16.flac"
@@ -116,9 +116,16 @@ def test_wav_bytes_and_level():
     pcm = (np.sin(np.linspace(0, 200, 8000)) * 8000).astype(np.int16)
     data, rate = sf.read(io.BytesIO(wav_bytes(pcm, 8000)), dtype="int16")
     assert rate == 8000 and np.array_equal(data, pcm)
-    assert level_dbfs(np.zeros(100, np.int16)) == float("-inf")
-    # A sine of amplitude 8000/32768 has an RMS of that over sqrt(2): -15.3 dBFS.
-    assert level_dbfs(pcm) == pytest.approx(20 * np.log10(8000 / 32768 / np.sqrt(2)), abs=0.1)
+    assert peak_level_dbfs(np.zeros(100, np.int16), 8000) == float("-inf")
+    # A sine of amplitude 8000/32768 has an RMS of that over sqrt(2): -15.3 dBFS (a 50 ms window
+    # holds 1.6 of this 32 Hz sine's periods, so its loudest window reads a little above).
+    assert peak_level_dbfs(pcm, 8000) == pytest.approx(20 * np.log10(8000 / 32768 / np.sqrt(2)), abs=0.5)
+    # A soft speaker: 0.2 s at -41 dBFS in 4 s of pause is about -54 dBFS over the whole turn, but
+    # its loudest 50 ms are what tells speech from silence.
+    burst = (np.sin(np.arange(3200) * 0.3) * 400).astype(np.int16)
+    soft = np.concatenate([np.zeros(30000, np.int16), burst, np.zeros(30000, np.int16)])
+    assert peak_level_dbfs(soft, 16000) == pytest.approx(20 * np.log10(400 / 32768 / np.sqrt(2)), abs=0.2)
+    assert peak_level_dbfs(soft[:10], 16000) == float("-inf")  # shorter than a window: the whole of it
 
 
 # --- against a real worker ------------------------------------------------------------------
