@@ -174,7 +174,7 @@ def run(n_clips: int = 60, in_flight: int = 8, turns: int = 20) -> dict:
 
         out["async_sequential"], results, out["async_concurrent"] = asyncio.run(asynchronous())
         # A clip the worker finds silent gives no EmotionFrame (by design): such turns are left out.
-        voiced = [clip for clip, result in zip(clips, results) if not result.silent]
+        voiced = [clip for clip, result in zip(clips, results, strict=True) if not result.silent]
         out["pipecat_turn_end_to_emotion"] = asyncio.run(pipecat_turns(mine, voiced, turns))
     finally:
         worker.send_signal(signal.SIGTERM)
@@ -184,15 +184,18 @@ def run(n_clips: int = 60, in_flight: int = 8, turns: int = 20) -> dict:
     out["load_average_1m"] = round(os.getloadavg()[0], 2)
     out["ratios"] = {
         "latency_p50_async_over_sync": round(out["async_sequential"]["p50_ms"] / out["sync_sequential"]["p50_ms"], 3),
-        "throughput_async_over_sync": round(out["async_concurrent"]["clips_per_s"] / out["sync_pipelined"]["clips_per_s"], 3),
+        "throughput_async_over_sync":
+            round(out["async_concurrent"]["clips_per_s"] / out["sync_pipelined"]["clips_per_s"], 3),
     }
     return out
 
 
 def report(out: dict) -> str:
     n = out["in_flight"]
-    rows = [("sync Client, 1 in flight", out["sync_sequential"]), (f"sync Client, {n} in flight", out["sync_pipelined"]),
-            ("AsyncClient, 1 in flight", out["async_sequential"]), (f"AsyncClient, {n} in flight", out["async_concurrent"])]
+    rows = [("sync Client, 1 in flight", out["sync_sequential"]),
+            (f"sync Client, {n} in flight", out["sync_pipelined"]),
+            ("AsyncClient, 1 in flight", out["async_sequential"]),
+            (f"AsyncClient, {n} in flight", out["async_concurrent"])]
     lines = [f"{out['clips']} RAVDESS clips, 1 worker, {out['cpus']} CPUs, load average {out['load_average_1m']}", "",
              "| path | clips/s | p50 ms | p99 ms |", "|---|---:|---:|---:|"]
     lines += [f"| {name} | {r['clips_per_s']} | {r['p50_ms']} | {r['p99_ms']} |" for name, r in rows]

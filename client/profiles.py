@@ -119,7 +119,10 @@ def enrolled(reply) -> EnrollResult:
 
 
 def clips_short(min_clips: int | None, profile: SpeakerProfile) -> int:
-    """How many more clips ``profile`` needs before a speaker model needing ``min_clips`` uses it (0: enough or unknown)."""
+    """How many more clips ``profile`` needs before a speaker model needing ``min_clips`` uses it.
+
+    0 when it has enough, or when ``min_clips`` is unknown.
+    """
     return max(0, (min_clips or 0) - profile.count)
 
 

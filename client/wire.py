@@ -44,7 +44,8 @@ def read_clip(source: Source, filename: str | None = None) -> tuple[bytes, str |
             data = path.read_bytes()
         except OSError as exc:
             raise ClientError(f"cannot read {path}: {exc.strerror or exc}", code="not_found") from None
-    ctype = CONTENT_TYPES.get(Path(name).suffix.lower(), "application/octet-stream") if name else "application/octet-stream"
+    octet = "application/octet-stream"
+    ctype = CONTENT_TYPES.get(Path(name).suffix.lower(), octet) if name else octet
     return data, name, ctype
 
 

@@ -8,13 +8,13 @@ import time
 from pathlib import Path
 
 import pytest
+from test_client import EchoWorker
 
 from serq.client import BrokerUnavailable, Client, ServiceError, Timeout
 from serq.client.errors import ClientError
 from serq.schemas import PredictionResult
 
 from conftest import REPO, close_broker_connections, ravdess_clip
-from test_client import EchoWorker
 
 pytest.importorskip("aio_pika", reason="AsyncClient needs the async extra: pip install 'serq[async]'")
 
@@ -88,7 +88,7 @@ def test_fifty_concurrent_classifications_never_block_the_loop(start_worker, amq
     with Client(amqp_url, prefix, timeout=60) as client:
         expected = {clip.name: result for clip, result in client.classify_many(SAMPLES)}
     assert len(results) == 50 and all(isinstance(r, PredictionResult) for r in results)
-    for clip, result in zip(clips, results):
+    for clip, result in zip(clips, results, strict=True):
         assert result.file == clip.name and result.label == expected[clip.name].label
         assert result.probabilities == pytest.approx(expected[clip.name].probabilities, abs=1e-9)
     assert len({r.request_id for r in results}) == 50

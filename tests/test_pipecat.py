@@ -34,12 +34,12 @@ from pipecat.frames.frames import (  # noqa: E402
     UserStoppedSpeakingFrame,
 )
 from pipecat.pipeline.pipeline import Pipeline  # noqa: E402
+from pipecat.pipeline.worker import PipelineWorker  # noqa: E402
 from pipecat.processors.aggregators.llm_context import LLMContext  # noqa: E402
 from pipecat.processors.aggregators.llm_response_universal import (  # noqa: E402
     LLMContextAggregatorPair,
     LLMUserAggregatorParams,
 )
-from pipecat.pipeline.worker import PipelineWorker  # noqa: E402
 from pipecat.processors.frame_processor import FrameDirection  # noqa: E402
 from pipecat.tests.utils import QueuedFrameProcessor, run_test  # noqa: E402
 from pipecat.utils.time import time_now_iso8601  # noqa: E402
@@ -74,7 +74,7 @@ def run(processor, frames):
 def passed_through(down, sent) -> bool:
     """Every frame sent came out, the same objects in the same order (serq's own frames aside)."""
     others = [f for f in down if not isinstance(f, (EmotionFrame, LLMMessagesAppendFrame))]
-    return len(others) == len(sent) and all(a is b for a, b in zip(others, sent))
+    return len(others) == len(sent) and all(a is b for a, b in zip(others, sent, strict=False))
 
 
 @pytest.fixture
@@ -226,7 +226,8 @@ def test_in_the_documented_arrangement_the_note_reaches_the_llm_context(start_wo
     speech = audio_frames(pcm, rate)
     silence = audio_frames(np.zeros(2 * rate, np.int16), rate)
     context = LLMContext([{"role": "system", "content": "You are a voice assistant."}])
-    user = LLMContextAggregatorPair(context, user_params=LLMUserAggregatorParams(vad_analyzer=SileroVADAnalyzer())).user()
+    params = LLMUserAggregatorParams(vad_analyzer=SileroVADAnalyzer())
+    user = LLMContextAggregatorPair(context, user_params=params).user()
     serq = SerqEmotionProcessor(settings=Settings(amqp_url=amqp_url, prefix=prefix), llm_note=True)
 
     async def main():
@@ -259,7 +260,7 @@ def test_in_the_documented_arrangement_the_note_reaches_the_llm_context(start_wo
             await asyncio.wait_for(ready.wait(), 30)
             for n, frame in enumerate(speech + silence, 1):  # in lock-step, as a live microphone paces them
                 await worker.queue_frame(frame)
-                await until(lambda: audio_out() >= n, "the audio")
+                await until(lambda n=n: audio_out() >= n, "the audio")
                 if n == len(speech):
                     await worker.queue_frame(TranscriptionFrame(text="I can't believe you did that", user_id="caller",
                                                                 timestamp=time_now_iso8601()))

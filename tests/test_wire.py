@@ -55,7 +55,8 @@ def test_outcome_maps_error_replies_and_refuses_garbage():
 
 def test_subscription_keys():
     assert subscription_keys(None) == ["emotion.*"]
-    assert subscription_keys(["Angry", "silent", "angry"], errors=True) == ["emotion.angry", "emotion.silent", "error.*"]
+    keys = subscription_keys(["Angry", "silent", "angry"], errors=True)
+    assert keys == ["emotion.angry", "emotion.silent", "error.*"]
     with pytest.raises(ValueError, match="grumpy"):
         subscription_keys(["grumpy"])
 
