@@ -8,13 +8,13 @@ import time
 from pathlib import Path
 
 import pytest
-from test_client import EchoWorker
 
 from serq.client import BrokerUnavailable, Client, ServiceError, Timeout
 from serq.client.errors import ClientError
 from serq.schemas import PredictionResult
 
 from conftest import REPO, close_broker_connections, ravdess_clip
+from helpers.broker import EchoWorker
 
 pytest.importorskip("aio_pika", reason="AsyncClient needs the async extra: pip install 'serq[async]'")
 
