@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import os
 import signal
@@ -78,7 +79,7 @@ async def async_concurrent(client, clips: list[bytes], in_flight: int) -> dict:
 
 
 async def pipecat_turns(settings, clips: list[bytes], turns: int) -> dict | None:
-    try:
+    try:  # lazy: the pipecat extra is optional, and `python -m bench` imports every benchmark to find it
         from pipecat.frames.frames import (
             EndFrame,
             Frame,
@@ -94,7 +95,6 @@ async def pipecat_turns(settings, clips: list[bytes], turns: int) -> dict | None
         from serq.client.pipecat import EmotionFrame, SerqEmotionProcessor
     except ImportError:
         return None
-    import io
 
     marks: dict[str, float] = {}
     answered = asyncio.Event()
@@ -149,7 +149,7 @@ async def pipecat_turns(settings, clips: list[bytes], turns: int) -> dict | None
 
 
 def run(n_clips: int = 60, in_flight: int = 8, turns: int = 20) -> dict:
-    from serq.client import Client
+    from serq.client import Client  # lazy, as every benchmark's (see bench/__init__.py)
     from serq.client.aio import AsyncClient
     from serq.settings import get_settings
 
