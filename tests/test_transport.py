@@ -16,7 +16,8 @@ from pika import spec
 from serq.errors import BrokerUnavailable, TimeLimitExceeded
 from serq.schemas.contract import PRIVATE_HEADER, is_private, is_public
 from serq.settings import Settings, redact_url
-from serq.transport.connection import UNDECODABLE, connect, node_urls, parameters, shuffled
+from serq.transport import nodes
+from serq.transport.connection import UNDECODABLE, connect, node_urls, parameters
 from serq.transport.consumer import envelope
 from serq.transport.middleware import public_copy
 from serq.worker.services.metrics import Metrics
@@ -28,7 +29,7 @@ CLUSTER = "amqp://u:first@n1:5672/%2F, amqp://u:second@n2:5673/%2F,amqp://u:thir
 def test_a_comma_separated_url_is_a_node_list_tried_in_shuffled_order():
     settings = Settings(amqp_url=CLUSTER)
     assert node_urls(settings) == ["amqp://u:first@n1:5672/%2F", "amqp://u:second@n2:5673/%2F", "amqp://u:third@n3/%2F"]
-    orders = {tuple(shuffled(node_urls(settings), random.Random(seed))) for seed in range(30)}
+    orders = {tuple(nodes.node_urls(settings.amqp_url, shuffle=True, rng=random.Random(seed))) for seed in range(30)}
     assert len(orders) > 1 and all(sorted(o) == sorted(node_urls(settings)) for o in orders)
     params = parameters(settings, "t")
     assert sorted((p.host, p.port) for p in params) == [("n1", 5672), ("n2", 5673), ("n3", 5672)]
