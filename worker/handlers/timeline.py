@@ -115,8 +115,8 @@ def stream_model(ctx: "Context", version: str, *, speaker: bool = False) -> "Loa
         return serving
     try:
         model = _registry_model(str(ctx.settings.model_dir), version)
-    except ModelError as exc:
-        raise ModelError(f"the stream started with model {version}, which this worker cannot load ({exc}); "
+    except ModelError:  # its message names the registry's folder: not for a client
+        raise ModelError(f"the stream started with model {version}, which this worker cannot load; "
                          "start a new stream") from None
     if (model.meta.normalisation == "speaker") != speaker:  # a state that does not fit together
         raise InvalidRequest(f"the stream state names model {version}, which "

@@ -6,8 +6,8 @@ mislabelled.
 
 Only regular files are ever opened (:func:`read_clip`): a FIFO or a device named
 ``x.wav`` never blocks or floods the trainer. A manifest row naming a missing or
-non-regular file is a :class:`DatasetError`; in a scanned directory such a file is
-skipped and counted.
+non-regular file is a :class:`DatasetError`; a scanned directory lists regular files
+only (:func:`serq.files.audio_files`).
 """
 
 from __future__ import annotations
@@ -204,11 +204,7 @@ def scan(source: str | Path, *, shown_as: str | None = None, roots: list[Path] |
 def _scan_dir(root: Path) -> Dataset:
     clips: list[Clip] = []
     skipped: Counter = Counter()
-    for path in audio_files(root):
-        problem = regular_problem(path)
-        if problem:
-            skipped[problem] += 1
-            continue
+    for path in audio_files(root):  # regular files only (is_file): FIFOs and devices are not even listed
         parsed = parse_name(path)
         if parsed is None:
             skipped["unrecognised file name"] += 1

@@ -129,7 +129,22 @@ def run_training(
     except JobCancelled:
         raise
     except SerqError as exc:
-        return TrainResult(job_id=request.job_id, ok=False, error=exc.to_dict(), duration_s=time.monotonic() - started)
+        error = {"code": exc.code, "message": scrub(exc.message, settings, roots)}
+        return TrainResult(job_id=request.job_id, ok=False, error=error, duration_s=time.monotonic() - started)
+
+
+def scrub(message: str, settings: Settings, roots: list[Path] | None) -> str:
+    """``message`` without the server's own folders: a data root's path becomes relative to it, the
+    registry's and the cache's become their setting's name (the last line against a leak: the
+    messages of this module name datasets relative to their root already)."""
+    if roots is None:
+        return message
+    for root in sorted(roots, key=lambda r: -len(str(r))):
+        message = message.replace(f"{root}/", "").replace(str(root), ".")
+    for folder, setting in ((settings.model_dir, "$SERQ_MODEL_DIR"), (settings.cache_dir, "$SERQ_CACHE_DIR")):
+        for form in {str(folder), str(Path(folder).expanduser().resolve())}:
+            message = message.replace(form, setting)
+    return message
 
 
 def _run(request: TrainRequest, settings: Settings, report: Report, roots, n_jobs: int, started: float) -> TrainResult:
