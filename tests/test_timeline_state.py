@@ -38,6 +38,10 @@ def model():
 
 @pytest.fixture(scope="module")
 def speech() -> np.ndarray:
+    return real_speech()
+
+
+def real_speech() -> np.ndarray:
     """Real speech with no pause: the eight shipped samples trimmed to their speech, back to back, 16 kHz."""
     import soxr
 
