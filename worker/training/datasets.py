@@ -24,6 +24,7 @@ from pathlib import Path
 from serq.errors import AudioError, DatasetError, TooLarge
 from serq.files import audio_files
 from serq.labels import EMOTIONS
+from serq.text import counts
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,7 @@ def scan(source: str | Path, *, shown_as: str | None = None, roots: list[Path] |
     else:
         raise DatasetError(f"dataset {name}: neither a directory nor a manifest file")
     if not dataset.clips:
-        raise DatasetError(f"no labelled audio clips in {name} (skipped: {dict(dataset.skipped) or 'none'})")
+        raise DatasetError(f"no labelled audio clips in {name} (skipped: {counts(dataset.skipped)})")
     return dataset
 
 
