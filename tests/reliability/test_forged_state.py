@@ -111,3 +111,29 @@ def test_forged_states_and_profiles_get_invalid_request_in_bounded_time(start_wo
     assert "segments" in genuine and genuine["seq"] == 1, genuine
     assert "label" in classified and proc.poll() is None
 
+
+
+def test_without_a_state_key_a_stream_is_refused_by_another_worker_with_the_reason(start_worker, amqp_url, prefix):
+    """SERQ_STATE_KEY unset: each worker warns at start-up; a stream's next chunk on another worker is
+    refused (invalid_request naming the setting), while the worker that started it goes on."""
+    first_worker = start_worker({"SERQ_STATE_KEY": ""})
+    assert "SERQ_STATE_KEY is not set" in first_worker.log_path.read_text()
+    rpc = Rpc(amqp_url, f"{prefix}.classify")
+    speech = real_speech()
+    props = {"content_type": PCM, "type": "timeline.chunk"}
+    _, reply = rpc.call(speech[: 4 * RATE].astype("<f4").tobytes(), **props,
+                        headers={"x-serq-stream-id": "hop", "x-serq-seq": 0})
+    first = TimelineChunkResult.model_validate(reply)
+    nxt = {"x-serq-stream-id": "hop", "x-serq-seq": 1, "x-serq-offset": first.next_offset,
+           "x-serq-state": first.state.model_dump_json()}
+    rest = speech[first.next_offset: 6 * RATE].astype("<f4").tobytes()
+    _, same = rpc.call(rest, **props, headers=nxt)  # the worker that sealed it: goes on
+    first_worker.terminate()
+    first_worker.wait(30)
+    start_worker({"SERQ_STATE_KEY": ""})
+    _, other = rpc.call(rest, **props, headers=nxt)
+    rpc.conn.close()
+    record("a stream hopping to another worker without SERQ_STATE_KEY", 2, [code_of(same), code_of(other)],
+           "pytest tests/reliability/test_forged_state.py -k without")
+    assert code_of(same) == "result"
+    assert code_of(other) == "invalid_request" and "no SERQ_STATE_KEY" in other["error"]["message"]
