@@ -5,7 +5,7 @@ would be known) gets a real stream's chunk 0, then every forgery of the state as
 1, pipelined: unsealed changes, another deployment's seal, and forgeries sealed with the
 right key (the re-check must refuse them: ``keep_from > received``, the ``10**12`` loop
 that once hung a worker, NaN, short label lists, wrong-length sums, ``window_s=30,
-hop_s=0.1``). Then forged speaker profiles, on classify and on a stream's chunk 0.
+hop_s=0.1``). Then forged speaker profiles, on classify, enroll and a stream's chunk 0.
 Every reply must be ``invalid_request`` within the deadline; afterwards the genuine
 state still goes on and a clip is still classified, by the same process.
 """
@@ -91,6 +91,8 @@ def test_forged_states_and_profiles_get_invalid_request_in_bounded_time(start_wo
                                                           "headers": {PROFILE_HEADER: text}})
         requests[f"profile on chunk 0: {name}"] = (speech[: 2 * RATE].astype("<f4").tobytes(), chunk_props(
             **{"x-serq-seq": 0, PROFILE_HEADER: text}))
+        requests[f"profile on enroll: {name}"] = (clip, {"content_type": "audio/flac", "type": "enroll",
+                                                        "headers": {PROFILE_HEADER: text}})
 
     replies, took = pipelined(rpc, requests, DEADLINE_S)
     # The genuine state goes on, and the worker still classifies: same process.
