@@ -67,7 +67,13 @@ class Settings(BaseSettings):
     train_max_file_seconds: float = Field(60.0, gt=0, description="trainer: longest training clip, in seconds (longer ones are skipped)")
     train_time_limit_s: float = Field(4 * 3600.0, gt=0, description="trainer: a job running longer fails with `time_limit` (checked between files and folds)")
 
-    @field_validator("state_key", mode="before")
+    state_key_previous: SecretStr | None = Field(
+        None,
+        description="keys a timeline stream state may still be sealed with (comma-separated): accepted, never "
+        "used to seal; to rotate SERQ_STATE_KEY without ending streams, move the old key here for a while",
+    )
+
+    @field_validator("state_key", "state_key_previous", mode="before")
     @classmethod
     def _unset_if_empty(cls, value):
         return None if value in ("", None) else value  # SERQ_STATE_KEY= (e.g. compose's empty default): unset

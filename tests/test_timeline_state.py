@@ -222,3 +222,23 @@ def test_every_genuine_state_of_real_speech_passes_the_check(model, speech, seed
         tl.check_state(TimelineStreamState.model_validate_json(proc.state.model_dump_json()))
     proc.finish()
     tl.check_state(proc.state)
+
+
+def test_a_rotated_key_is_still_accepted_from_state_key_previous(model, speech, mid_speech):
+    """Rotation: the new key seals, the old one (SERQ_STATE_KEY_PREVIOUS) still verifies; without it, refused."""
+    from serq.worker.handlers.base import Context
+    from serq.worker.handlers.timeline import handle_chunk
+
+    rest = speech[mid_speech.next_offset:].astype("<f4").tobytes()
+    headers = {"x-serq-stream-id": "s1", "x-serq-seq": 1, "x-serq-offset": mid_speech.next_offset,
+               "x-serq-state": mid_speech.state.model_dump_json()}  # sealed under KEY
+
+    def chunk_with(**settings):
+        ctx = Context(settings=Settings(**settings), model=model, worker="w", request_id="r", headers=headers)
+        return handle_chunk(rest, SimpleNamespace(content_type=PCM), ctx).body
+
+    rotated = chunk_with(state_key="the-new-deployment-state-key", state_key_previous=f"an-older-one-0123,{KEY}")
+    assert rotated.state.seal and tl.sealed_by(rotated.state, b"the-new-deployment-state-key")
+    assert not tl.sealed_by(rotated.state, KEY.encode())
+    with pytest.raises(InvalidRequest, match="not sealed"):
+        chunk_with(state_key="the-new-deployment-state-key")

@@ -16,6 +16,9 @@ one canonical form.
 Without ``SERQ_STATE_KEY`` a worker seals with a random key of its own process
 (and says so loudly at start-up): streams then work on that one worker only, and a
 chunk that reaches another worker is refused with a message naming the setting.
+
+Rotation: seal with the new ``SERQ_STATE_KEY`` and keep accepting the old one from
+``SERQ_STATE_KEY_PREVIOUS`` until the streams sealed under it have ended.
 """
 
 from __future__ import annotations
@@ -56,6 +59,12 @@ def state_key(settings: "Settings") -> tuple[bytes, bool]:
     if settings.state_key is not None:
         return settings.state_key.get_secret_value().encode(), True
     return _process_key(), False
+
+
+def accepted_keys(settings: "Settings") -> list[bytes]:
+    """The keys a state's seal may verify under: the sealing key, then ``SERQ_STATE_KEY_PREVIOUS``'s (rotation)."""
+    previous = settings.state_key_previous.get_secret_value() if settings.state_key_previous is not None else ""
+    return [state_key(settings)[0]] + [k.strip().encode() for k in previous.split(",") if k.strip()]
 
 
 def warn_if_unshared(settings: "Settings") -> None:

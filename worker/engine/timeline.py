@@ -440,11 +440,14 @@ def seal_state(state: TimelineStreamState, key: bytes) -> TimelineStreamState:
     return state.model_copy(update={"seal": mac(key, STATE_PURPOSE, _canonical(state))})
 
 
-def sealed_by(state: TimelineStreamState, key: bytes) -> bool:
-    """Whether ``state.seal`` is the MAC of its fields under ``key`` (a worker of this deployment wrote it)."""
+def sealed_by(state: TimelineStreamState, keys: bytes | list[bytes]) -> bool:
+    """Whether ``state.seal`` is the MAC of its fields under ``keys`` (one of them): a worker of this
+    deployment wrote it."""
     from serq.worker.engine.sealing import verify
 
-    return verify(key, STATE_PURPOSE, _canonical(state), state.seal)
+    payload = _canonical(state)
+    candidates = [keys] if isinstance(keys, bytes) else keys
+    return any(verify(key, STATE_PURPOSE, payload, state.seal) for key in candidates)
 
 
 def max_tail_frames(params: TimelineParams) -> int:

@@ -26,7 +26,7 @@ from serq.schemas.timeline import (
     TimelineStreamState,
 )
 from serq.worker.engine.profiles import digest
-from serq.worker.engine.sealing import state_key
+from serq.worker.engine.sealing import accepted_keys, state_key
 from serq.worker.engine.timeline import (
     RATE,
     TimelineProcessor,
@@ -70,11 +70,12 @@ def parse_headers(headers: dict) -> TimelineChunkHeaders:
         raise InvalidRequest(f"bad timeline headers: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
 
 
-def parse_state(raw: str, headers: TimelineChunkHeaders, key: bytes, *, shared: bool = True) -> TimelineStreamState:
-    """The state the client sent back: sealed under ``key``, fitting together, and matching the headers.
+def parse_state(raw: str, headers: TimelineChunkHeaders, keys: bytes | list[bytes], *, shared: bool = True
+                ) -> TimelineStreamState:
+    """The state the client sent back: sealed under one of ``keys``, fitting together, matching the headers.
 
-    ``shared``: whether ``key`` is the deployment's ``SERQ_STATE_KEY`` (else this process's own,
-    which only the refusal message needs to know).
+    ``shared``: whether the sealing key is the deployment's ``SERQ_STATE_KEY`` (else this process's
+    own, which only the refusal message needs to know).
     """
     try:
         state = TimelineStreamState.model_validate_json(raw)
@@ -83,7 +84,7 @@ def parse_state(raw: str, headers: TimelineChunkHeaders, key: bytes, *, shared: 
                              "send back the previous reply's `state` unchanged") from None
     if state.version != STATE_VERSION:
         raise InvalidRequest(f"stream state version {state.version}; this worker reads version {STATE_VERSION}")
-    if not sealed_by(state, key):
+    if not sealed_by(state, keys):
         raise InvalidRequest(
             "x-serq-state is not sealed by a worker of this deployment (it was changed, or written under another "
             "SERQ_STATE_KEY): send back the previous reply's state unchanged"
@@ -142,8 +143,7 @@ def handle_chunk(body: bytes, props: "pika.BasicProperties", ctx: "Context") -> 
     else:
         if headers.state is None:
             raise InvalidRequest(f"chunk {headers.seq} without x-serq-state: send back the previous reply's state")
-        key, shared = state_key(ctx.settings)
-        state = parse_state(headers.state, headers, key, shared=shared)
+        state = parse_state(headers.state, headers, accepted_keys(ctx.settings), shared=state_key(ctx.settings)[1])
         tail_len = state.received - state.keep_from
         if len(samples) < tail_len:
             raise InvalidRequest(f"the body must re-send the {tail_len} samples from next_offset {state.keep_from}, "
