@@ -8,9 +8,9 @@ the same profiles to a real worker.
 
 from __future__ import annotations
 
-import json
-
 import pytest
+from helpers.forgeries import FORGED_PROFILES as FORGED
+from helpers.forgeries import profile_json
 
 from serq.errors import InvalidRequest, SerqError
 from serq.schemas import SpeakerProfile
@@ -36,26 +36,6 @@ def models(tmp_path_factory):
 @pytest.fixture(scope="module")
 def clip() -> bytes:
     return next((REPO / "samples").glob("neutral-*.flac")).read_bytes()
-
-
-def profile_json(**fields) -> str:
-    return json.dumps({"speaker_key": "caller-1", "feature_version": FEATURE_VERSION, "count": 10,
-                       "mean": [1.0] * N, "m2": [1.0] * N} | fields)
-
-
-#: Forged profiles (as JSON text, as they travel) and words of the refusal.
-FORGED = {
-    "count 10**400": (profile_json().replace('"count": 10', '"count": 1' + "0" * 400), "count"),
-    "count 10**18": (profile_json(count=10**18), "count"),
-    "count -1": (profile_json(count=-1), "count"),
-    "means 1.7e308": (profile_json(mean=[1.7e308] * N), "finite numbers within"),
-    "means -1.7e308": (profile_json(mean=[-1.7e308] * N), "finite numbers within"),
-    "m2 1.7e308": (profile_json(m2=[1.7e308] * N), "finite numbers within"),
-    "means Infinity": (profile_json().replace('"mean": [1.0', '"mean": [Infinity'), "finite"),
-    "means NaN": (profile_json().replace('"mean": [1.0', '"mean": [NaN'), "finite"),
-    "mean and m2 of other lengths": (profile_json(m2=[1.0] * (N - 1)), "features"),
-    "negative m2": (profile_json(m2=[-1.0] * N), "negative"),
-}
 
 
 def classify(models, clip, text: str):

@@ -15,15 +15,13 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import soundfile as sf
+from helpers.forgeries import SEALED_FORGERIES, forged, real_speech
 
 from serq.errors import InvalidRequest, SerqError
 from serq.schemas import TimelineParams, TimelineStreamState
 from serq.settings import Settings
 from serq.worker.engine import timeline as tl
 from serq.worker.engine.timeline import RATE, TimelineProcessor, seal_state
-
-from conftest import REPO
 
 KEY = "a-deployment-state-key-for-tests"
 PCM = "audio/x-raw;format=F32LE;rate=16000;channels=1"
@@ -41,19 +39,6 @@ def speech() -> np.ndarray:
     return real_speech()
 
 
-def real_speech() -> np.ndarray:
-    """Real speech with no pause: the eight shipped samples trimmed to their speech, back to back, 16 kHz."""
-    import soxr
-
-    parts = []
-    for path in sorted((REPO / "samples").glob("*.flac")):
-        x, rate = sf.read(path, dtype="float32")
-        x = soxr.resample(x, rate, RATE).astype(np.float32) if rate != RATE else x
-        n = len(x) // 160
-        level = 10 * np.log10((x[: n * 160].reshape(n, 160).astype(np.float64) ** 2).mean(axis=1) + 1e-10)
-        active = np.flatnonzero(level > level.max() - 25)
-        parts.append(x[active[0] * 160 : (active[-1] + 1) * 160])
-    return np.concatenate(parts)
 
 
 def chunk(model, samples: np.ndarray, headers: dict, key: str = KEY):
@@ -83,16 +68,6 @@ def send(model, speech, first, state_json: str, key: str = KEY):
                      key)
     except SerqError as exc:
         return exc
-
-
-def forged(state: TimelineStreamState, vad: dict | None = None, run: dict | None = None, **fields) -> TimelineStreamState:
-    """``state`` with fields replaced (unvalidated, as a forger would write them), unsealed."""
-    update = dict(fields, seal=None)
-    if vad:
-        update["vad"] = state.vad.model_copy(update=vad)
-    if run:
-        update["run"] = state.run.model_copy(update=run)
-    return state.model_copy(update=update)
 
 
 def test_the_genuine_state_goes_on(model, speech, mid_speech):
@@ -138,33 +113,6 @@ def test_without_a_key_a_stream_stays_on_its_worker(model, speech):
     assert not shared and parse_state(first.state.model_dump_json(), headers, key, shared=False)
     with pytest.raises(InvalidRequest, match="only the worker that started the stream"):
         parse_state(first.state.model_dump_json(), headers, b"some other worker's random key", shared=False)
-
-
-# Forgeries sealed with the deployment's key (a leaked key): the re-check refuses each.
-SEALED_FORGERIES = {
-    "keep_from > received": lambda s: forged(s, keep_from=s.received + 16_000, position=s.received + 16_000),
-    "position beyond received": lambda s: forged(s, position=s.received + 160_000),
-    "a tail of 10**9 samples": lambda s: forged(s, keep_from=0, received=10**9, position=10**9 - 10**9 % 160),
-    "the loop: seg_start 0, last_active 10**12, next_window 0": lambda s: forged(
-        s, vad={"seg_start": 0, "last_active": 10**12}, next_window=0),
-    "the loop within the audio held": lambda s: forged(s, vad={"seg_start": 0}, next_window=0),
-    "windows_seen 10**12": lambda s: forged(s, windows_seen=10**12),
-    "decided beyond windows_seen": lambda s: forged(s, decided=s.windows_seen + 5),
-    "short label list": lambda s: forged(s, labels=s.labels[:2]),
-    "labels of another model, same length": lambda s: forged(s, labels=list(reversed(s.labels))),
-    "duplicate labels": lambda s: forged(s, labels=[s.labels[0]] * len(s.labels)),
-    "window probabilities of the wrong length": lambda s: forged(
-        s, windows=[w.model_copy(update={"probs": w.probs[:3]}) for w in s.windows]),
-    "run sums of the wrong length": lambda s: forged(s, run={"prob_sum": s.run.prob_sum[:3]}),
-    "run label unknown": lambda s: forged(s, run={"label": "bored"}),
-    "run sums beyond its weight": lambda s: forged(s, run={"prob_sum": [1e300] * len(s.labels)}),
-    "last_boundary missing in a segment": lambda s: forged(s, last_boundary=None),
-    "last_boundary far ahead": lambda s: forged(s, last_boundary=1e12),
-    "window far outside the segment": lambda s: forged(
-        s, windows=[w.model_copy(update={"start": 10**9, "end": 10**9 + 300}) for w in s.windows]),
-    "window_s 30 with hop_s 0.1": lambda s: forged(
-        s, params=TimelineParams.model_construct(window_s=30.0, hop_s=0.1, max_pause_s=1.0, min_speech_s=0.3)),
-}
 
 
 @pytest.mark.parametrize("name", list(SEALED_FORGERIES))

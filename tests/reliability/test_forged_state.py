@@ -18,9 +18,9 @@ import uuid
 
 import pika
 import pytest
-from test_profiles_forged import FORGED
-from test_timeline_state import SEALED_FORGERIES, forged, real_speech
-from test_worker_errors import Rpc
+from helpers.broker import Rpc
+from helpers.forgeries import FORGED_PROFILES as FORGED
+from helpers.forgeries import SEALED_FORGERIES, forged, real_speech
 
 from serq.schemas import TimelineChunkResult, TimelineParams
 from serq.schemas.profiles import PROFILE_HEADER

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_trainer import Tap
+from helpers.broker import Tap
 
 from serq.worker.training.datasets import parse_name
 
