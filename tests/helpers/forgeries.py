@@ -33,7 +33,8 @@ def real_speech() -> np.ndarray:
     return np.concatenate(parts)
 
 
-def forged(state: TimelineStreamState, vad: dict | None = None, run: dict | None = None, **fields) -> TimelineStreamState:
+def forged(state: TimelineStreamState, vad: dict | None = None, run: dict | None = None,
+           **fields) -> TimelineStreamState:
     """``state`` with fields replaced (unvalidated, as a forger would write them), unsealed."""
     update = dict(fields, seal=None)
     if vad:

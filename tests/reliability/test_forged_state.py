@@ -78,7 +78,8 @@ def test_forged_states_and_profiles_get_invalid_request_in_bounded_time(start_wo
                                             next_window=0).model_dump_json(),
         "unsealed: window_s 30, hop_s 0.1": forged(state, params=TimelineParams.model_construct(
             window_s=30.0, hop_s=0.1, max_pause_s=1.0, min_speech_s=0.3)).model_dump_json(),
-        "another deployment's seal": seal_state(forged(state, next_window=0), b"another-deployment-key").model_dump_json(),
+        "another deployment's seal": seal_state(forged(state, next_window=0),
+                                                b"another-deployment-key").model_dump_json(),
         "not JSON": "{oops",
         "NaN last_boundary": json.dumps(json.loads(state.model_dump_json()) | {"last_boundary": float("nan")}),
     }

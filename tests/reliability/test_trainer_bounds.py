@@ -73,7 +73,8 @@ def test_hostile_datasets_get_typed_failures_in_bounded_time(start_trainer, amqp
     good = [f"clips/{c}" for c in clips]
     cases = {
         "manifest row: a FIFO": (job("fifo", manifest(root, "fifo.csv", good + ["clips/fifo.wav"])), "dataset_error"),
-        "manifest row: /dev/zero": (job("zero", manifest(root, "zero.csv", good + ["clips/zero.wav"])), "dataset_error"),
+        "manifest row: /dev/zero": (job("zero", manifest(root, "zero.csv", good + ["clips/zero.wav"])),
+                                    "dataset_error"),
         "manifest row: a missing file": (job("missing", manifest(root, "missing.csv", good + ["clips/nope.wav"])),
                                          "dataset_error"),
         "manifest row: a directory": (job("dir", manifest(root, "dir.csv", good + ["clips"])), "dataset_error"),
