@@ -32,7 +32,7 @@ from functools import partial
 import pika
 from pydantic import ValidationError
 
-from serq.errors import InvalidRequest, SerqError
+from serq.errors import InvalidRequest, JobCancelled, SerqError
 from serq.progress import eta
 from serq.schemas import ModelActivated, TrainProgress, TrainRequest, TrainResult
 from serq.schemas.contract import type_name
@@ -156,6 +156,7 @@ class Trainer:
         self.metrics = metrics or Metrics()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._cancel = threading.Event()  # set by stop(): the running job stops at its next step
         self._results: OrderedDict[str, tuple[TrainResult, ModelActivated | None]] = OrderedDict()
         self.consumer = Consumer(
             self._declare, self._process, prefetch=1, worker=self.name, app_id="serq-trainer",
@@ -185,11 +186,13 @@ class Trainer:
         log(logger, "stopped")
 
     def stop(self) -> None:
-        """Stop taking jobs; the job in progress finishes, is answered and acked, then :meth:`run` returns.
+        """Stop taking jobs; the job in progress stops at its next step (file or fold) and goes back to
+        the queue unanswered (another trainer, or this one restarted, runs it again), then :meth:`run` returns.
 
         Safe to call from a signal handler or another thread.
         """
         self._stop.set()
+        self._cancel.set()
 
     def _declare(self, channel) -> str:
         declare_models(channel, self.settings)
@@ -217,7 +220,7 @@ class Trainer:
             while True:
                 self.consumer.pump(0.2)
                 if self._stopping and not cancelled:
-                    self.consumer.cancel()  # draining: the running job is answered, nothing new starts
+                    self.consumer.cancel()  # draining: the running job stops and is requeued, nothing new starts
                     cancelled = True
                 if cancelled and not self.consumer.in_flight:
                     break
@@ -290,10 +293,15 @@ class Trainer:
                                   lambda event: self.consumer.threadsafe(self._progress, delivery, event))
         try:
             result = run_training(request, self.settings, report=report, roots=self.settings.data_root_paths,
-                                  n_jobs=self.n_jobs)
+                                  n_jobs=self.n_jobs, cancel=self._cancel)
             # Plain or speaker-normalised, an activated model is announced with its artifact: workers
             # put it in the matching slot (the plain model, or the profile path's).
             activated = self._event(result.version) if result.activated else None
+        except JobCancelled:  # stop(): not a failure, so not answered; the broker gives the job to the next trainer
+            log(logger, "job_cancelled", level=logging.WARNING, job_id=request.job_id,
+                seconds=round(time.monotonic() - started, 1))
+            self.consumer.threadsafe(self._requeue, delivery)
+            return
         except SerqError as exc:  # run_training types its own failures; this is reading the new artifact back
             result, activated = failure(request.job_id, exc, time.monotonic() - started), None
         except Exception as exc:  # a bug must not kill the service nor loop the job: answer and ack it
@@ -304,6 +312,11 @@ class Trainer:
         self._remember(request.job_id, result, activated)
         # Dropped if the connection is gone: the result is remembered for the redelivery.
         self.consumer.threadsafe(self._answer, delivery, result, activated)
+
+    def _requeue(self, delivery: Delivery) -> None:
+        """On the I/O thread: hand a cancelled job back to the queue (the session then finishes stopping)."""
+        if self.consumer.in_flight.get(delivery.tag) is delivery and delivery.channel.is_open:
+            self.consumer.requeue(delivery)
 
     def _event(self, version: str) -> ModelActivated:
         from serq.models.registry import Registry

@@ -51,6 +51,7 @@ from serq.transport.consumer import Consumer, Delivery
 from serq.transport.middleware import PrivacyFilter, ResultsFanout, SizeLimit
 from serq.transport.topology import declare_classify, declare_models
 from serq.worker.engine.model import LoadedModel
+from serq.worker.engine.sealing import warn_if_unshared
 from serq.worker.handlers import Context, Reply, handler_for, known_types
 from serq.worker.services.logging import log
 from serq.worker.services.metrics import Metrics, serve
@@ -175,6 +176,7 @@ class Worker:
         # A clip's matrix products are small: BLAS threads would only spin against the other
         # workers on the machine (serq scales by processes, `--scale worker=N`), halving throughput.
         threadpool_limits(limits=1)
+        warn_if_unshared(self.settings)  # timeline stream states: say so if they cannot hop between workers
         server = serve(self.metrics, self.settings.metrics_port) if self.settings.metrics_port else None
         log(logger, "starting", worker=self.worker_id, broker=self.settings.redacted_amqp_url,
             queue=self.settings.name("classify"), prefetch=self.settings.prefetch,
