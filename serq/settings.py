@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     reconnect_max_s: float = Field(30.0, gt=0, description="longest wait between reconnection attempts, seconds")
     delivery_limit: int = Field(5, ge=1, le=1000, description="deliveries of one request before it is dead-lettered to <prefix>.dead")
     request_timeout: float = Field(30.0, gt=0, description="seconds a client waits for a reply (`serq classify --timeout`)")
+    signing_key: str = Field("", description="Ed25519 private key (`serq keys generate`) that signs the models this process registers or announces")
+    trusted_keys: str = Field("", description="colon-separated `.pub` files; a worker accepts only models signed by one of them")
+    allow_unsigned_models: bool = Field(False, description="development only: accept unsigned model announcements (logged at start-up)")
+    max_model_bytes: int = Field(64 * 1024 * 1024, gt=0, description="largest model artifact a worker reads or decodes, in bytes")
 
     @field_validator("log_level")
     @classmethod
@@ -61,6 +65,10 @@ class Settings(BaseSettings):
         if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
         return value
+
+    @property
+    def trusted_key_paths(self) -> list[Path]:
+        return [Path(p).expanduser() for p in self.trusted_keys.split(":") if p.strip()]
 
     @property
     def data_root_paths(self) -> list[Path]:

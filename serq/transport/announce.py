@@ -8,7 +8,6 @@ itself (base64), so workers on other machines need no shared disk.
 
 from __future__ import annotations
 
-import base64
 from typing import TYPE_CHECKING
 
 import pika
@@ -24,9 +23,8 @@ if TYPE_CHECKING:
 
 
 def activation_event(meta: ModelMetadata, artifact: bytes, reason: str = "") -> ModelActivated:
-    """The event announcing ``meta``'s version with its artifact bytes inside."""
-    return ModelActivated(version=meta.version, sha256=meta.sha256, feature_version=meta.feature_version,
-                          metadata=meta, artifact_b64=base64.b64encode(artifact).decode("ascii"), reason=reason)
+    """The (unsigned) event announcing ``meta``'s version with its artifact bytes inside."""
+    return ModelActivated.announcing(meta, artifact, reason)
 
 
 def publish_event(event: ModelActivated, *, settings: Settings | None = None,

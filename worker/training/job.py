@@ -9,22 +9,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 
 from serq.errors import DatasetError, SerqError
 from serq.labels import EMOTIONS
-from serq.models.card import model_card
-from serq.models.registry import (
-    Registry,
-    feature_names_sha256,
-    new_version,
-    serialise,
-    sha256_bytes,
-)
-from serq.schemas import ModelMetadata, TrainRequest, TrainResult
+from serq.models.registry import Registry, register_model
+from serq.schemas import TrainRequest, TrainResult
 from serq.settings import Settings
-from serq.worker.engine.features import FEATURE_NAMES, FEATURE_VERSION
 from serq.worker.training.datasets import scan
 from serq.worker.training.extraction import TrainingSet, training_set
 from serq.worker.training.fit import cross_validate, fit
@@ -135,20 +126,8 @@ def _run(request: TrainRequest, settings: Settings, report: Report, roots, n_job
     report("fitting", 1, 1)
 
     report("registering", 0, 1)
-    data = serialise(model)
-    digest = sha256_bytes(data)
-    meta = ModelMetadata(
-        version=new_version(digest),
-        created=datetime.now(timezone.utc),
-        feature_version=FEATURE_VERSION,
-        feature_names_sha256=feature_names_sha256(FEATURE_NAMES),
-        labels=labels,
-        sha256=digest,
-        hyperparameters=request.hyperparameters,
-        training_data=summary,
-        metrics=metrics,
-    )
-    meta = registry.register(data, meta, model_card(meta))
+    meta = register_model(model, settings, labels=labels, hyperparameters=request.hyperparameters,
+                          training_data=summary, metrics=metrics)
     activated, reason = _decide(request.activate, metrics, baseline)
     if activated:
         registry.activate(meta.version)

@@ -8,18 +8,9 @@ Same data + same seed -> the same model and figures.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from pathlib import Path
 
-from serq.models.card import model_card
-from serq.models.registry import (
-    DEFAULT_DIR,
-    feature_names_sha256,
-    serialise,
-    sha256_bytes,
-    weights_digest,
-    write_folder,
-)
+from serq.models.registry import DEFAULT_DIR, ship_model, weights_digest
 from serq.schemas import Hyperparameters, ModelMetadata
 
 #: The default model's version names its feature layout and recipe, not a timestamp,
@@ -30,7 +21,7 @@ DEFAULT_VERSION_PREFIX = "default-ravdess"
 def build_default(data: str | Path, out: str | Path | None = None, *, n_jobs: int = -1) -> ModelMetadata:
     from serq.progress import progress_printer
     from serq.settings import get_settings
-    from serq.worker.engine.features import FEATURE_NAMES, FEATURE_VERSION
+    from serq.worker.engine.features import FEATURE_VERSION
     from serq.worker.training.datasets import scan
     from serq.worker.training.extraction import training_set
     from serq.worker.training.fit import cross_validate, fit
@@ -46,23 +37,10 @@ def build_default(data: str | Path, out: str | Path | None = None, *, n_jobs: in
                              k=5, progress=progress_printer("cross-validating"), skipped=training.skipped,
                              augmented=copies)
     model = fit(training.X, training.y, hp, copies)
-    data_bytes = serialise(model)
-    digest = sha256_bytes(data_bytes)
     summary = dataset.training_summary(training.clips, "RAVDESS speech (Zenodo record 1188976), 16 kHz FLAC")
-    meta = ModelMetadata(
-        version=f"{DEFAULT_VERSION_PREFIX}-{FEATURE_VERSION}-{weights_digest(model)[:8]}",
-        created=datetime.now(timezone.utc).replace(microsecond=0),
-        feature_version=FEATURE_VERSION,
-        feature_names_sha256=feature_names_sha256(FEATURE_NAMES),
-        labels=training.labels,
-        sha256=digest,
-        hyperparameters=hp,
-        training_data=summary,
-        metrics=metrics,
-        notes="The default model shipped with serq.",
-    )
-    write_folder(out, data_bytes, meta, model_card(meta, extra=REBUILD_NOTE))
-    return meta
+    return ship_model(model, out, version=f"{DEFAULT_VERSION_PREFIX}-{FEATURE_VERSION}-{weights_digest(model)[:8]}",
+                      labels=training.labels, hyperparameters=hp, training_data=summary, metrics=metrics,
+                      notes="The default model shipped with serq.", card_extra=REBUILD_NOTE)
 
 
 REBUILD_NOTE = """## Rebuilding

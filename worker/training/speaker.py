@@ -23,7 +23,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -34,13 +33,9 @@ from serq.models.registry import (
     Registry,
     activate_speaker,
     current_speaker_metadata,
-    feature_names_sha256,
-    forget_speaker_models,
-    new_version,
-    serialise,
-    sha256_bytes,
+    register_model,
+    ship_model,
     weights_digest,
-    write_folder,
 )
 from serq.schemas import (
     EvaluationReport,
@@ -53,7 +48,7 @@ from serq.schemas import (
 )
 from serq.schemas.profiles import Enrolment
 from serq.worker.engine import profiles
-from serq.worker.engine.features import FEATURE_NAMES, FEATURE_VERSION
+from serq.worker.engine.features import FEATURE_VERSION
 from serq.worker.engine.model import LoadedModel
 from serq.worker.training.extraction import TrainingSet, training_set
 from serq.worker.training.fit import (
@@ -280,7 +275,6 @@ def train_speaker_model(request: TrainRequest, settings, report, training: Train
     moves the speaker pointer (never the plain model's ACTIVE). A recipe trains on the
     perturbed copies its ``augment_speeds`` name.
     """
-    from serq.models.card import model_card
     from serq.worker.training.job import _decide
 
     if request.protocol != "speaker":
@@ -304,10 +298,8 @@ def train_speaker_model(request: TrainRequest, settings, report, training: Train
                                      training.copies(request.hyperparameters.augment_speeds))
     report("fitting", 1, 1)
     report("registering", 0, 1)
-    data = serialise(model)
-    digest = sha256_bytes(data)
-    meta = _metadata(new_version(digest), digest, labels, request.hyperparameters, prior, summary, metrics)
-    meta = registry.register(data, meta, model_card(meta, extra=CARD_NOTE))
+    meta = register_model(model, settings, labels=labels, hyperparameters=request.hyperparameters,
+                          training_data=summary, metrics=metrics, speaker_prior=prior, card_extra=CARD_NOTE)
     activated, reason = _decide(request.activate, metrics, baseline)
     if activated:
         activate_speaker(registry, meta.version)
@@ -315,15 +307,6 @@ def train_speaker_model(request: TrainRequest, settings, report, training: Train
     return TrainResult(job_id=request.job_id, ok=True, version=meta.version, activated=activated,
                        activation_reason=reason + (" (speaker model)" if activated else ""), metrics=metrics,
                        baseline=baseline, dataset=summary, duration_s=time.monotonic() - started)
-
-
-def _metadata(version, digest, labels, hp, prior, summary, metrics, notes="") -> ModelMetadata:
-    return ModelMetadata(
-        version=version, created=datetime.now(timezone.utc).replace(microsecond=0),
-        feature_version=FEATURE_VERSION, feature_names_sha256=feature_names_sha256(FEATURE_NAMES),
-        labels=labels, sha256=digest, hyperparameters=hp, normalisation="speaker", speaker_prior=prior,
-        training_data=summary, metrics=metrics, notes=notes,
-    )
 
 
 CARD_NOTE = """## Speaker profiles
@@ -341,7 +324,7 @@ def build_default_speaker(data: str | Path, out: str | Path | None = None, *, re
     Returns the metadata and the ``enroll:<enrol_clips>`` and ``online`` evaluations
     (both also in the model card).
     """
-    from serq.models.card import metrics_table, model_card
+    from serq.models.card import metrics_table
     from serq.settings import get_settings
     from serq.worker.training.datasets import scan
 
@@ -355,12 +338,8 @@ def build_default_speaker(data: str | Path, out: str | Path | None = None, *, re
                                  modes=[f"enroll:{recipe.enrol_clips}", "online"], recipe=recipe, k=folds,
                                  progress=progress("cross-validating"), skipped=training.skipped, augmented=copies)
     model, prior = fit_speaker_model(training.X, training.y, training.groups, hp, recipe, copies)
-    data_bytes = serialise(model)
-    digest = sha256_bytes(data_bytes)
     summary = dataset.training_summary(training.clips, "RAVDESS speech (Zenodo record 1188976), 16 kHz FLAC")
     enrol = evaluations[f"enroll:{recipe.enrol_clips}"]
-    meta = _metadata(f"speaker-ravdess-{FEATURE_VERSION}-{weights_digest(model)[:8]}", digest, labels, hp, prior, summary,
-                     enrol["speaker_profiles"], notes="The speaker-normalised model shipped with serq.")
     extra = [CARD_NOTE, "", "## Beside the plain model (same folds, same clips)"]
     for mode, reports in evaluations.items():
         for name in ("plain", "plain_same_clips", "speaker_profiles"):
@@ -368,8 +347,10 @@ def build_default_speaker(data: str | Path, out: str | Path | None = None, *, re
     extra += ["", "## Rebuilding", "`serq profiles build-model --data ../shared/data/ravdess` rebuilds it "
               "from the same clips with the same seeds: the same weights, metrics and version (named by "
               "a hash of the weights) given the same library versions and machine type."]
-    write_folder(out, data_bytes, meta, model_card(meta, extra="\n".join(extra)))
-    forget_speaker_models()
+    meta = ship_model(model, out, version=f"speaker-ravdess-{FEATURE_VERSION}-{weights_digest(model)[:8]}",
+                      labels=labels, hyperparameters=hp, training_data=summary, metrics=enrol["speaker_profiles"],
+                      speaker_prior=prior, notes="The speaker-normalised model shipped with serq.",
+                      card_extra="\n".join(extra))
     return meta, evaluations
 
 
