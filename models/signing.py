@@ -64,10 +64,11 @@ def model_statement(meta: ModelMetadata) -> bytes:
 def announcement_statement(meta: ModelMetadata, reason: str, announced_at: datetime) -> bytes:
     """The bytes an announcement's signature covers."""
     return ANNOUNCEMENT_DOMAIN + _canonical({"kind": kind(meta), "metadata": meta.model_dump(mode="json"),
-                                             "reason": reason, "announced_at": _utc(announced_at).isoformat()})
+                                             "reason": reason, "announced_at": as_utc(announced_at).isoformat()})
 
 
-def _utc(when: datetime) -> datetime:
+def as_utc(when: datetime) -> datetime:
+    """``when`` as an aware UTC time (a naive one is taken as UTC)."""
     return when.astimezone(timezone.utc) if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
@@ -186,6 +187,8 @@ class Trust:
                 return "unsigned"
             raise ModelError(f"{what} is not signed (workers accept only models signed by a key in SERQ_TRUSTED_KEYS)")
         if not self.keys:
+            if self.allow_unsigned:
+                return "unverified"
             raise ModelError(f"{what}: no trusted keys (SERQ_TRUSTED_KEYS) to verify its signature with")
         try:
             raw = base64.b64decode(signature, validate=True)
@@ -223,7 +226,7 @@ def check_model_signature(meta: ModelMetadata, record: bytes | None, trust: Trus
 
 def sign_event(event: ModelActivated, signer: Signer, when: datetime | None = None) -> ModelActivated:
     """``event`` with its announcement signed by ``signer`` (now, unless ``when``)."""
-    when = _utc(when or datetime.now(timezone.utc))
+    when = as_utc(when or datetime.now(timezone.utc))
     signature = signer.sign(announcement_statement(event.metadata, event.reason, when))
     return event.model_copy(update={"announced_at": when, "signer": signer.key_id, "signature": signature})
 

@@ -6,6 +6,9 @@
   name prefix and its queues/exchanges are deleted afterwards.
 - ``isolated_env``: SERQ_MODEL_DIR and SERQ_CACHE_DIR in a temp dir, so no test touches
   the user's registry.
+- ``signing_keys`` (autouse): every test signs with a test key pair and trusts only it
+  (SERQ_SIGNING_KEY, SERQ_TRUSTED_KEYS), the way a deployment does: the check stays on.
+  Subprocess workers and trainers inherit it. ``untrusted_keys`` is a second pair.
 """
 
 from __future__ import annotations
@@ -111,6 +114,54 @@ def _delete_prefixed(url: str, name: str) -> None:
         delete_deployment(conn, name)
     finally:
         conn.close()
+
+
+@pytest.fixture(scope="session")
+def test_keys(tmp_path_factory) -> Path:
+    """A key pair of this test session (``serq keys generate``): the folder holding signing.key/.pub."""
+    from serq.models.signing import generate_keys
+
+    folder = tmp_path_factory.mktemp("keys")
+    generate_keys(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def untrusted_keys(tmp_path_factory) -> Path:
+    """A second pair, trusted by nobody: what an attacker signs with."""
+    from serq.models.signing import generate_keys
+
+    folder = tmp_path_factory.mktemp("untrusted-keys")
+    generate_keys(folder)
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def signing_keys(test_keys, monkeypatch):
+    """Sign with the session's test key and trust only it (unsigned models stay refused)."""
+    from serq.settings import get_settings
+
+    monkeypatch.setenv("SERQ_SIGNING_KEY", str(test_keys / "signing.key"))
+    monkeypatch.setenv("SERQ_TRUSTED_KEYS", str(test_keys / "signing.pub"))
+    monkeypatch.delenv("SERQ_ALLOW_UNSIGNED_MODELS", raising=False)
+    get_settings.cache_clear()
+    yield test_keys
+    get_settings.cache_clear()
+
+
+def signed(event, when=None):
+    """``event`` (a ModelActivated) signed with the session's test key (SERQ_SIGNING_KEY), now or at ``when``."""
+    from serq.models.signing import Signer, sign_event
+
+    return sign_event(event, Signer.load(os.environ["SERQ_SIGNING_KEY"]), when)
+
+
+def trust():
+    """The workers' view: the keys of SERQ_TRUSTED_KEYS (the test key)."""
+    from serq.models.signing import Trust
+    from serq.settings import Settings
+
+    return Trust.from_settings(Settings())
 
 
 @pytest.fixture

@@ -30,6 +30,8 @@ from serq.schemas import Hyperparameters, ModelMetadata
 from serq.worker.engine.features import FEATURE_NAMES, FEATURE_VERSION
 from serq.worker.training.fit import fit
 
+from conftest import signed, trust
+
 LABELS = ["neutral", "happy", "sad", "angry"]
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -254,6 +256,6 @@ def test_an_announced_speaker_model_is_verified_and_needs_its_prior():
 
     meta = read_metadata(DEFAULT_SPEAKER_DIR)
     data = (DEFAULT_SPEAKER_DIR / meta.artifact).read_bytes()
-    assert verify_event(activation_event(meta, data)).meta.normalisation == "speaker"
+    assert verify_event(signed(activation_event(meta, data)), trust(), 1 << 26).meta.normalisation == "speaker"
     with pytest.raises(ModelError, match="speaker prior"):
-        verify_event(activation_event(meta.model_copy(update={"speaker_prior": None}), data))
+        verify_event(signed(activation_event(meta.model_copy(update={"speaker_prior": None}), data)), trust(), 1 << 26)
