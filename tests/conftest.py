@@ -136,16 +136,20 @@ def untrusted_keys(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture(autouse=True)
-def signing_keys(test_keys, monkeypatch):
-    """Sign with the session's test key and trust only it (unsigned models stay refused)."""
+@pytest.fixture(scope="session", autouse=True)
+def signing_keys(test_keys):
+    """Sign with the session's test key and trust only it (unsigned models stay refused).
+
+    Session-wide, so module fixtures that train and register models sign too.
+    """
     from serq.settings import get_settings
 
-    monkeypatch.setenv("SERQ_SIGNING_KEY", str(test_keys / "signing.key"))
-    monkeypatch.setenv("SERQ_TRUSTED_KEYS", str(test_keys / "signing.pub"))
-    monkeypatch.delenv("SERQ_ALLOW_UNSIGNED_MODELS", raising=False)
-    get_settings.cache_clear()
-    yield test_keys
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SERQ_SIGNING_KEY", str(test_keys / "signing.key"))
+        mp.setenv("SERQ_TRUSTED_KEYS", str(test_keys / "signing.pub"))
+        mp.delenv("SERQ_ALLOW_UNSIGNED_MODELS", raising=False)
+        get_settings.cache_clear()
+        yield test_keys
     get_settings.cache_clear()
 
 
