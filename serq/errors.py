@@ -71,6 +71,12 @@ class DatasetError(SerqError):
     code = "dataset_error"
 
 
+class MissingExtra(SerqError):
+    """A module from an install extra is missing (``pip install 'serq[worker]'`` and the like)."""
+
+    code = "missing_extra"
+
+
 class Overloaded(SerqError):
     code = "overloaded"
 

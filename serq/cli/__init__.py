@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from serq import __version__
 from serq.errors import SerqError
+from serq.extras import missing_extra
 
 #: Subcommand modules, in the order `serq --help` lists them.
 COMMAND_MODULES = (
@@ -51,11 +53,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except SerqError as exc:
-        print(f"serq {args.command}: error [{exc.code}]: {exc}", file=sys.stderr)
-        return 2
+        return _fail(args.command, exc)
+    except ModuleNotFoundError as exc:
+        hint = missing_extra(exc, f"serq {args.command}")
+        if hint is None:
+            raise
+        return _fail(args.command, hint)
+    except BrokenPipeError:
+        # The reader went away (`serq predict --json ... | head -1`): stop quietly, as `git log | head` does.
+        # Point stdout at /dev/null so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print(f"serq {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _fail(command: str, exc: SerqError) -> int:
+    print(f"serq {command}: error [{exc.code}]: {exc}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ own registry, so tests can build several in one process.
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -19,6 +21,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+
+logger = logging.getLogger("serq.worker")
 
 #: Latency buckets, seconds: a short clip takes tens of ms, a 60 s clip about a second.
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -61,8 +65,12 @@ class Metrics:
         return (200 if self._connected else 503), body
 
 
-def serve(metrics: Metrics, port: int, host: str = "0.0.0.0") -> ThreadingHTTPServer:
-    """Serve ``/metrics`` and ``/healthz`` on a daemon thread; ``server.shutdown()`` stops it."""
+def serve(metrics: Metrics, port: int, host: str = "0.0.0.0") -> ThreadingHTTPServer | None:
+    """Serve ``/metrics`` and ``/healthz`` on a daemon thread; ``server.shutdown()`` stops it.
+
+    A port already taken (a second ``serq worker`` on one host) is no reason to stop serving
+    requests: one warning that says what to do, and ``None``.
+    """
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's name)
@@ -82,7 +90,15 @@ def serve(metrics: Metrics, port: int, host: str = "0.0.0.0") -> ThreadingHTTPSe
         def log_message(self, *args) -> None:  # scrapes are not worth a log line
             pass
 
-    server = ThreadingHTTPServer((host, port), Handler)
+    try:
+        server = ThreadingHTTPServer((host, port), Handler)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        logger.warning("metrics port %d is taken (another serq worker on this host?): serving requests without "
+                       "/metrics and /healthz; give each worker its own SERQ_METRICS_PORT, or run one "
+                       "`serq worker --processes N`, which numbers the ports from SERQ_METRICS_PORT up", port)
+        return None
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="serq-metrics", daemon=True).start()
     return server
