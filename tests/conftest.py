@@ -79,12 +79,18 @@ def _compose_broker() -> str | None:
         return None
     if subprocess.run(["docker", "info"], capture_output=True, timeout=20).returncode != 0:
         return None
+    from serq.transport.accounts import ACCOUNTS
+
+    # The compose broker has only the least-privilege accounts; tests use the operator's.
+    password = os.environ.get("BROKER_OPERATOR_PASSWORD") or uuid.uuid4().hex
+    env = {var: os.environ.get(var) or uuid.uuid4().hex for var in ACCOUNTS.values()}
+    env = dict(os.environ) | env | {"BROKER_OPERATOR_PASSWORD": password}
     up = subprocess.run(["docker", "compose", "-f", str(REPO / "docker-compose.yml"), "up", "-d", "--wait", "rabbitmq"],
-                        capture_output=True, text=True, timeout=300)
+                        capture_output=True, text=True, timeout=300, env=env)
     if up.returncode != 0:
         pytest.fail(f"docker compose could not start rabbitmq: {up.stderr[-2000:]}")
     port = os.environ.get("BROKER_PORT", "5672")
-    url = f"amqp://{os.environ.get('BROKER_USER', 'serq')}:{os.environ.get('BROKER_PASSWORD', 'serq')}@127.0.0.1:{port}/%2F"
+    url = f"amqp://serq-operator:{password}@127.0.0.1:{port}/%2F"
     for _ in range(60):
         if _broker_reachable(url):
             os.environ["SERQ_AMQP_URL"] = url  # subprocesses (workers, trainers) use it too
