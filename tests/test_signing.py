@@ -94,3 +94,28 @@ def test_order_replays_future_and_older_versions():
         check_order(event(created=older).model_copy(update=fresh), serving, NOW - timedelta(seconds=1), NOW)
     for reason in ("rollback", "activate"):  # an operator's deliberate choice may go back
         check_order(event(reason, created=older).model_copy(update=fresh), serving, NOW - timedelta(seconds=1), NOW)
+
+
+def test_broker_definitions_hash_passwords_and_anchor_every_regex():
+    import base64
+    import hashlib
+    import re
+
+    from serq.transport.accounts import ACCOUNTS, definitions, permissions
+
+    passwords = {name: f"pw-{name}" for name in ACCOUNTS}
+    doc = definitions("acme", passwords)
+    assert [u["name"] for u in doc["users"]] == list(ACCOUNTS)  # serq-keda only with its password
+    for user in doc["users"]:
+        raw = base64.b64decode(user["password_hash"])
+        assert raw[4:] == hashlib.sha256(raw[:4] + passwords[user["name"]].encode()).digest()
+    rules = permissions("acme")
+    assert not re.match(rules["serq-client"]["write"], "acme.models")
+    assert not re.match(rules["serq-worker"]["write"], "acme.models")
+    assert re.match(rules["serq-trainer"]["write"], "acme.models")
+    assert not re.match(rules["serq-client"]["write"], "acme.modelsx") and not re.match(rules["serq-client"]["read"],
+                                                                                       "acme.classify")
+    assert not re.match(rules["serq-trainer"]["write"], "other.models")  # another deployment's prefix
+    assert "serq-keda" in [u["name"] for u in definitions("acme", passwords | {"serq-keda": "k"})["users"]]
+    with pytest.raises(ValueError, match="BROKER_CLIENT_PASSWORD"):
+        definitions("acme", passwords | {"serq-client": ""})

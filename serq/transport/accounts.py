@@ -12,6 +12,8 @@ serq-worker      consume ``<p>.classify``, publish replies and ``<p>.results``, 
                  ``<p>.models``
 serq-trainer     consume ``<p>.train``, publish ``<p>.events`` and ``<p>.models``
 serq-operator    everything (``serq models activate``, the management UI)
+serq-keda        (optional) read queue depths over the management API, nothing else:
+                 KEDA's RabbitMQ scaler (deploy/kubernetes/40-keda.yaml)
 ===============  =====================================================================
 
 Only the trainer and the operator may publish to ``<p>.models``. Passwords never live
@@ -34,6 +36,9 @@ ACCOUNTS = {
     "serq-client": "BROKER_CLIENT_PASSWORD",
 }
 
+#: Included only when its password is given: the autoscaler's read-only monitoring account.
+OPTIONAL_ACCOUNTS = {"serq-keda": "BROKER_KEDA_PASSWORD"}
+
 #: Server-named queues (exclusive reply/event/subscription queues) are the declaring connection's own.
 _SERVER_NAMED = r"amq\.gen-.*"
 
@@ -52,6 +57,7 @@ def permissions(prefix: str) -> dict[str, dict[str, str]]:
     """
     return {
         "serq-operator": {"configure": ".*", "write": ".*", "read": ".*"},
+        "serq-keda": {"configure": "^$", "write": "^$", "read": "^$"},  # the vhost, no resource
         "serq-trainer": {
             "configure": _names(prefix, "train", "dead", "events", "models", extra=(_SERVER_NAMED,)),
             "write": _names(prefix, "train", "dead", "events", "models", extra=("amq\\.default", _SERVER_NAMED)),
@@ -81,12 +87,13 @@ def definitions(prefix: str, passwords: dict[str, str], vhost: str = "/") -> dic
     missing = [ACCOUNTS[name] for name in ACCOUNTS if not passwords.get(name)]
     if missing:
         raise ValueError(f"no password for {', '.join(missing)}")
+    tags = {"serq-operator": ["administrator"], "serq-keda": ["monitoring"]}
+    names = [*ACCOUNTS, *(name for name in OPTIONAL_ACCOUNTS if passwords.get(name))]
     users = [{"name": name, "password_hash": password_hash(passwords[name]),
-              "hashing_algorithm": "rabbit_password_hashing_sha256",
-              "tags": ["administrator"] if name == "serq-operator" else []} for name in ACCOUNTS]
-    perms = [{"user": name, "vhost": vhost, **rules} for name, rules in permissions(prefix).items()]
+              "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": tags.get(name, [])} for name in names]
+    perms = [{"user": name, "vhost": vhost, **rules} for name, rules in permissions(prefix).items() if name in names]
     return {"users": users, "vhosts": [{"name": vhost}], "permissions": perms}
 
 
 def passwords_from_env(env=os.environ) -> dict[str, str]:
-    return {name: env.get(var, "") for name, var in ACCOUNTS.items()}
+    return {name: env.get(var, "") for name, var in {**ACCOUNTS, **OPTIONAL_ACCOUNTS}.items()}

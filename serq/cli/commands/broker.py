@@ -13,7 +13,8 @@ def register(sub) -> None:
                         description="Users serq-operator, serq-trainer, serq-worker and serq-client with the "
                                     "permissions of docs/deploy.md, for SERQ_PREFIX. Passwords come from "
                                     "BROKER_OPERATOR_PASSWORD, BROKER_TRAINER_PASSWORD, BROKER_WORKER_PASSWORD and "
-                                    "BROKER_CLIENT_PASSWORD and are written only as salted hashes.")
+                                    "BROKER_CLIENT_PASSWORD (and, for an autoscaler's monitoring account "
+                                    "serq-keda, BROKER_KEDA_PASSWORD) and are written only as salted hashes.")
     d.add_argument("--out", metavar="FILE", help="write here instead of standard output")
     d.add_argument("--vhost", default="/", help="virtual host (default /)")
     d.set_defaults(func=run_definitions)
