@@ -11,8 +11,8 @@ Layout under ``SERQ_MODEL_DIR``::
     history.json                      activations, newest last (for rollback)
     .lock                             held (fcntl) by whoever changes the registry
 
-Every model is registered through :func:`register_model` (training jobs, `serq adapt`)
-or, for the models shipped in this package, :func:`ship_model`. The default models
+Every model is registered through :func:`register_model` (training jobs) or
+:func:`register_artifact` (`serq adapt`), which sign it, or, for the models shipped in this package, :func:`ship_model`. The default models
 (``serq/models/default``, ``default_speaker``) serve whenever the registry has no
 active version; they are trusted by installation: their files' sha256 are pinned in
 ``serq/models/shipped.sha256``. Loading always verifies the sha256, the feature
@@ -511,19 +511,26 @@ def register_model(pipeline, settings, *, labels: list[str], hyperparameters: Hy
                    activate: bool = False) -> ModelMetadata:
     """Register a fitted pipeline in ``settings.model_dir``, signed with SERQ_SIGNING_KEY; optionally activate it.
 
-    The one way a model enters the registry (training jobs, plain or speaker, and
-    `serq adapt`). A speaker model (``speaker_prior`` given) is activated on the
+    The one way a model enters the registry (training jobs, plain or speaker; through
+    :func:`register_artifact`, which `serq adapt` calls with metadata of its own). A speaker model (``speaker_prior`` given) is activated on the
     profile path's pointer, a plain one on ACTIVE. Without SERQ_SIGNING_KEY the version
     is registered unsigned (usable locally; workers with trusted keys refuse it) and
     a warning is logged. Announce it afterwards with :meth:`Registry.announcement`.
     """
+    data, meta = build_model(pipeline, labels=labels, hyperparameters=hyperparameters, training_data=training_data,
+                             metrics=metrics, speaker_prior=speaker_prior, notes=notes)
+    return register_artifact(settings, data, meta, model_card(meta, extra=card_extra), activate=activate)
+
+
+def register_artifact(settings, data: bytes, meta: ModelMetadata, card: str, *, activate: bool = False) -> ModelMetadata:
+    """:func:`register_model` for artifact bytes whose metadata the caller built (e.g. derived from
+    another model's, as `serq adapt` does): registered in ``settings.model_dir``, signed with
+    SERQ_SIGNING_KEY, optionally activated on the pointer of its kind."""
     signer = Signer.from_settings(settings)
     if signer is None:
         logger.warning("SERQ_SIGNING_KEY is not set: model registered unsigned; workers will refuse it")
-    data, meta = build_model(pipeline, labels=labels, hyperparameters=hyperparameters, training_data=training_data,
-                             metrics=metrics, speaker_prior=speaker_prior, notes=notes)
     registry = Registry(settings.model_dir)
-    meta = registry.register(data, meta, model_card(meta, extra=card_extra), signer)
+    meta = registry.register(data, meta, card, signer)
     if activate:
         if meta.normalisation == "speaker":
             activate_speaker(registry, meta.version)
