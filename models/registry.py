@@ -512,8 +512,8 @@ def register_model(pipeline, settings, *, labels: list[str], hyperparameters: Hy
     """Register a fitted pipeline in ``settings.model_dir``, signed with SERQ_SIGNING_KEY; optionally activate it.
 
     The one way a model enters the registry (training jobs, plain or speaker; through
-    :func:`register_artifact`, which `serq adapt` calls with metadata of its own). A speaker model (``speaker_prior`` given) is activated on the
-    profile path's pointer, a plain one on ACTIVE. Without SERQ_SIGNING_KEY the version
+    :func:`register_artifact`, which `serq adapt` calls with metadata of its own). A speaker
+    model (``speaker_prior`` given) is activated on the profile path's pointer, a plain one on ACTIVE. Without SERQ_SIGNING_KEY the version
     is registered unsigned (usable locally; workers with trusted keys refuse it) and
     a warning is logged. Announce it afterwards with :meth:`Registry.announcement`.
     """
@@ -522,7 +522,8 @@ def register_model(pipeline, settings, *, labels: list[str], hyperparameters: Hy
     return register_artifact(settings, data, meta, model_card(meta, extra=card_extra), activate=activate)
 
 
-def register_artifact(settings, data: bytes, meta: ModelMetadata, card: str, *, activate: bool = False) -> ModelMetadata:
+def register_artifact(settings, data: bytes, meta: ModelMetadata, card: str, *,
+                      activate: bool = False) -> ModelMetadata:
     """:func:`register_model` for artifact bytes whose metadata the caller built (e.g. derived from
     another model's, as `serq adapt` does): registered in ``settings.model_dir``, signed with
     SERQ_SIGNING_KEY, optionally activated on the pointer of its kind."""

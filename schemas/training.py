@@ -110,7 +110,8 @@ class ModelActivated(BaseModel):
     artifact_b64: str = Field(description="base64 of the skops artifact")
     reason: str = Field("", description="why: 'trained', 'activate', 'rollback'")
     announced_at: datetime | None = Field(None, description="when it was announced (signed: a replay is recognised)")
-    signer: str | None = Field(None, max_length=64, description="id of the key that signed it (sha256 of the public key, 16 hex)")
+    signer: str | None = Field(None, max_length=64,
+                               description="id of the key that signed it (sha256 of the public key, 16 hex)")
     signature: str | None = Field(None, max_length=200, description="Ed25519 signature (base64) of the announcement: "
                                   "metadata, kind, reason, announced_at (see docs/deploy.md)")
 

@@ -10,7 +10,8 @@ def register(sub) -> None:
     ksub = p.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     gen = ksub.add_parser("generate", help="write DIR/signing.key (mode 0600) and DIR/signing.pub",
                           description="Write a new Ed25519 key pair. The trainer and operators sign with "
-                                      "SERQ_SIGNING_KEY=DIR/signing.key; workers trust SERQ_TRUSTED_KEYS=DIR/signing.pub "
+                                      "SERQ_SIGNING_KEY=DIR/signing.key; workers trust "
+                                      "SERQ_TRUSTED_KEYS=DIR/signing.pub "
                                       "(colon-separated for several). Never overwrites an existing key.")
     gen.add_argument("dir", metavar="DIR")
     gen.add_argument("--json", action="store_true")
