@@ -513,9 +513,10 @@ def register_model(pipeline, settings, *, labels: list[str], hyperparameters: Hy
 
     The one way a model enters the registry (training jobs, plain or speaker; through
     :func:`register_artifact`, which `serq adapt` calls with metadata of its own). A speaker
-    model (``speaker_prior`` given) is activated on the profile path's pointer, a plain one on ACTIVE. Without SERQ_SIGNING_KEY the version
-    is registered unsigned (usable locally; workers with trusted keys refuse it) and
-    a warning is logged. Announce it afterwards with :meth:`Registry.announcement`.
+    model (``speaker_prior`` given) is activated on the profile path's pointer, a plain one on
+    ACTIVE. Without SERQ_SIGNING_KEY the version is registered unsigned (usable locally; workers
+    with trusted keys refuse it) and a warning is logged. Announce it afterwards with
+    :meth:`Registry.announcement`.
     """
     data, meta = build_model(pipeline, labels=labels, hyperparameters=hyperparameters, training_data=training_data,
                              metrics=metrics, speaker_prior=speaker_prior, notes=notes)
