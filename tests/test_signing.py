@@ -119,3 +119,32 @@ def test_broker_definitions_hash_passwords_and_anchor_every_regex():
     assert "serq-keda" in [u["name"] for u in definitions("acme", passwords | {"serq-keda": "k"})["users"]]
     with pytest.raises(ValueError, match="BROKER_CLIENT_PASSWORD"):
         definitions("acme", passwords | {"serq-client": ""})
+
+
+def test_a_registry_change_met_after_a_reconnect_must_be_signed_too(tmp_path, caplog):
+    """`_sync_registry` (after a reconnect) reads ACTIVE like an announcement: unsigned is refused."""
+    import shutil
+
+    from serq.models.registry import Registry, load_default
+    from serq.worker.services.worker import Worker
+
+    root = tmp_path / "models"
+    worker = Worker(Settings(model_dir=root, metrics_port=0))
+    default = load_default().version
+    assert worker.holder.current.version == default
+    folder = root / "versions" / "unsigned-copy"
+    shutil.copytree(DEFAULT_DIR, folder)
+    meta = read_metadata(folder).model_copy(update={"version": "unsigned-copy"})
+    (folder / "model.json").write_text(meta.model_dump_json())
+    (root / "ACTIVE").write_text("unsigned-copy\n")
+    with caplog.at_level("ERROR", logger="serq.worker"):
+        worker._sync_registry()
+    assert worker.holder.current.version == default
+    reasons = [r.fields["reason"] for r in caplog.records if r.getMessage().startswith("model refused")]
+    assert len(reasons) == 1 and "is not signed" in reasons[0] and worker.metrics.refused._value.get() == 1
+    # signed (as `register` does with SERQ_SIGNING_KEY), the same change is taken
+    from serq.models.signing import SIGNATURE, signature_record
+
+    (folder / SIGNATURE).write_bytes(signature_record(meta, Signer.from_settings(Settings())))
+    worker._sync_registry()
+    assert worker.holder.current.version == "unsigned-copy" == Registry(root).active_version()
