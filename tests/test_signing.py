@@ -22,7 +22,7 @@ from serq.schemas import ModelActivated
 from serq.settings import Settings
 from serq.worker.services.worker import CLOCK_SKEW, check_order, verify_event
 
-from conftest import signed, trust
+from helpers.signing import signed, trust
 
 NOW = datetime(2026, 12, 1, 10, 0, tzinfo=timezone.utc)
 

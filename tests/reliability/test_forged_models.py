@@ -26,7 +26,6 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pytest
-from test_worker_errors import free_port
 
 from serq.client import Client
 from serq.client.profiles import SpeakerProfiles
@@ -44,7 +43,8 @@ from serq.schemas import ModelActivated
 from serq.settings import Settings
 from serq.transport.announce import publish_event
 
-from conftest import signed
+from helpers.broker import free_port
+from helpers.signing import signed
 
 from .conftest import record, rss_kib
 
