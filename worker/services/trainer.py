@@ -33,12 +33,14 @@ import pika
 from pydantic import ValidationError
 
 from serq.errors import InvalidRequest, JobCancelled, SerqError
+from serq.models.registry import Registry
+from serq.models.signing import Signer
 from serq.progress import eta
 from serq.schemas import ModelActivated, TrainProgress, TrainRequest, TrainResult
 from serq.schemas.contract import type_name
 from serq.schemas.training import request_error
 from serq.settings import Settings
-from serq.transport.announce import activation_event, publish_event
+from serq.transport.announce import publish_event
 from serq.transport.connection import serve_forever
 from serq.transport.consumer import Answer, Consumer, Delivery, Middleware
 from serq.transport.topology import declare_models, declare_train
@@ -164,6 +166,7 @@ class Trainer:
             middleware=[MetricsMiddleware(self.metrics, {TRAIN_TYPE}, TRAIN_TYPE),
                         EventsFanout(settings.name("events"))])
         self.metrics.probe = lambda: (self.consumer.consuming, self.consumer.oldest_age())
+        self.signer = Signer.from_settings(settings)  # a bad SERQ_SIGNING_KEY stops the trainer at start
 
     @property
     def _stopping(self) -> bool:
@@ -175,6 +178,9 @@ class Trainer:
         """Serve until stopped; reconnect with backoff when the broker goes away."""
         import serq.worker.training.job  # noqa: F401  (scikit-learn, librosa: seconds the first job should not pay)
 
+        if self.signer is None:
+            log(logger, "no SERQ_SIGNING_KEY: models are registered and announced unsigned, and workers refuse them",
+                level=logging.WARNING)
         port = self.settings.trainer_metrics_port
         server = serve(self.metrics, port) if port else None
         try:
@@ -319,10 +325,7 @@ class Trainer:
             self.consumer.requeue(delivery)
 
     def _event(self, version: str) -> ModelActivated:
-        from serq.models.registry import Registry
-
-        registry = Registry(self.settings.model_dir)
-        return activation_event(registry.metadata(version), registry.artifact_bytes(version), "trained")
+        return Registry(self.settings.model_dir).announcement(version, "trained", self.signer)
 
     def _remember(self, job_id: str, result: TrainResult, activated: ModelActivated | None) -> None:
         self._results[job_id] = (result, activated)
