@@ -36,7 +36,7 @@ def speaker_version(ravdess_dir, model_dir) -> str:
     request = TrainRequest(dataset=str(ravdess_dir), speakers=["01", "02", "03"], folds=2, activate="always",
                            speaker_normalisation=True,
                            hyperparameters=Hyperparameters(hidden_layers=[16], max_iter=30, random_state=0,
-                                                           augment_speeds=[]))
+                                                           augment_speeds=[], channel_copies=0))
     result = run_training(request, settings)
     assert result.ok, result.error
     return result.version

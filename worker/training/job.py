@@ -108,11 +108,11 @@ def _run(request: TrainRequest, settings: Settings, report: Report, roots, n_job
     report("scanning", 1, 1)
 
     registry = Registry(settings.model_dir)
-    # Speed-perturbed copies for this recipe and, for if_better, the active model's recipe.
-    speeds = list(request.hyperparameters.augment_speeds)
+    # Perturbed copies for this recipe and, for if_better, the active model's recipe.
+    recipes = [request.hyperparameters]
     if request.activate == "if_better":
-        speeds += [s for s in registry.active_metadata().hyperparameters.augment_speeds if s not in speeds]
-    training = training_set(dataset, settings.cache_dir, speeds, n_jobs=n_jobs, max_seconds=settings.max_seconds,
+        recipes.append(registry.active_metadata().hyperparameters)
+    training = training_set(dataset, settings.cache_dir, recipes, n_jobs=n_jobs, max_seconds=settings.max_seconds,
                             progress=lambda done, total: report("extracting", done, total))
     summary = dataset.training_summary(training.clips, str(path))
     if request.speaker_normalisation:  # issue 8: a model that expects speaker profiles
@@ -120,7 +120,7 @@ def _run(request: TrainRequest, settings: Settings, report: Report, roots, n_job
 
         return train_speaker_model(request, settings, report, training, labels, summary, started)
 
-    own = training.copies(request.hyperparameters.augment_speeds)
+    own = training.copies(request.hyperparameters)
     metrics = cross_validate(
         training.X, training.y, training.groups, request.hyperparameters, labels=labels, protocol=request.protocol,
         k=request.folds, progress=lambda done, total: report("cross-validating", done, total),
@@ -166,7 +166,7 @@ def _baseline(registry: Registry, training: TrainingSet, labels, request: TrainR
         return None
     return cross_validate(training.X, training.y, training.groups, active.hyperparameters, labels=labels,
                           protocol=request.protocol, k=request.folds,
-                          augmented=training.copies(active.hyperparameters.augment_speeds))
+                          augmented=training.copies(active.hyperparameters))
 
 
 def _decide(policy: str, metrics, baseline) -> tuple[bool, str]:

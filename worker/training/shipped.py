@@ -39,9 +39,9 @@ def build_default(data: str | Path, out: str | Path | None = None, *, n_jobs: in
     settings = get_settings()
     dataset = scan(data)
     hp = Hyperparameters()
-    training = training_set(dataset, settings.cache_dir, hp.augment_speeds, n_jobs=n_jobs,
+    training = training_set(dataset, settings.cache_dir, [hp], n_jobs=n_jobs,
                             progress=progress_printer("extracting"))
-    copies = training.copies(hp.augment_speeds)
+    copies = training.copies(hp)
     metrics = cross_validate(training.X, training.y, training.groups, hp, labels=training.labels, protocol="speaker",
                              k=5, progress=progress_printer("cross-validating"), skipped=training.skipped,
                              augmented=copies)

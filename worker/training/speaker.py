@@ -278,7 +278,7 @@ def train_speaker_model(request: TrainRequest, settings, report, training: Train
     Metrics are ``enroll:<enrol_clips>`` figures by speaker-grouped k-fold; the model
     is registered with ``normalisation="speaker"`` and its prior, and activation
     moves the speaker pointer (never the plain model's ACTIVE). A recipe trains on the
-    perturbed copies its ``augment_speeds`` name.
+    perturbed copies its ``augment_speeds`` and ``channel_copies`` name.
     """
     from serq.models.card import model_card
     from serq.worker.training.job import _decide
@@ -290,7 +290,7 @@ def train_speaker_model(request: TrainRequest, settings, report, training: Train
     def cv(hp: Hyperparameters, progress=None) -> EvaluationReport:
         return evaluate_profiles(X, y, groups, hp, labels=labels, mode=f"enroll:{recipe.enrol_clips}", recipe=recipe,
                                  k=request.folds, progress=progress, with_plain=False,
-                                 augmented=training.copies(hp.augment_speeds))["speaker_profiles"]
+                                 augmented=training.copies(hp))["speaker_profiles"]
 
     metrics = cv(request.hyperparameters, lambda done, total: report("cross-validating", done, total))
     registry = Registry(settings.model_dir)
@@ -301,7 +301,7 @@ def train_speaker_model(request: TrainRequest, settings, report, training: Train
             baseline = cv(current.hyperparameters)
     report("fitting", 0, 1)
     model, prior = fit_speaker_model(X, y, groups, request.hyperparameters, recipe,
-                                     training.copies(request.hyperparameters.augment_speeds))
+                                     training.copies(request.hyperparameters))
     report("fitting", 1, 1)
     report("registering", 0, 1)
     data = serialise(model)
@@ -349,8 +349,8 @@ def build_default_speaker(data: str | Path, out: str | Path | None = None, *, re
     progress = progress or (lambda stage: None)
     dataset = scan(data)
     hp = Hyperparameters()
-    training = training_set(dataset, get_settings().cache_dir, hp.augment_speeds, progress=progress("extracting"))
-    labels, copies = training.labels, training.copies(hp.augment_speeds)
+    training = training_set(dataset, get_settings().cache_dir, [hp], progress=progress("extracting"))
+    labels, copies = training.labels, training.copies(hp)
     evaluations = evaluate_modes(training.X, training.y, training.groups, hp, labels=labels,
                                  modes=[f"enroll:{recipe.enrol_clips}", "online"], recipe=recipe, k=folds,
                                  progress=progress("cross-validating"), skipped=training.skipped, augmented=copies)
@@ -393,8 +393,8 @@ def evaluate_dataset(model: LoadedModel, data: str, settings, mode: str, *, fold
     labels = list(model.meta.labels)
     dataset = scan(data).restrict(tuple(labels))
     hp = model.meta.hyperparameters
-    training = training_set(dataset, settings.cache_dir, hp.augment_speeds, max_seconds=settings.max_seconds,
+    training = training_set(dataset, settings.cache_dir, [hp], max_seconds=settings.max_seconds,
                             progress=progress_printer("extracting") if progress == "stderr" else None)
     return evaluate_profiles(training.X, training.y, training.groups, hp, labels=labels, mode=mode, recipe=recipe,
                              k=folds, progress=progress_printer("cross-validating") if progress == "stderr" else None,
-                             skipped=training.skipped, augmented=training.copies(hp.augment_speeds))
+                             skipped=training.skipped, augmented=training.copies(hp))
