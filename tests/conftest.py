@@ -33,7 +33,7 @@ RAVDESS = _ravdess()
 
 
 def _turev() -> Path:
-    raw = Path(os.environ.get("SERQ_TUREV_DIR", "../shared/data/turev"))
+    raw = Path(os.environ.get("SERQ_TUREV_DIR", "../shared/data/turev"))  # as serq.settings' turev_dir
     return raw if raw.is_absolute() else (REPO / raw).resolve()
 
 
