@@ -8,14 +8,14 @@ import numpy as np
 
 from serq.errors import DatasetError
 from serq.progress import progress_printer
-from serq.schemas import ConditionFigures, ConditionResult, ConditionsReport, EvaluationReport, Hyperparameters
+from serq.schemas import ConditionFigures, ConditionResult, ConditionsReport, EvaluationReport, FoldStats, Hyperparameters
 from serq.settings import Settings
 from serq.worker.engine.inference import probabilities
 from serq.worker.engine.model import LoadedModel
 from serq.worker.training.conditions import Condition, Conditioned
-from serq.worker.training.datasets import Clip, Dataset, scan
-from serq.worker.training.extraction import extract_clips, training_set
-from serq.worker.training.fit import check_trainable, fit, folds_for, score
+from serq.worker.training.datasets import Clip, scan
+from serq.worker.training.extraction import TrainingSet, extract_clips, training_set
+from serq.worker.training.fit import check_trainable, describe, fit, folds_for, score
 
 
 def evaluate_model(model: LoadedModel, data: str, settings: Settings, *, include_seen_speakers: bool = False,
@@ -83,19 +83,20 @@ def condition_results(y: np.ndarray, proba: dict[str, np.ndarray], labels: list[
     ) for name, p in proba.items()]
 
 
-def _condition_matrices(clips: list[Clip], conditions: list[Condition], settings: Settings, seed: int,
-                        progress: str | None) -> tuple[list[Clip], dict[str, np.ndarray], int]:
-    """Features of ``clips`` under each condition (cached per condition and seed), on the clips readable under all."""
+def condition_matrices(clips: list[Clip], conditions: list[Condition], settings: Settings, seed: int,
+                       progress: str | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Features of ``clips`` under each condition (cached per condition and seed): ``(keep, {name: rows})``,
+    the rows of the clips readable under every condition (``keep``, bool per clip)."""
     matrices, oks = {}, []
     for condition in conditions:
         report = progress_printer(f"extracting {condition.name}") if progress == "stderr" else None
         X, ok, _ = extract_clips(clips, settings.cache_dir, max_seconds=settings.max_seconds, progress=report,
-                                 perturbation=Conditioned(condition, seed))
+                                 perturbation=None if condition.kind == "clean" else Conditioned(condition, seed))
         full = np.zeros((len(clips), X.shape[1]), np.float32)
         full[ok] = X
         matrices[condition.name], oks = full, oks + [ok]
     keep = np.logical_and.reduce(oks)
-    return [c for c, k in zip(clips, keep) if k], {n: M[keep] for n, M in matrices.items()}, int((~keep).sum())
+    return keep, {name: M[keep] for name, M in matrices.items()}
 
 
 def evaluate_conditions(model: LoadedModel, data: str, settings: Settings, conditions: list[Condition], *,
@@ -110,50 +111,69 @@ def evaluate_conditions(model: LoadedModel, data: str, settings: Settings, condi
     """
     labels = list(model.meta.labels)
     dataset = scan(data).restrict(tuple(labels))
-    if not dataset.clips:
-        raise DatasetError(f"no clips of {', '.join(labels)} in {data}")
     seen = set(model.meta.training_data.get("speaker_ids", []))
-    refit = bool(seen & set(dataset.speakers))
-    clips, matrices, unreadable = _condition_matrices(dataset.clips, conditions, settings, seed, progress)
     skipped = Counter(dataset.skipped)
-    if unreadable:
-        skipped["unreadable audio"] += unreadable
-    y = np.array([c.label for c in clips])
-    groups = np.array([c.speaker for c in clips])
-    if refit:
+    if seen & set(dataset.speakers):
         hp = model.meta.hyperparameters
-        report = progress_printer("extracting training copies") if progress == "stderr" else None
-        training = training_set(Dataset(clips), settings.cache_dir, [hp], max_seconds=settings.max_seconds,
-                                progress=report)
-        if len(training.clips) != len(clips):
-            raise DatasetError("some clips became unreadable between two reads; run again")
-        proba = conditions_by_fold(matrices, training.y, training.groups, hp, labels, training.copies(hp),
-                                   k=folds, random_state=hp.random_state,
-                                   progress=progress_printer("cross-validating") if progress == "stderr" else None)
-        protocol = f"speaker-grouped {folds}-fold, the recipe of {model.version} refitted per fold"
-    else:
-        proba = {name: probabilities(model, X) if len(X) else np.zeros((0, len(labels))) for name, X in matrices.items()}
-        protocol = f"held-out data: {len(set(groups))} speakers, none seen in training"
+        training = training_set(dataset, settings.cache_dir, [hp], max_seconds=settings.max_seconds,
+                                progress=progress_printer("extracting") if progress == "stderr" else None)
+        return conditions_report(training, hp, labels, conditions, settings, k=folds, seed=seed, progress=progress,
+                                 version=model.version)[1]
+    keep, matrices = condition_matrices(dataset.clips, conditions, settings, seed, progress)
+    if (~keep).any():
+        skipped["unreadable audio"] += int((~keep).sum())
+    clips = [c for c, k in zip(dataset.clips, keep) if k]
+    y = np.array([c.label for c in clips])
+    proba = {name: probabilities(model, X) if len(X) else np.zeros((0, len(labels))) for name, X in matrices.items()}
+    speakers = len({c.speaker for c in clips})
     return ConditionsReport(
-        model_version=model.version, protocol=protocol, speaker_independent=True, seed=seed, n=len(y),
-        speakers=len(set(groups)), labels=labels, present=[l for l in labels if l in set(y.tolist())],
+        model_version=model.version, protocol=f"held-out data: {speakers} speakers, none seen in training",
+        speaker_independent=True, seed=seed, n=len(y), speakers=speakers, labels=labels,
+        present=[label for label in labels if label in set(y.tolist())],
         conditions=condition_results(y, proba, labels), skipped=dict(skipped))
 
 
-def conditions_by_fold(matrices: dict[str, np.ndarray], y: np.ndarray, groups: np.ndarray, hp: Hyperparameters,
-                       labels: list[str], copies: list[np.ndarray], *, k: int = 5, random_state: int = 0,
-                       progress=None) -> dict[str, np.ndarray]:
-    """Out-of-fold probabilities per condition: each speaker-grouped fold's model (fitted on the clean training
-    rows ``matrices["clean"]`` plus ``copies``, rows aligned) on its test speakers under every condition."""
-    X = matrices["clean"]
+def conditions_report(training: TrainingSet, hp: Hyperparameters, labels: list[str], conditions: list[Condition],
+                      settings: Settings, *, k: int = 5, seed: int = 0, random_state: int = 0,
+                      progress: str | None = None, version: str | None = None
+                      ) -> tuple[EvaluationReport, ConditionsReport]:
+    """Speaker-grouped ``k``-fold of recipe ``hp`` on ``training`` (its perturbed copies in the training folds),
+    each fold's model scoring its test speakers clean and under every condition.
+
+    Returns the clean figures (as :func:`serq.worker.training.fit.cross_validate` reports them: the same
+    folds and fits give the same predictions) and the conditions table: one set of fits for both.
+    """
+    keep, matrices = condition_matrices(training.clips, conditions, settings, seed, progress)
+    y, groups = training.y[keep], training.groups[keep]
+    matrices["clean"] = training.X[keep]  # the very rows training uses
+    copies = [A[keep] for A in training.copies(hp)]
     check_trainable(y, labels)
     splits = folds_for(y, groups, protocol="speaker", k=k, random_state=random_state)
     proba = {name: np.zeros((len(y), len(labels))) for name in matrices}
-    for i, (train, test) in enumerate(splits):
-        model = fit(X[train], y[train], hp, [A[train] for A in copies])
+    fold_of = np.zeros(len(y), dtype=int)
+    report = progress_printer("cross-validating") if progress == "stderr" else None
+    for f, (train, test) in enumerate(splits):
+        model = fit(matrices["clean"][train], y[train], hp, [A[train] for A in copies])
         order = [list(model.classes_).index(label) for label in labels]
         for name, M in matrices.items():
             proba[name][test] = model.predict_proba(M[test])[:, order]
-        if progress:
-            progress(i + 1, len(splits))
-    return proba
+        fold_of[test] = f
+        if report:
+            report(f + 1, len(splits))
+    skipped = dict(training.skipped)
+    if (~keep).any():
+        skipped["unreadable audio"] = skipped.get("unreadable audio", 0) + int((~keep).sum())
+    pred = np.array(labels)[proba["clean"].argmax(axis=1)]
+    clean = score(y, pred, labels, protocol=describe("speaker", k), speaker_independent=True, skipped=skipped)
+    per_fold = [score(y[fold_of == f], pred[fold_of == f], labels, protocol="", speaker_independent=True)
+                for f in range(len(splits))]
+    clean.folds = {key: FoldStats(mean=float(np.mean([getattr(r, key) for r in per_fold])),
+                                  std=float(np.std([getattr(r, key) for r in per_fold])))
+                   for key in ("accuracy", "balanced_accuracy", "macro_f1")}
+    table = ConditionsReport(
+        model_version=version,
+        protocol=f"speaker-grouped {k}-fold" + (f", the recipe of {version} refitted per fold" if version else ""),
+        speaker_independent=True, seed=seed, n=len(y), speakers=len(set(groups.tolist())), labels=labels,
+        present=[label for label in labels if label in set(y.tolist())],
+        conditions=condition_results(y, proba, labels), skipped=skipped)
+    return clean, table

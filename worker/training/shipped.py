@@ -2,7 +2,8 @@
 
 ``serq models build-default`` trains on every RAVDESS speech clip it finds (actors
 01-20 here), with the default hyperparameters and a fixed seed, reports
-speaker-grouped 5-fold metrics, and writes the artifact, metadata and card.
+speaker-grouped 5-fold metrics, clean and under the default recording conditions
+(:mod:`serq.worker.training.conditions`), and writes the artifact, metadata and card.
 Same data + same seed -> the same model and figures.
 """
 
@@ -31,9 +32,11 @@ def build_default(data: str | Path, out: str | Path | None = None, *, n_jobs: in
     from serq.progress import progress_printer
     from serq.settings import get_settings
     from serq.worker.engine.features import FEATURE_NAMES, FEATURE_VERSION
+    from serq.worker.training.conditions import DEFAULT_CONDITIONS, parse_conditions
     from serq.worker.training.datasets import scan
+    from serq.worker.training.evaluation import conditions_report
     from serq.worker.training.extraction import training_set
-    from serq.worker.training.fit import cross_validate, fit
+    from serq.worker.training.fit import fit
 
     out = Path(out) if out else DEFAULT_DIR
     settings = get_settings()
@@ -41,11 +44,10 @@ def build_default(data: str | Path, out: str | Path | None = None, *, n_jobs: in
     hp = Hyperparameters()
     training = training_set(dataset, settings.cache_dir, [hp], n_jobs=n_jobs,
                             progress=progress_printer("extracting"))
-    copies = training.copies(hp)
-    metrics = cross_validate(training.X, training.y, training.groups, hp, labels=training.labels, protocol="speaker",
-                             k=5, progress=progress_printer("cross-validating"), skipped=training.skipped,
-                             augmented=copies)
-    model = fit(training.X, training.y, hp, copies)
+    # One set of speaker-grouped fits gives the clean figures and the conditions table.
+    metrics, conditions = conditions_report(training, hp, training.labels, parse_conditions(DEFAULT_CONDITIONS),
+                                            settings, k=5, progress="stderr")
+    model = fit(training.X, training.y, hp, training.copies(hp))
     data_bytes = serialise(model)
     digest = sha256_bytes(data_bytes)
     summary = dataset.training_summary(training.clips, "RAVDESS speech (Zenodo record 1188976), 16 kHz FLAC")
@@ -59,6 +61,7 @@ def build_default(data: str | Path, out: str | Path | None = None, *, n_jobs: in
         hyperparameters=hp,
         training_data=summary,
         metrics=metrics,
+        conditions=conditions,
         notes="The default model shipped with serq.",
     )
     write_folder(out, data_bytes, meta, model_card(meta, extra=REBUILD_NOTE))
