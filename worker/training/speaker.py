@@ -43,6 +43,7 @@ from serq.models.registry import (
     write_folder,
 )
 from serq.schemas import (
+    ConditionsReport,
     EvaluationReport,
     FoldStats,
     Hyperparameters,
@@ -55,6 +56,8 @@ from serq.schemas.profiles import Enrolment
 from serq.worker.engine import profiles
 from serq.worker.engine.features import FEATURE_NAMES, FEATURE_VERSION
 from serq.worker.engine.model import LoadedModel
+from serq.worker.training.conditions import DEFAULT_CONDITIONS, parse_conditions
+from serq.worker.training.evaluation import condition_matrices, condition_results
 from serq.worker.training.extraction import TrainingSet, training_set
 from serq.worker.training.fit import (
     FoldProgress,
@@ -348,12 +351,18 @@ def build_default_speaker(data: str | Path, out: str | Path | None = None, *, re
     out = Path(out) if out else DEFAULT_SPEAKER_DIR
     progress = progress or (lambda stage: None)
     dataset = scan(data)
-    hp = Hyperparameters()
-    training = training_set(dataset, get_settings().cache_dir, [hp], progress=progress("extracting"))
+    # Speed copies, no channel copies: those are drawn per clip, while a profile normalises one
+    # speaker on one line; the profile itself is this model's channel compensation (see the
+    # conditions table: enrolled and scored under the same condition).
+    hp = Hyperparameters(channel_copies=0)
+    settings = get_settings()
+    training = training_set(dataset, settings.cache_dir, [hp], progress=progress("extracting"))
     labels, copies = training.labels, training.copies(hp)
     evaluations = evaluate_modes(training.X, training.y, training.groups, hp, labels=labels,
                                  modes=[f"enroll:{recipe.enrol_clips}", "online"], recipe=recipe, k=folds,
                                  progress=progress("cross-validating"), skipped=training.skipped, augmented=copies)
+    conditions = speaker_conditions_report(training, hp, recipe, labels, settings, k=folds,
+                                           progress=progress("conditions"))
     model, prior = fit_speaker_model(training.X, training.y, training.groups, hp, recipe, copies)
     data_bytes = serialise(model)
     digest = sha256_bytes(data_bytes)
@@ -361,6 +370,7 @@ def build_default_speaker(data: str | Path, out: str | Path | None = None, *, re
     enrol = evaluations[f"enroll:{recipe.enrol_clips}"]
     meta = _metadata(f"speaker-ravdess-{FEATURE_VERSION}-{weights_digest(model)[:8]}", digest, labels, hp, prior, summary,
                      enrol["speaker_profiles"], notes="The speaker-normalised model shipped with serq.")
+    meta.conditions = conditions
     extra = [CARD_NOTE, "", "## Beside the plain model (same folds, same clips)"]
     for mode, reports in evaluations.items():
         for name in ("plain", "plain_same_clips", "speaker_profiles"):
@@ -371,6 +381,58 @@ def build_default_speaker(data: str | Path, out: str | Path | None = None, *, re
     write_folder(out, data_bytes, meta, model_card(meta, extra="\n".join(extra)))
     forget_speaker_models()
     return meta, evaluations
+
+
+def conditions_by_enrolment(training: TrainingSet, matrices: dict[str, np.ndarray], hp: Hyperparameters,
+                            recipe: ProfileRecipe, labels: list[str], *, k: int = 5, random_state: int = 0,
+                            progress: FoldProgress | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """``enroll:<recipe.enrol_clips>`` under recording conditions, by speaker-grouped ``k``-fold.
+
+    Each test speaker is enrolled and scored under the *same* condition (a user enrols
+    on the line they call from): the same enrolment clips (neutral/calm first) under
+    every condition, never scored. ``matrices[name]`` are the rows of ``training.X``
+    under each condition (``"clean"`` among them). Returns ``(scored, proba)``: the
+    rows scored (bool) and, per condition, probabilities in ``labels`` order.
+    """
+    y, groups = training.y, training.groups
+    check_trainable(y, labels)
+    splits = folds_for(y, groups, protocol="speaker", k=k, random_state=random_state)
+    scored = np.zeros(len(y), dtype=bool)
+    proba = {name: np.zeros((len(y), len(labels))) for name in matrices}
+    for f, (train, test) in enumerate(splits):
+        model, prior = fit_speaker_model(training.X[train], y[train], groups[train], hp, recipe,
+                                         [A[train] for A in training.copies(hp)])
+        order = [list(model.classes_).index(label) for label in labels]
+        for speaker in np.unique(groups[test]):
+            rows = np.flatnonzero(groups == speaker)
+            rng = np.random.default_rng([random_state, int(rows[0])])
+            chosen = enrolment_indices(y[rows], recipe.enrol_clips, rng, "neutral_calm")
+            keep = rows[np.setdiff1d(np.arange(len(rows)), chosen)]
+            scored[keep] = True
+            for name, M in matrices.items():
+                profile = profiles.build("eval", M[rows[chosen]], FEATURE_VERSION)
+                proba[name][keep] = model.predict_proba(profiles.model_input(M[keep], profile, prior))[:, order]
+        if progress:
+            progress(f + 1, len(splits))
+    return scored, {name: p[scored] for name, p in proba.items()}
+
+
+def speaker_conditions_report(training: TrainingSet, hp: Hyperparameters, recipe: ProfileRecipe, labels: list[str],
+                              settings, *, k: int = 5, seed: int = 0, progress: FoldProgress | None = None
+                              ) -> ConditionsReport:
+    """:func:`conditions_by_enrolment` under the default conditions, as a :class:`ConditionsReport`."""
+    keep, matrices = condition_matrices(training.clips, parse_conditions(DEFAULT_CONDITIONS), settings, seed)
+    if not keep.all():
+        raise DatasetError(f"{int((~keep).sum())} clips became unreadable under a condition")
+    matrices["clean"] = training.X
+    scored, proba = conditions_by_enrolment(training, matrices, hp, recipe, labels, k=k, progress=progress)
+    y = training.y[scored]
+    return ConditionsReport(
+        protocol=f"speaker-grouped {k}-fold, enroll:{recipe.enrol_clips} (enrolled and scored under the same "
+                 "condition; enrolment clips not scored)",
+        speaker_independent=True, seed=seed, n=len(y), speakers=len(set(training.groups.tolist())), labels=labels,
+        present=[label for label in labels if label in set(y.tolist())],
+        conditions=condition_results(y, proba, labels), skipped=dict(training.skipped))
 
 
 def evaluate_dataset(model: LoadedModel, data: str, settings, mode: str, *, folds: int = 5,
