@@ -6,7 +6,7 @@ from collections import Counter
 
 import numpy as np
 
-from serq.errors import DatasetError
+from serq.errors import DatasetError, InvalidRequest
 from serq.progress import progress_printer
 from serq.schemas import ConditionFigures, ConditionResult, ConditionsReport, EvaluationReport, FoldStats, Hyperparameters
 from serq.settings import Settings
@@ -110,6 +110,9 @@ def evaluate_conditions(model: LoadedModel, data: str, settings: Settings, condi
     recipe's perturbed copies, clean), and each fold's model scores its unseen test
     speakers under every condition: the same protocol as the model card's table.
     """
+    if model.meta.normalisation != "none":
+        raise InvalidRequest(f"model {model.version} expects speaker profiles: its conditions table (enrolled and "
+                             "scored under each condition) is in its model card; evaluate a plain model here")
     labels = list(model.meta.labels)
     dataset = scan(data).restrict(tuple(labels))
     seen = set(model.meta.training_data.get("speaker_ids", []))

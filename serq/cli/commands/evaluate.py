@@ -40,6 +40,10 @@ def run(args: argparse.Namespace) -> int:
     settings = get_settings()
     registry = Registry(settings.model_dir)
     model = registry.load(args.model) if args.model else registry.load_active()
+    if args.conditions and args.speaker_profiles:
+        from serq.errors import InvalidRequest
+
+        raise InvalidRequest("--conditions and --speaker-profiles are separate evaluations: give one")
     if args.conditions:  # issue 16: logic in serq.worker.training.evaluation
         from serq.models.card import conditions_table
         from serq.worker.training.conditions import parse_conditions
