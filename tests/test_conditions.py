@@ -173,8 +173,9 @@ def test_evaluate_conditions_refits_by_fold_on_the_models_own_speakers(small_mod
     report = evaluate_conditions(model, str(data), settings, parse_conditions("clean,phone"), folds=5)
     assert "refitted per fold" in report.protocol and report.speaker_independent
     assert report.n == 5 * (4 + 8) and report.speakers == 5
+    assert report.labels == report.present == ["neutral", "angry"]  # refitted on the classes the data hold
     clean, phone = report.conditions
-    assert clean.all_classes.agreement == 1.0 and clean.present_classes is not None
+    assert clean.all_classes.agreement == 1.0 and clean.present_classes is None
     assert 0.0 <= phone.all_classes.agreement <= 1.0 and phone.n == report.n
 
 

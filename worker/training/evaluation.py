@@ -108,7 +108,8 @@ def evaluate_conditions(model: LoadedModel, data: str, settings: Settings, condi
     holds speakers it was trained on (the shipped model on RAVDESS), its recipe is
     refitted by speaker-grouped ``folds``-fold instead (training folds with the
     recipe's perturbed copies, clean), and each fold's model scores its unseen test
-    speakers under every condition: the same protocol as the model card's table.
+    speakers under every condition: the same protocol as the model card's table
+    (refitted models choose among the classes the data hold).
     """
     if model.meta.normalisation != "none":
         raise InvalidRequest(f"model {model.version} expects speaker profiles: its conditions table (enrolled and "
@@ -121,7 +122,9 @@ def evaluate_conditions(model: LoadedModel, data: str, settings: Settings, condi
         hp = model.meta.hyperparameters
         training = training_set(dataset, settings.cache_dir, [hp], max_seconds=settings.max_seconds,
                                 progress=progress_printer("extracting") if progress == "stderr" else None)
-        return conditions_report(training, hp, labels, conditions, settings, k=folds, seed=seed, progress=progress,
+        # Refitted models can only learn the classes the data hold: the choice is among those.
+        present = [label for label in labels if label in set(training.labels)]
+        return conditions_report(training, hp, present, conditions, settings, k=folds, seed=seed, progress=progress,
                                  version=model.version)[1]
     keep, matrices = condition_matrices(dataset.clips, conditions, settings, seed, progress)
     if (~keep).any():
