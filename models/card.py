@@ -29,9 +29,7 @@ CONDITIONS_NOTE = (
     "below the speech, reverb:T a simulated room with that RT60 (not one of the training rooms), mp3:K an "
     "MP3 round trip at K kbit/s. Agreement is the share of clips given the label they got clean. The features "
     "are level-free by construction (the waveform is scaled to one speech level first), so gain and peak "
-    "normalisation cannot change a label; that also removed the loudness cue RAVDESS's fixed studio gain "
-    "offered, which is why the clean figure of earlier models (0.587 for default-ravdess-serq-fe-2) is not "
-    "comparable one to one."
+    "normalisation cannot change a label."
 )
 
 
