@@ -42,7 +42,8 @@ ACTIVE_DB = 35.0  # frames within this many dB of the loudest frame are "active"
 NOISE_PERCENTILE = 10.0  # ... and above the noise floor: this percentile of the frame levels ...
 NOISE_RANGE_DB = 50.0  # ... of the frames within this of the loudest (digital silence is no noise floor) ...
 NOISE_MARGIN_DB = 3.0  # ... plus this margin (steady noise frames vary by well under 1 dB)
-HEADROOM_DB = 3.0  # the frames within this of the loudest always count (a clip is never all inactive)
+HEADROOM_DB = 3.0  # the frames within this of the loudest always count (a clip is never all inactive) ...
+DIGITAL_SILENCE_DB = -200.0  # ... unless they are digital silence (zeros): never speech, whatever the gain
 #: A clip whose loudest frame is below this is "silent" (the only absolute level that decides anything):
 #: 20 dB under the quietest RAVDESS clip turned down 18 dB, 25 dB over 16-bit dither.
 SILENCE_DBFS = -75.0
@@ -237,7 +238,7 @@ def active_frames(level_db: np.ndarray) -> np.ndarray:
     loudest = float(level_db.max())
     floor = float(percentiles(level_db[level_db > loudest - NOISE_RANGE_DB], (NOISE_PERCENTILE,))[0])
     threshold = min(max(loudest - ACTIVE_DB, floor + NOISE_MARGIN_DB), loudest - HEADROOM_DB)
-    return level_db > threshold
+    return (level_db > threshold) & (level_db > DIGITAL_SILENCE_DB)
 
 
 def speech_level_db(frame_power: np.ndarray, active: np.ndarray) -> float:
