@@ -1,7 +1,7 @@
 """Voice activity that holds in noise (issue 16): the features' active frames and the timeline's segments.
 
 Recordings are RAVDESS clips trimmed to their speech and joined with quiet gaps (the
-helpers of tests/test_timeline_corpus.py), so where the speech is is known. Noise is
+helpers of tests/helpers/recordings.py), so where the speech is is known. Noise is
 white, 10 dB below the active-speech level (:func:`serq.worker.training.augment.add_noise`).
 """
 
@@ -17,7 +17,7 @@ from serq.worker.engine.timeline import RATE, timeline_file
 from serq.worker.training.augment import add_noise, speech_level
 
 from conftest import ravdess_clip
-from test_timeline_corpus import CLIPS, join, stretches, trimmed
+from helpers.recordings import CLIPS, join, stretches, trimmed
 
 pytestmark = pytest.mark.corpus
 
