@@ -7,6 +7,9 @@ JSON Schema files in ``schemas/json/`` and the AsyncAPI document
 
 from serq.schemas.contract import ClassifyHeaders, type_name
 from serq.schemas.engine import (
+    ConditionFigures,
+    ConditionResult,
+    ConditionsReport,
     ErrorInfo,
     ErrorReply,
     EvaluationReport,
@@ -46,6 +49,9 @@ from serq.schemas.training import (
 __all__ = [
     "ClassifyHeaders",
     "type_name",
+    "ConditionFigures",
+    "ConditionResult",
+    "ConditionsReport",
     "ErrorInfo",
     "ErrorReply",
     "EvaluationReport",

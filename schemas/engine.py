@@ -102,6 +102,11 @@ class Hyperparameters(_Model):
         description="speed-perturbed copies of each training clip (1.1 = 10 % faster, higher pitch); "
         "training folds only, never scored",
     )
+    channel_copies: int = Field(
+        3, ge=0, le=8,
+        description="channel-augmented copies of each training clip (noise, phone line, codec, room, gain, "
+        "pitch; seeded, see docs/training.md); training folds only, never scored",
+    )
 
     @field_validator("augment_speeds")
     @classmethod
@@ -140,6 +145,37 @@ class EvaluationReport(_Model):
     speaker_profiles: str | None = Field(None, description="speaker normalisation used in evaluation, if any")
 
 
+class ConditionFigures(_Model):
+    """One condition's figures over one choice of classes."""
+
+    accuracy: float
+    balanced_accuracy: float = Field(description="unweighted average recall over the classes present")
+    agreement: float = Field(description="fraction of clips given the label they got under `clean`")
+
+
+class ConditionResult(_Model):
+    condition: str = Field(description="e.g. 'noise:10' (see docs/training.md for the grammar)")
+    n: int = Field(description="clips scored")
+    all_classes: ConditionFigures = Field(description="the model's choice among all its classes")
+    present_classes: ConditionFigures | None = Field(
+        None, description="the choice restricted to the classes present in the data (when some are absent)")
+
+
+class ConditionsReport(_Model):
+    """`serq evaluate --conditions`: the same test clips under each recording condition."""
+
+    model_version: str | None = Field(None, description="the model scored, or whose recipe was refitted by fold")
+    protocol: str = Field(description="e.g. 'speaker-grouped 5-fold, refitted' or 'held-out data: 6 speakers'")
+    speaker_independent: bool
+    seed: int = Field(description="seed of the conditions' random parts (noise, room)")
+    n: int
+    speakers: int
+    labels: list[str] = Field(description="the model's classes")
+    present: list[str] = Field(description="the classes present in the data")
+    conditions: list[ConditionResult]
+    skipped: dict[str, int] = Field(default_factory=dict, description="files left out, by reason")
+
+
 class ModelMetadata(_Model):
     version: str
     created: datetime
@@ -154,6 +190,8 @@ class ModelMetadata(_Model):
     speaker_prior: SpeakerPrior | None = Field(None, description="for normalisation 'speaker': how profiles are applied")
     training_data: dict = Field(default_factory=dict, description="summary of the data it was fitted on")
     metrics: EvaluationReport | None = Field(None, description="cross-validated, speaker-independent")
+    conditions: ConditionsReport | None = Field(
+        None, description="cross-validated figures under recording conditions (`serq evaluate --conditions`)")
     notes: str = ""
 
     @field_validator("labels")

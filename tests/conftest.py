@@ -2,6 +2,8 @@
 
 - ``ravdess_dir``: the corpus from ``SERQ_RAVDESS_DIR`` (default ``../shared/data/ravdess``
   relative to the repository); tests skip with a clear reason when it is absent.
+- ``turev_dir``: TurEV-DB from ``SERQ_TUREV_DIR`` (default ``../shared/data/turev``), for
+  cross-corpus evaluation only (its licence forbids training a shipped model on it).
 - ``amqp_url`` / ``prefix``: the real broker at ``SERQ_AMQP_URL``; every test gets its own
   name prefix and its queues/exchanges are deleted afterwards.
 - ``isolated_env``: SERQ_MODEL_DIR and SERQ_CACHE_DIR in a temp dir, so no test touches
@@ -48,6 +50,14 @@ def _ravdess() -> Path:
 RAVDESS = _ravdess()
 
 
+def _turev() -> Path:
+    raw = Path(os.environ.get("SERQ_TUREV_DIR", "../shared/data/turev"))  # as serq.settings' turev_dir
+    return raw if raw.is_absolute() else (REPO / raw).resolve()
+
+
+TUREV = _turev()
+
+
 def ravdess_clip(actor: int, emotion: int, intensity: int = 1, statement: int = 1, repetition: int = 1) -> Path:
     """Path of one RAVDESS clip by its fields (emotion 1..8 in RAVDESS order)."""
     if emotion == 1:
@@ -61,6 +71,13 @@ def ravdess_dir() -> Path:
     if not (RAVDESS / "Actor_01").is_dir():
         pytest.skip(f"RAVDESS corpus not found at {RAVDESS} (set SERQ_RAVDESS_DIR)")
     return RAVDESS
+
+
+@pytest.fixture(scope="session")
+def turev_dir() -> Path:
+    if not (TUREV / "Angry").is_dir():
+        pytest.skip(f"TurEV-DB corpus not found at {TUREV} (set SERQ_TUREV_DIR)")
+    return TUREV
 
 
 def _broker_reachable(url: str) -> bool:
@@ -288,7 +305,7 @@ def speaker_version(ravdess_dir, model_dir) -> str:
     request = TrainRequest(dataset=str(ravdess_dir), speakers=["01", "02", "03"], folds=2, activate="always",
                            speaker_normalisation=True,
                            hyperparameters=Hyperparameters(hidden_layers=[16], max_iter=30, random_state=0,
-                                                           augment_speeds=[]))
+                                                           augment_speeds=[], channel_copies=0))
     result = run_training(request, settings)
     assert result.ok, result.error
     return result.version
