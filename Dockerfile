@@ -14,7 +14,7 @@ COPY worker ./worker
 COPY client ./client
 COPY schemas ./schemas
 COPY models ./models
-RUN pip wheel --wheel-dir /wheels ".[worker]"
+RUN pip wheel --wheel-dir /wheels ".[worker,train]"
 
 FROM python:${PYTHON_VERSION}-slim AS runtime
 # libsndfile1 for soundfile (WAV/FLAC/OGG/MP3 decoding) on platforms whose wheel does not bundle it.
@@ -22,7 +22,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends libsndfile1 \
  && rm -rf /var/lib/apt/lists/*
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index --find-links /wheels "serq[worker]"
+    pip install --no-cache-dir --no-index --find-links /wheels "serq[worker,train]"
 # A non-root user owns the writable places: the model registry (a named volume in
 # docker-compose inherits this ownership), the feature cache, numba's JIT cache, and the
 # folders docker-compose's setup service writes the signing keys and broker definitions to.

@@ -13,7 +13,7 @@ from serq.errors import MissingExtra
 EXTRA_OF_MODULE: dict[str, str] = {
     "librosa": "worker", "soxr": "worker", "scipy": "worker", "sklearn": "worker", "skops": "worker",
     "joblib": "worker", "threadpoolctl": "worker", "prometheus_client": "worker",
-    "numba": "worker", "audiomentations": "worker", "pyroomacoustics": "worker",
+    "numba": "worker", "audiomentations": "train", "pyroomacoustics": "train",
     "simpleaudio": "bot", "plotext": "bot", "matplotlib": "bot",
     "aio_pika": "async", "pipecat": "pipecat",
 }
