@@ -237,17 +237,20 @@ def obtain_broker(settings: Settings, workdir: Path, stack: ExitStack) -> tuple[
     if amqp_ok(settings):
         say(f"using the broker at {settings.redacted_amqp_url}")
         return settings.amqp_url, "existing"
-    parts = urlsplit(settings.amqp_url)
+    from serq.transport.connection import node_urls
+
+    first = node_urls(settings)[0]  # a broker the demo starts itself is one node, at the first URL
+    parts = urlsplit(first)
     local = (parts.hostname or "127.0.0.1") in {"127.0.0.1", "localhost", "::1"}
     if local and port_open(parts.hostname or "127.0.0.1", parts.port or 5672):
         raise NoBroker(f"something listens at {settings.redacted_amqp_url} but refuses an AMQP login: "
                        "check the credentials in SERQ_AMQP_URL")
     if local and shutil.which("rabbitmq-server"):
-        broker = LocalBroker(settings.amqp_url, workdir)
+        broker = LocalBroker(first, workdir)
         stack.callback(broker.stop)
         return broker.start(), "local"
     if local and COMPOSE_FILE.is_file() and docker_works():
-        broker = ComposeBroker(settings.amqp_url)
+        broker = ComposeBroker(first)
         stack.callback(broker.stop)
         return broker.start(), "docker"
     raise NoBroker(f"no RabbitMQ answers at {settings.redacted_amqp_url} and none can be started here "
@@ -260,20 +263,14 @@ def obtain_broker(settings: Settings, workdir: Path, stack: ExitStack) -> tuple[
 
 def consumers(settings: Settings, queue: str) -> int:
     """Consumers of ``queue``, 0 while it does not exist yet."""
-    import pika.exceptions
-
-    from serq.transport.connection import connect
+    from serq.transport.connection import close_quietly, connect
+    from serq.transport.topology import consumer_count
 
     conn = connect(settings, "serq-demo-probe")
     try:
-        channel = conn.channel()
-        try:
-            return channel.queue_declare(queue, passive=True).method.consumer_count
-        except pika.exceptions.ChannelClosedByBroker:
-            return 0
+        return consumer_count(conn, queue)
     finally:
-        if conn.is_open:
-            conn.close()
+        close_quietly(conn)
 
 
 def start_services(commands: list[str], env: dict, workdir: Path, settings: Settings, stack: ExitStack,
@@ -398,7 +395,7 @@ def run(*, samples_dir: Path | None = None, train: bool = False, play: bool = Tr
             env = dict(os.environ)
             env.update({
                 "SERQ_AMQP_URL": url, "SERQ_PREFIX": settings.prefix, "SERQ_MODEL_DIR": str(settings.model_dir),
-                "SERQ_METRICS_PORT": "0", "SERQ_RAVDESS_DIR": str(ravdess), "SERQ_DATA_ROOTS": str(ravdess),
+                "SERQ_METRICS_PORT": "0", "SERQ_TRAINER_METRICS_PORT": "0", "SERQ_RAVDESS_DIR": str(ravdess), "SERQ_DATA_ROOTS": str(ravdess),
                 "SERQ_CACHE_DIR": str(base.cache_dir),  # warm features (and numba's cache, if set) outlive the demo
             })
             say(f"prefix {settings.prefix}, models in {settings.model_dir} (removed afterwards)")

@@ -151,8 +151,12 @@ def connect_retrying(settings: "Settings", name: str, *, deadline: float | None 
 
 
 def serve_forever(settings: "Settings", name: str, session: Callable[[pika.BlockingConnection, Callable[[], None]], None],
-                  *, stop: threading.Event, on_lost: Callable[[BaseException], None] | None = None) -> int:
+                  *, stop: threading.Event, on_lost: Callable[[BaseException], None] | None = None,
+                  first: pika.BlockingConnection | None = None) -> int:
     """Run ``session(conn, ready)`` on a fresh connection until ``stop`` is set; returns how many sessions ran.
+
+    ``first``: an already open connection for the first session (a caller that must fail loudly
+    when the broker is not there at all connects once itself).
 
     ``session`` returns when it is done (stopping) or raises one of :data:`CONNECTION_ERRORS`
     when the link drops; it calls ``ready()`` once it consumes, which resets the backoff. The
@@ -167,7 +171,8 @@ def serve_forever(settings: "Settings", name: str, session: Callable[[pika.Block
 
     while not stop.is_set():
         try:
-            conn = connect_retrying(settings, name, stop=stop, backoff=backoff, on_unavailable=unavailable)
+            conn, first = first or connect_retrying(settings, name, stop=stop, backoff=backoff,
+                                                    on_unavailable=unavailable), None
         except BrokerUnavailable:
             break  # stop was set while waiting
         sessions += 1

@@ -108,8 +108,7 @@ def envelope(channel, method, props: pika.BasicProperties, body: bytes) -> Deliv
 
     - pika could not decode the properties, or ``reply_to`` is not UTF-8: ``unanswerable``;
     - any other text property that is not UTF-8, or headers that are not a table: ``problem``
-      (``invalid_request``), answered to ``reply_to`` without the broken id;
-    - no ``reply_to``: ``problem`` too (the answer goes to followers only).
+      (``invalid_request``), answered to ``reply_to`` without the broken id.
     """
     undecodable = getattr(props, UNDECODABLE, None)
     bad = [name for name in _TEXT_PROPERTIES if getattr(props, name, None) is not None
@@ -128,8 +127,6 @@ def envelope(channel, method, props: pika.BasicProperties, body: bytes) -> Deliv
         delivery.problem = InvalidRequest(f"{', '.join(bad)} not UTF-8: every AMQP property must be UTF-8 text")
     elif props.headers is not None and not isinstance(props.headers, dict):
         delivery.problem = InvalidRequest("headers must be an AMQP table")
-    elif not delivery.reply_to:
-        delivery.problem = InvalidRequest("no reply_to: nowhere to send the reply")
     return delivery
 
 
@@ -173,8 +170,12 @@ class Consumer:
 
     def __init__(self, declare: Callable[["BlockingChannel"], str], process: Callable[[Delivery], None], *,
                  middleware: Iterable[Middleware] = (), prefetch: int = 1, worker: str = "",
-                 app_id: str = "serq", log: Callable[..., None] | None = None):
+                 app_id: str = "serq", log: Callable[..., None] | None = None, require_reply_to: bool = True,
+                 on_error: Callable[[Delivery, SerqError], "Outcome"] | None = None):
         self.declare, self.process = declare, process
+        self.require_reply_to = require_reply_to
+        #: The answer to a delivery refused before processing (default: an ErrorReply).
+        self.on_error = on_error or (lambda delivery, exc: error_answer(delivery, exc, self.worker))
         self.middleware = list(middleware)
         self.prefetch, self.worker, self.app_id = prefetch, worker, app_id
         self.log = log or (lambda event, level=logging.INFO, **fields: logger.log(level, "%s %s", event, fields))
@@ -213,8 +214,8 @@ class Consumer:
         """Process I/O for up to ``seconds``; a consumer the broker cancelled is declared and consumed again."""
         self.conn.process_data_events(time_limit=seconds)
         if self._cancelled_by_broker and self._tag is not None:
-            self.log("consumer cancelled by the broker (queue deleted?); declaring it again", level=logging.WARNING,
-                     queue=self.queue, in_flight=len(self.in_flight))
+            self.log("consumer_cancelled", level=logging.WARNING, queue=self.queue, in_flight=len(self.in_flight),
+                     reason="cancelled by the broker (queue deleted?); declaring it again")
             self._consume()
             self.log("consuming", queue=self.queue)
 
@@ -237,6 +238,8 @@ class Consumer:
 
     def _on_message(self, channel, method, props, body: bytes) -> None:
         delivery = envelope(channel, method, props, body)
+        if self.require_reply_to and delivery.problem is None and not delivery.reply_to:
+            delivery.problem = InvalidRequest("no reply_to: nowhere to send the reply")  # followers still see it
         if delivery.unanswerable:
             self.dead_letter(delivery, delivery.unanswerable)
             return
@@ -247,7 +250,7 @@ class Consumer:
             for m in self.middleware:
                 m.before_process(self, delivery)
         except SerqError as exc:
-            self.complete(delivery, error_answer(delivery, exc, self.worker))
+            self.complete(delivery, self.on_error(delivery, exc))
             return
         except Exception as exc:  # a middleware bug: settle the delivery, keep consuming
             self.log("middleware failed", level=logging.ERROR, exc_info=exc, request_id=delivery.request_id)
@@ -288,15 +291,16 @@ class Consumer:
             content_type="application/json", correlation_id=correlation_id, type=type, app_id=self.app_id,
             delivery_mode=2 if persistent else None), mandatory=mandatory)
 
-    def complete(self, delivery: Delivery, outcome: "Outcome") -> None:
+    def complete(self, delivery: Delivery, outcome: "Outcome") -> bool:
         """I/O thread: publish the reply (confirmed), run ``after_process``, ack, run ``after_ack``.
 
         A reply the broker refuses (nack) is requeued, to be answered again; any other failure
         is logged and the delivery dead-lettered. A lost connection propagates (redelivery).
+        Returns ``True`` once the delivery is acked.
         """
         ch = delivery.channel
         if not ch.is_open or self.in_flight.get(delivery.tag) is not delivery:
-            return  # of a lost channel, or settled already: the broker redelivers / nothing to do
+            return False  # of a lost channel, or settled already: the broker redelivers / nothing to do
         try:
             is_error = isinstance(outcome.body, ErrorReply)
             payload = outcome.body.model_dump_json(exclude_none=is_error).encode()
@@ -313,20 +317,21 @@ class Consumer:
         except pika.exceptions.NackError:
             self.log("reply refused by the broker; requeued", level=logging.WARNING, request_id=delivery.request_id)
             self._settle(delivery, requeue=True)
-            return
+            return False
         except CONNECTION_ERRORS:
             raise
         except Exception as exc:
             self.log("reply failed; dead-lettering the request", level=logging.ERROR, exc_info=exc,
                      request_id=delivery.request_id)
             self.dead_letter(delivery, f"reply failed: {exc.__class__.__name__}")
-            return
+            return False
         self.in_flight.pop(delivery.tag, None)
         for m in self.middleware:
             try:
                 m.after_ack(self, delivery, outcome)
             except Exception as exc:  # a metrics or log bug must not stop the loop
                 self.log("after_ack middleware failed", level=logging.ERROR, exc_info=exc)
+        return True
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Nack ``delivery`` without requeue: the queue's DLX (``<p>.dead``) keeps it for inspection."""

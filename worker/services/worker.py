@@ -10,11 +10,20 @@ Threads and their jobs:
 - one **model thread** verifies and loads a model announced on ``<prefix>.models``,
   beside the serving one, then swaps the reference between two requests.
 
+The broker side (one reconnect loop over the nodes of ``SERQ_AMQP_URL``, envelope
+checks, reply-then-ack, re-declaring a deleted queue) is :mod:`serq.transport`'s consumer
+loop; what is particular to serving is its middleware here: size limit, metrics, the
+privacy filter and the results fan-out, logging. A per-request time limit
+(``SERQ_TIME_LIMIT_S``) interrupts a compute that runs too long, and ``/healthz`` turns 503
+when not consuming or when a request has been in flight longer than that.
+
 A request is acked only after its reply is confirmed by the broker, so a worker
 that dies mid-request loses nothing: the broker redelivers it (and after
 ``SERQ_DELIVERY_LIMIT`` deliveries dead-letters it, so a clip that kills workers
-cannot loop). A request that cannot be answered (no ``reply_to``) is acked and
-logged; everything else wrong with a request gets a typed error reply.
+cannot loop). A request without ``reply_to`` is answered on ``<p>.results`` only and
+acked; one whose reply cannot be addressed at all (``reply_to`` not UTF-8, properties that
+cannot be decoded) is dead-lettered at once; everything else wrong with a request gets a
+typed error reply.
 """
 
 from __future__ import annotations
