@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pika
+import pika.exceptions
 
 from serq.client.errors import (
     BrokerUnavailable,
@@ -36,7 +37,7 @@ from serq.labels import EMOTIONS
 from serq.schemas import ErrorReply, PredictionResult
 from serq.schemas.contract import PRIVATE_HEADER, error_key, parse_reply, result_key
 from serq.settings import Settings, get_settings
-from serq.transport.connection import CONNECTION_ERRORS, close_quietly, connect, connect_retrying, serve_forever
+from serq.transport.connection import CONNECTION_ERRORS, Backoff, close_quietly, connect, connect_retrying, serve_forever
 from serq.transport.topology import declare_classify, declare_results
 
 logger = logging.getLogger("serq.client")
@@ -154,14 +155,28 @@ class Client:
         pending.reply = (props.type, body)
 
     def _publish(self, pending: _Pending) -> None:
-        ttl_ms = max(1, int((pending.deadline - time.monotonic()) * 1000))
-        props = pika.BasicProperties(
-            reply_to=DIRECT_REPLY_TO, correlation_id=pending.id, content_type=pending.content_type,
-            headers=({"filename": pending.filename} if pending.filename else {}) | pending.headers or None,
-            type=pending.type,
-            expiration=str(ttl_ms),  # nobody waits for it after the deadline
-        )
-        self._ch.basic_publish("", self._queue, pending.body, props, mandatory=True)
+        """Publish ``pending`` (confirmed); a publish the broker refuses (nack) is made again after a backoff.
+
+        A quorum queue nacks what it cannot take while it has no leader: for the seconds after
+        the node leading it died, until the others elect one. :class:`Timeout` at the deadline.
+        """
+        backoff = Backoff(self.settings.reconnect_max_s, base=0.1)
+        while True:
+            ttl_ms = max(1, int((pending.deadline - time.monotonic()) * 1000))
+            props = pika.BasicProperties(
+                reply_to=DIRECT_REPLY_TO, correlation_id=pending.id, content_type=pending.content_type,
+                headers=({"filename": pending.filename} if pending.filename else {}) | pending.headers or None,
+                type=pending.type,
+                expiration=str(ttl_ms),  # nobody waits for it after the deadline
+            )
+            try:
+                self._ch.basic_publish("", self._queue, pending.body, props, mandatory=True)
+                return
+            except pika.exceptions.NackError:
+                logger.info("the broker refused request %s (nack): publishing it again", pending.id)
+                if not backoff.sleep(pending.deadline):
+                    raise Timeout(f"the broker refused the request until its deadline ({pending.timeout:g} s): "
+                                  f"is {self._queue} available on {self.settings.redacted_amqp_url}?") from None
 
     def _send(self, source: Source, timeout: float, filename: str | None = None, *, headers: dict | None = None,
               type: str | None = None) -> _Pending:
