@@ -47,8 +47,11 @@ class Settings(BaseSettings):
     timeline_max_pause_s: float = Field(1.0, ge=0.1, le=10.0, description="`serq timeline`: a pause up to this long stays inside a speech segment, seconds")
     prefetch: int = Field(4, ge=1, le=1000, description="requests in flight per worker (AMQP prefetch)")
     metrics_port: int = Field(9108, ge=0, le=65535, description="Prometheus /metrics and /healthz port of the worker; 0 disables")
-    trainer_metrics_port: int = Field(9109, ge=0, le=65535, description="Prometheus /metrics and /healthz port of the trainer; 0 disables")
-    time_limit_s: float = Field(60.0, gt=0, le=3600, description="longest a request may stay in flight on a worker: past it the compute is interrupted (`time_limit` reply) and /healthz reports 503")
+    trainer_metrics_port: int = Field(9109, ge=0, le=65535,
+                                      description="Prometheus /metrics and /healthz port of the trainer; 0 disables")
+    time_limit_s: float = Field(60.0, gt=0, le=3600,
+                                description="longest a request may stay in flight on a worker: past it the compute is "
+                                "interrupted (`time_limit` reply) and /healthz reports 503")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_json: bool = Field(False, description="structured JSON log lines instead of plain text")
     worker_id: str = Field("", description="name a worker signs its replies with; empty = <hostname>-<pid>")

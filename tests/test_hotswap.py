@@ -1,4 +1,4 @@
-"""Issue 5 end to end: while a client streams classify requests at two real workers, a real trainer
+"""Retraining while serving, end to end: while a client streams classify requests at two real workers, a real trainer
 retrains on a few RAVDESS actors and activates; every reply succeeds and both workers switch from
 the old version to the new one; `serq models rollback` swaps them back through the same event; a
 tampered activation is refused while serving goes on; a worker started later loads the active model."""
@@ -14,7 +14,6 @@ import threading
 import time
 
 import pytest
-from test_trainer import REPO, feature_cache, make_subset  # noqa: F401  (feature_cache is a fixture)
 
 from serq.client import Client
 from serq.models.registry import Registry, default_metadata
@@ -23,6 +22,8 @@ from serq.settings import Settings
 from serq.transport.announce import activation_event, publish_event
 
 from conftest import ravdess_clip
+from helpers import REPO
+from helpers.corpus import make_subset
 
 pytestmark = [pytest.mark.broker, pytest.mark.corpus, pytest.mark.slow]
 
@@ -74,7 +75,7 @@ def _runs(versions: list[str]) -> list[str]:
 
 
 def test_a_retrain_hot_swaps_into_every_worker_and_no_request_fails(
-        amqp_url, prefix, tmp_path, ravdess_dir, feature_cache, start_worker, start_trainer):  # noqa: F811
+        amqp_url, prefix, tmp_path, ravdess_dir, feature_cache, start_worker, start_trainer):
     root = tmp_path / "data"
     make_subset(root, ravdess_dir, [1, 2, 3, 4, 5, 6], "six")
     workers = [start_worker(), start_worker()]
@@ -134,7 +135,7 @@ def test_a_retrain_hot_swaps_into_every_worker_and_no_request_fails(
 
 
 def test_a_speaker_model_is_announced_and_reaches_a_worker_without_shared_disk(
-        amqp_url, prefix, tmp_path, ravdess_dir, feature_cache, start_worker, start_trainer):  # noqa: F811
+        amqp_url, prefix, tmp_path, ravdess_dir, feature_cache, start_worker, start_trainer):
     """A `speaker_normalisation` job activates on the trainer; a worker with a registry of its own (no
     shared disk) swaps its profile-path model from the event, keeps its plain model, and
     `serq profiles activate default` swaps it back the same way."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import soundfile as sf
-from test_timeline_corpus import CLIPS, join, trimmed
 
 from serq.client.errors import ServiceError
 from serq.client.timeline import TimelineStream, stream_timeline
@@ -13,6 +12,7 @@ from serq.settings import Settings
 from serq.worker.engine.timeline import RATE, read_blocks, timeline_file
 
 from conftest import ravdess_clip
+from helpers.recordings import CLIPS, join, trimmed
 
 pytestmark = [pytest.mark.broker, pytest.mark.corpus]
 
@@ -83,7 +83,7 @@ def test_streamed_over_two_workers_equals_local(call, start_worker, amqp_url, pr
     blocks = read_blocks(call, RATE, block_s=2.0)
     with TimelineStream(settings=settings, timeout=60) as stream:
         stream.send(next(blocks))
-        stream._seq += 1
+        stream._cursor._seq += 1
         with pytest.raises(ServiceError) as err:
             stream.send(next(blocks))
     assert err.value.code == "invalid_request" and "expected chunk 1" in str(err.value)

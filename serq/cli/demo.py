@@ -32,8 +32,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
+import numpy as np
+import soundfile as sf
+
+from serq.cli.output import expand_paths
 from serq.errors import SerqError
-from serq.settings import Settings, redact_url
+from serq.settings import Settings, get_settings, redact_url
+from serq.transport.connection import close_quietly, connect, node_urls
+from serq.transport.topology import consumer_count, delete_deployment
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES_DIR = REPO / "samples"
@@ -70,7 +76,6 @@ def free_port() -> int:
 
 def amqp_ok(settings: Settings) -> bool:
     """True if ``settings.amqp_url`` accepts an AMQP login (not just a TCP connection)."""
-    from serq.transport.connection import connect
 
     try:
         connect(settings, "serq-demo-probe").close()
@@ -237,8 +242,6 @@ def obtain_broker(settings: Settings, workdir: Path, stack: ExitStack) -> tuple[
     if amqp_ok(settings):
         say(f"using the broker at {settings.redacted_amqp_url}")
         return settings.amqp_url, "existing"
-    from serq.transport.connection import node_urls
-
     first = node_urls(settings)[0]  # a broker the demo starts itself is one node, at the first URL
     parts = urlsplit(first)
     local = (parts.hostname or "127.0.0.1") in {"127.0.0.1", "localhost", "::1"}
@@ -263,9 +266,6 @@ def obtain_broker(settings: Settings, workdir: Path, stack: ExitStack) -> tuple[
 
 def consumers(settings: Settings, queue: str) -> int:
     """Consumers of ``queue``, 0 while it does not exist yet."""
-    from serq.transport.connection import close_quietly, connect
-    from serq.transport.topology import consumer_count
-
     conn = connect(settings, "serq-demo-probe")
     try:
         return consumer_count(conn, queue)
@@ -301,8 +301,6 @@ def start_services(commands: list[str], env: dict, workdir: Path, settings: Sett
 
 def delete_names(settings: Settings) -> None:
     """Remove the demo deployment's queues and exchanges."""
-    from serq.transport.connection import connect
-    from serq.transport.topology import delete_deployment
 
     try:
         conn = connect(settings, "serq-demo-cleanup")
@@ -325,8 +323,6 @@ def joined_recording(clips: list[Path], out: Path, pause_s: float = 2.0) -> Path
     A short "call" for the bot's ``timeline`` (about a second of work for the workers);
     ``None`` if no clip could be used.
     """
-    import numpy as np
-    import soundfile as sf
 
     parts, rate = [], None
     for clip in clips[:3]:
@@ -371,8 +367,6 @@ def _sigterm_to_interrupt(signum, frame):
 def run(*, samples_dir: Path | None = None, train: bool = False, play: bool = True,
         png_dir: Path | None = None, keep: bool = False) -> int:
     """The demo; returns the exit status (the bot's: 0 when every command worked)."""
-    from serq.cli.output import expand_paths
-    from serq.settings import get_settings
 
     base = get_settings()
     samples_dir = Path(samples_dir or SAMPLES_DIR)
@@ -395,7 +389,8 @@ def run(*, samples_dir: Path | None = None, train: bool = False, play: bool = Tr
             env = dict(os.environ)
             env.update({
                 "SERQ_AMQP_URL": url, "SERQ_PREFIX": settings.prefix, "SERQ_MODEL_DIR": str(settings.model_dir),
-                "SERQ_METRICS_PORT": "0", "SERQ_TRAINER_METRICS_PORT": "0", "SERQ_RAVDESS_DIR": str(ravdess), "SERQ_DATA_ROOTS": str(ravdess),
+                "SERQ_METRICS_PORT": "0", "SERQ_TRAINER_METRICS_PORT": "0",
+                "SERQ_RAVDESS_DIR": str(ravdess), "SERQ_DATA_ROOTS": str(ravdess),
                 "SERQ_CACHE_DIR": str(base.cache_dir),  # warm features (and numba's cache, if set) outlive the demo
             })
             say(f"prefix {settings.prefix}, models in {settings.model_dir} (removed afterwards)")

@@ -23,6 +23,7 @@ from pika import spec
 
 from serq.errors import BrokerUnavailable
 from serq.settings import redact_url
+from serq.transport import nodes
 
 if TYPE_CHECKING:
     from serq.settings import Settings
@@ -46,21 +47,13 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 
 
 def node_urls(settings: "Settings") -> list[str]:
-    """The node URLs of ``SERQ_AMQP_URL`` in the order given (a comma-separated list, or one URL).
-
-    Pure: the async client (aio-pika) rotates through the same list.
-    """
-    urls = [part.strip() for part in settings.amqp_url.split(",") if part.strip()]
-    if not urls:
-        raise BrokerUnavailable("SERQ_AMQP_URL is empty: give a broker URL (or a comma-separated list of nodes)")
-    return urls
-
-
-def shuffled(urls: list[str], rng: random.Random | None = None) -> list[str]:
-    """``urls`` in random order: clients of a cluster spread over its nodes instead of all hitting the first."""
-    out = list(urls)
-    (rng or random).shuffle(out)
-    return out
+    """The node URLs of ``SERQ_AMQP_URL`` in the order given (a comma-separated list, or one URL);
+    :class:`BrokerUnavailable` when it holds none. The parsing is :func:`serq.transport.nodes.node_urls`."""
+    try:
+        return nodes.node_urls(settings.amqp_url)
+    except ValueError:
+        raise BrokerUnavailable("SERQ_AMQP_URL is empty: give a broker URL (or a comma-separated list of nodes)") \
+            from None
 
 
 def parameters(settings: "Settings", name: str) -> list[pika.URLParameters]:
@@ -68,8 +61,10 @@ def parameters(settings: "Settings", name: str) -> list[pika.URLParameters]:
 
     pika's ``BlockingConnection`` tries them in order: on loss, the next connect lands on another node.
     """
+    node_urls(settings)  # none at all: BrokerUnavailable, not pika's ValueError
     out = []
-    for url in shuffled(node_urls(settings)):
+    # Shuffled: the clients of a cluster spread over its nodes instead of all hitting the first.
+    for url in nodes.node_urls(settings.amqp_url, shuffle=True):
         params = pika.URLParameters(url)
         params.heartbeat = settings.heartbeat
         params.blocked_connection_timeout = 60
@@ -150,8 +145,12 @@ def connect_retrying(settings: "Settings", name: str, *, deadline: float | None 
                 raise
 
 
-def serve_forever(settings: "Settings", name: str, session: Callable[[pika.BlockingConnection, Callable[[], None]], None],
-                  *, stop: threading.Event, on_lost: Callable[[BaseException], None] | None = None,
+#: ``session(conn, ready)``: one connection's life (see :func:`serve_forever`).
+Session = Callable[[pika.BlockingConnection, Callable[[], None]], None]
+
+
+def serve_forever(settings: "Settings", name: str, session: Session, *, stop: threading.Event,
+                  on_lost: Callable[[BaseException], None] | None = None,
                   first: pika.BlockingConnection | None = None) -> int:
     """Run ``session(conn, ready)`` on a fresh connection until ``stop`` is set; returns how many sessions ran.
 

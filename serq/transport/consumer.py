@@ -252,12 +252,16 @@ class Consumer:
         except SerqError as exc:
             self.complete(delivery, self.on_error(delivery, exc))
             return
+        except CONNECTION_ERRORS:
+            raise  # the session ends; the broker redelivers
         except Exception as exc:  # a middleware bug: settle the delivery, keep consuming
             self.log("middleware failed", level=logging.ERROR, exc_info=exc, request_id=delivery.request_id)
             self.dead_letter(delivery, f"middleware failed: {exc.__class__.__name__}")
             return
         try:
             self.process(delivery)
+        except CONNECTION_ERRORS:
+            raise
         except Exception as exc:
             self.log("could not start processing", level=logging.ERROR, exc_info=exc, request_id=delivery.request_id)
             self.dead_letter(delivery, f"processing failed to start: {exc.__class__.__name__}")

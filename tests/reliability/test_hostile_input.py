@@ -16,11 +16,10 @@ import pytest
 
 from serq.schemas import TrainResult
 from serq.schemas.contract import type_name
-from test_trainer import Tap
-from test_worker_errors import Rpc
 
 from .conftest import assert_typed, record, rss_kib
 from .payloads import TYPED, corpus, encode, tone
+from helpers.broker import Rpc, Tap
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 

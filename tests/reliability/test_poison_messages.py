@@ -17,8 +17,8 @@ worker (as docs/contract.md tells operators to do) must be declared and consumed
 from __future__ import annotations
 
 import json
-import sys
 import socket
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -277,3 +277,41 @@ def test_undecodable_header_frames_cost_no_innocent_request(start_worker, amqp_u
     assert proc.poll() is None
     assert len(answered) == 80, f"{80 - len(answered)} innocent requests lost; dead-lettered: {innocent_dead}"
     assert "connection lost" not in log
+
+
+def test_the_trainer_answers_or_dead_letters_poison_properties_and_stays_up(start_trainer, amqp_url, prefix,
+                                                                          tmp_path):
+    """The trainer runs on the same consumer loop: broken ids get a typed failure, the rest is dead-lettered."""
+    (tmp_path / "data").mkdir()
+    proc = start_trainer(env={"SERQ_DATA_ROOTS": str(tmp_path / "data")})
+    caller = Caller(amqp_url, f"{prefix}.train")
+    bad_job = json.dumps({"dataset": "none", "folds": 0}).encode()  # refused before any file is read
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(20_000)
+    try:
+        caller.send(bad_job, reply_to=REPLY_TO, correlation_id=b"\xff\xfe", message_id="trainer-cid")
+        caller.send(bad_job, reply_to=REPLY_TO, correlation_id="trainer-mid", message_id=b"\xc3\x28")
+        caller.send(bad_job, reply_to=b"\xff", correlation_id="trainer-rt")
+        caller.send(bad_job, reply_to=REPLY_TO, correlation_id="trainer-deep", headers=nested_headers(600))
+        caller.send(bad_job, reply_to=REPLY_TO, correlation_id="trainer-after")
+    finally:
+        sys.setrecursionlimit(limit)
+    caller.pump_until(lambda: len(caller.replies) >= 3, timeout=120)
+    results = {p.correlation_id: b for p, b in caller.replies}
+    caller.close()
+    dead: list = []
+    deadline = time.monotonic() + 60
+    while len(dead) < 2 and time.monotonic() < deadline:
+        dead += drain(amqp_url, f"{prefix}.dead")
+    record("poison properties sent to a trainer (non-UTF-8 ids and reply_to, headers nested 600 deep)", 5,
+           [r["error"]["code"] for r in results.values()] + ["dead_lettered"] * len(dead)
+           + ["timeout"] * (5 - len(results) - len(dead)),
+           "pytest tests/reliability/test_poison_messages.py -k trainer")
+    assert proc.poll() is None, proc.log_path.read_text()[-3000:]
+    # The job id falls back to the message_id when the correlation_id is broken (job_id_of).
+    assert sorted(results) == ["trainer-after", "trainer-cid", "trainer-mid"], results
+    for name in ("trainer-cid", "trainer-mid"):
+        assert results[name]["error"]["code"] == "invalid_request" and "not UTF-8" in results[name]["error"]["message"]
+    assert not results["trainer-after"]["ok"] and "UTF-8" not in results["trainer-after"]["error"]["message"]
+    assert sorted(repr(p.correlation_id) for p, _ in dead) == ["'trainer-deep'", "'trainer-rt'"]
+    assert "broker_lost" not in proc.log_path.read_text()

@@ -286,7 +286,8 @@ class Trainer:
         from serq.worker.training.job import run_training
 
         started = time.monotonic()
-        report = ProgressThrottle(request.job_id, lambda event: self.consumer.threadsafe(self._progress, delivery, event))
+        report = ProgressThrottle(request.job_id,
+                                  lambda event: self.consumer.threadsafe(self._progress, delivery, event))
         try:
             result = run_training(request, self.settings, report=report, roots=self.settings.data_root_paths,
                                   n_jobs=self.n_jobs)

@@ -51,7 +51,7 @@ from serq.transport.consumer import Consumer, Delivery
 from serq.transport.middleware import PrivacyFilter, ResultsFanout, SizeLimit
 from serq.transport.topology import declare_classify, declare_models
 from serq.worker.engine.model import LoadedModel
-from serq.worker.handlers.base import Context, Reply, handler_for, known_types
+from serq.worker.handlers import Context, Reply, handler_for, known_types
 from serq.worker.services.logging import log
 from serq.worker.services.metrics import Metrics, serve
 from serq.worker.services.middleware import LogMiddleware, MetricsMiddleware

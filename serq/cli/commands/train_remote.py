@@ -18,6 +18,9 @@ import time
 
 from serq.errors import SerqError
 
+# Only the standard library at the top: `serq --help` imports every command module, so each command
+# imports what it runs (pydantic, the broker, the engine) when it runs.
+
 #: Seconds of silence after which the waiting client checks the trainer is still there.
 QUIET_CHECK_S = 5.0
 REPLY_TO = "amq.rabbitmq.reply-to"
@@ -33,7 +36,7 @@ def run_remote(request, args: argparse.Namespace, settings) -> int:
     """Publish ``request``; with ``args.wait`` follow it to its result. Returns the exit code."""
     import pika
 
-    from serq.cli.output import print_json
+    from serq.cli.output import print_json, show_train_result
     from serq.schemas.contract import type_name
     from serq.transport.connection import close_quietly, connect
     from serq.transport.topology import consumer_count, declare_train
@@ -72,9 +75,7 @@ def run_remote(request, args: argparse.Namespace, settings) -> int:
         result = waiter.wait(queue, args.timeout)
     finally:
         close_quietly(waiter.conn if waiter else conn)
-    from serq.cli.commands.train import show_result
-
-    return show_result(result, args)
+    return show_train_result(result, args.json)
 
 
 class _Waiter:
