@@ -45,7 +45,14 @@ from serq.client.wire import (
 from serq.schemas import ErrorReply, PredictionResult
 from serq.schemas.contract import PRIVATE_HEADER, parse_reply
 from serq.settings import Settings, get_settings
-from serq.transport.connection import CONNECTION_ERRORS, Backoff, close_quietly, connect, connect_retrying, serve_forever
+from serq.transport.connection import (
+    CONNECTION_ERRORS,
+    Backoff,
+    close_quietly,
+    connect,
+    connect_retrying,
+    serve_forever,
+)
 from serq.transport.topology import declare_classify, declare_results
 
 logger = logging.getLogger("serq.client")
@@ -136,8 +143,8 @@ class Client:
             props = properties(pending)
             ttl_ms = props.pop("expiration_ms")
             try:
-                self._ch.basic_publish("", self._queue, pending.body, pika.BasicProperties(**props, expiration=str(ttl_ms)),
-                                       mandatory=True)
+                self._ch.basic_publish("", self._queue, pending.body,
+                                       pika.BasicProperties(**props, expiration=str(ttl_ms)), mandatory=True)
                 return
             except pika.exceptions.NackError:
                 logger.info("the broker refused request %s (nack): publishing it again", pending.id)

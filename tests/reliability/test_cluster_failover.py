@@ -27,7 +27,6 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pika
 import pytest
@@ -37,6 +36,9 @@ from serq.schemas import ModelActivated, TrainProgress, TrainResult
 from serq.settings import Settings
 from serq.transport.connection import connect
 from serq.transport.topology import DEAD_MAX, DEAD_TTL_MS, declare_all
+
+from helpers.broker import Tap
+from helpers.corpus import make_subset
 
 from .conftest import record
 
@@ -230,12 +232,13 @@ def test_killing_the_classify_leader_mid_stream_loses_nothing(private_cluster, s
             thread.join(1.0)
             if len(outcomes) != last[0]:
                 last = (len(outcomes), time.monotonic())
-    assert not thread.is_alive(), f"the stream stalled after the kill ({len(outcomes)} answered):\n" + diagnose(cluster, queue)
+    assert not thread.is_alive(), (f"the stream stalled after the kill ({len(outcomes)} answered):\n"
+                                   + diagnose(cluster, queue))
 
     survivors = [node.node.node for node in cluster.nodes if node.alive()]
     assert leader not in survivors and len(survivors) == 2
-    new_leader = wait_for(lambda: (lambda q: q["leader"] if q["leader"] in survivors else None)(queue_info(cluster, queue)),
-                          120, f"a new leader of {queue}")
+    new_leader = wait_for(lambda: (lambda q: q["leader"] if q["leader"] in survivors else None)(
+        queue_info(cluster, queue)), 120, f"a new leader of {queue}")
     # Every worker ends with a connection on a surviving node; those that were on the dead one reconnected.
     after = wait_for(lambda: (lambda c: c if all(c.get(n) and set(c[n]) <= set(survivors) for n in worker_names)
                               else None)(connections(cluster)), 120, "every worker connected to a surviving node")
@@ -273,57 +276,19 @@ def test_killing_the_classify_leader_mid_stream_loses_nothing(private_cluster, s
 # --------------------------------------------------------------------------- 2. the trainer
 
 
-def _subset(root: Path, ravdess: Path, actors: list[int], name: str) -> str:
-    """``root/name/Actor_XX/*.flac`` as symlinks into the corpus (as tests/test_trainer.py builds it)."""
-    for actor in actors:
-        folder = root / name / f"Actor_{actor:02d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        for clip in (ravdess / f"Actor_{actor:02d}").glob("*.flac"):
-            (folder / clip.name).symlink_to(clip)
-    return name
+def of_type(tap: Tap, kind: str, amqp_type: str) -> list[bytes]:
+    """Bodies of ``amqp_type`` that ``tap`` collected on ``kind`` (``reply``, ``events``, ``models``)."""
+    return [body for _, props, body in tap.got[kind] if props.type == amqp_type]
 
 
-class Tap:
-    """A job sender on one chosen node: its reply queue and a queue on ``<p>.models``."""
-
-    def __init__(self, url: str, prefix: str):
-        from serq.transport.topology import declare_models, declare_train
-
-        settings = Settings(amqp_url=url, prefix=prefix)
-        self.conn = pika.BlockingConnection(pika.URLParameters(url))
-        self.ch = self.conn.channel()
-        self.ch.confirm_delivery()
-        self.queue = declare_train(self.ch, settings)
-        self.got: dict[str, list[tuple[pika.BasicProperties, bytes]]] = {"reply": [], "models": []}
-        self.reply_to = self._tap("reply", None)
-        self._tap("models", declare_models(self.ch, settings))
-
-    def _tap(self, kind: str, exchange: str | None) -> str:
-        queue = self.ch.queue_declare("", exclusive=True).method.queue
-        if exchange:
-            self.ch.queue_bind(queue, exchange)
-        self.ch.basic_consume(queue, lambda ch, m, p, b: self.got[kind].append((p, b)), auto_ack=True)
-        return queue
-
-    def send(self, body: dict) -> str:
-        self.ch.basic_publish("", self.queue, json.dumps(body).encode(), pika.BasicProperties(
-            reply_to=self.reply_to, correlation_id=body["job_id"], content_type="application/json", delivery_mode=2))
-        return body["job_id"]
-
-    def of_type(self, kind: str, amqp_type: str) -> list[bytes]:
-        return [b for p, b in self.got[kind] if p.type == amqp_type]
-
-    def pump_until(self, condition, timeout: float, what: str):
-        deadline = time.monotonic() + timeout
-        while not (value := condition()):
-            if time.monotonic() > deadline:
-                pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-            self.conn.process_data_events(time_limit=0.5)
-        return value
-
-    def close(self) -> None:
-        if self.conn.is_open:
-            self.conn.close()
+def pump_until(tap: Tap, condition, timeout: float, what: str):
+    """Pump ``tap``'s connection until ``condition()`` is truthy (its value); fails naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+        tap.conn.process_data_events(time_limit=0.5)
+    return value
 
 
 def test_a_training_job_survives_the_death_of_its_trainers_node(private_cluster, start_trainer, prefix, ravdess_dir,
@@ -332,9 +297,9 @@ def test_a_training_job_survives_the_death_of_its_trainers_node(private_cluster,
 
     cluster = private_cluster
     root = tmp_path / "data"
-    _subset(root, ravdess_dir, [1, 2, 3, 4], "four")
+    make_subset(root, ravdess_dir, [1, 2, 3, 4], "four")
     trainer = start_trainer({"SERQ_AMQP_URL": cluster.url, **FAST, "SERQ_TRAINER_METRICS_PORT": "0",
-                             "SERQ_DATA_ROOTS": str(root),
+                             "SERQ_DATA_ROOTS": f"{root}:{ravdess_dir}",
                              "SERQ_CACHE_DIR": str(tmp_path / "features")})
     name = next(n for n in connections(cluster) if n.startswith("serq-trainer-") and n.endswith(f"-{trainer.pid}"))
     [trainer_node] = connections(cluster)[name]
@@ -344,20 +309,21 @@ def test_a_training_job_survives_the_death_of_its_trainers_node(private_cluster,
     try:
         job = tap.send({"job_id": "failover", "dataset": "four", "folds": 2, "hyperparameters": QUICK,
                         "activate": "always"})
-        first = tap.pump_until(lambda: tap.of_type("reply", "serq.TrainProgress"), 300, "the job's first progress event")
+        first = pump_until(tap, lambda: of_type(tap, "reply", "serq.TrainProgress"), 300,
+                               "the job's first progress event")
         stage_at_kill = TrainProgress.model_validate_json(first[-1]).stage
         train_leader = queue_info(cluster, f"{prefix}.train")["leader"]
-        assert not tap.of_type("reply", "serq.TrainResult"), "the job ended before the kill"
+        assert not of_type(tap, "reply", "serq.TrainResult"), "the job ended before the kill"
         cluster.node_named(trainer_node).kill_9()
 
-        results = tap.pump_until(lambda: tap.of_type("reply", "serq.TrainResult"), 900, "the job's TrainResult")
+        results = pump_until(tap, lambda: of_type(tap, "reply", "serq.TrainResult"), 900, "the job's TrainResult")
         # Nothing left to answer: the job is acked (its result was confirmed before the ack), so no second one can come.
         wait_for(lambda: (lambda q: q["messages"] == 0 and q["unacked"] == 0)(queue_info(cluster, f"{prefix}.train")),
                  120, "the job acked")
-        tap.pump_until(lambda: tap.of_type("models", "serq.ModelActivated"), 60, "the activation announcement")
+        pump_until(tap, lambda: of_type(tap, "models", "serq.ModelActivated"), 60, "the activation announcement")
         tap.conn.process_data_events(time_limit=1.0)
-        results = tap.of_type("reply", "serq.TrainResult")
-        announced = tap.of_type("models", "serq.ModelActivated")
+        results = of_type(tap, "reply", "serq.TrainResult")
+        announced = of_type(tap, "models", "serq.ModelActivated")
     finally:
         tap.close()
     log = trainer.log_path.read_text()
@@ -433,7 +399,8 @@ def test_quorum_queues_span_the_cluster_and_dead_letters_survive_a_node(private_
     finally:
         reader.close()
     record("cluster (3 nodes): a poison request (each consumer dies), then `<p>.dead`'s leader SIGKILLed", 1,
-           ["dead_lettered"] if method is not None else [], "pytest tests/reliability/test_cluster_failover.py -k quorum",
+           ["dead_lettered"] if method is not None else [],
+           "pytest tests/reliability/test_cluster_failover.py -k quorum",
            deliveries=len(deliveries), members=len(nodes))
     assert method is not None and body == b"poison" and props.correlation_id == "poison"
     assert props.headers["x-death"][0]["reason"] == "delivery_limit", props.headers
