@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import subprocess
 import threading
@@ -169,9 +170,14 @@ def client_on(cluster, settings: Settings, nodes: set[str], attempts: int = 40) 
 #: that died crashes the publishing channel (``case_clause error`` in ``rabbit_channel:deliver_reply``),
 #: which closes the worker's connection (541 INTERNAL_ERROR); its deliveries come back and crash it
 #: again, and the client, re-connected to a survivor, had every publish nacked for minutes. Seen in
-#: both runs with the client there; strict, so that a RabbitMQ without the bug makes this case pass and the mark go.
-CLIENT_ON_THE_DEAD_NODE = pytest.mark.xfail(
-    strict=True, reason="RabbitMQ 3.10: replies to a direct reply-to of a dead node crash the replying channel")
+#: both runs with the client there. Run it with SERQ_TEST_KNOWN_BUGS=1 (it takes 5-8 minutes); strict,
+#: so that it fails, asking for the mark to go, on a RabbitMQ without the bug.
+KNOWN_BUG = "RabbitMQ 3.10: replies to a direct reply-to of a dead node crash the replying channel"
+CLIENT_ON_THE_DEAD_NODE = [
+    pytest.mark.skipif(not os.environ.get("SERQ_TEST_KNOWN_BUGS"), reason=f"known bug ({KNOWN_BUG}); "
+                       "SERQ_TEST_KNOWN_BUGS=1 runs it"),
+    pytest.mark.xfail(strict=True, reason=KNOWN_BUG),
+]
 
 
 @pytest.mark.parametrize("client_node", ["survivor", pytest.param("killed", marks=CLIENT_ON_THE_DEAD_NODE)])
