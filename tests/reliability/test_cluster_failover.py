@@ -112,6 +112,13 @@ def diagnose(cluster, queue: str) -> str:
     return "\n".join(lines)
 
 
+def kill_node(cluster, name: str) -> None:
+    """SIGKILL node ``name`` and wait until its VM is gone (``cluster.ctl`` then only asks the living)."""
+    node = cluster.node_named(name)
+    node.kill_9()
+    wait_for(lambda: not node.alive(), 60, f"{name} to die", poll=0.05)
+
+
 def wait_for(condition, timeout: float, what: str, poll: float = 0.5):
     """``condition()``'s first truthy value, polled until ``timeout`` seconds; fails naming ``what``."""
     deadline = time.monotonic() + timeout
@@ -230,7 +237,7 @@ def test_killing_the_classify_leader_mid_stream_loses_nothing(private_cluster, s
         wait_for(lambda: len(outcomes) >= BEFORE_KILL or not thread.is_alive(), 180, f"{BEFORE_KILL} answers")
         assert thread.is_alive(), f"the stream ended before the kill: {failure}"
         kill.update(answered=len(outcomes), sent=len(sent), at=time.monotonic())
-        cluster.node_named(leader).kill_9()
+        kill_node(cluster, leader)
         killed.set()
         # Until the stream ends, or stalls: no answer for STALL_S (the requests' own timeout is longer).
         last = (0, time.monotonic())
@@ -320,7 +327,7 @@ def test_a_training_job_survives_the_death_of_its_trainers_node(private_cluster,
         stage_at_kill = TrainProgress.model_validate_json(first[-1]).stage
         train_leader = queue_info(cluster, f"{prefix}.train")["leader"]
         assert not of_type(tap, "reply", "serq.TrainResult"), "the job ended before the kill"
-        cluster.node_named(trainer_node).kill_9()
+        kill_node(cluster, trainer_node)
 
         results = pump_until(tap, lambda: of_type(tap, "reply", "serq.TrainResult"), 900, "the job's TrainResult")
         # Nothing left to answer: the job is acked (its result was confirmed before the ack), so no second one can come.
@@ -393,7 +400,7 @@ def test_quorum_queues_span_the_cluster_and_dead_letters_survive_a_node(private_
 
     # The node leading <p>.dead dies: the dead letter is still there, and the topology still declares.
     dead_leader = queue_info(cluster, dead)["leader"]
-    cluster.node_named(dead_leader).kill_9()
+    kill_node(cluster, dead_leader)
     survivor = next(node for node in cluster.nodes if node.alive())
     wait_for(lambda: queue_info(cluster, dead)["leader"] not in ("", dead_leader), 120, f"a new leader of {dead}")
     conn = connect(settings, f"serq-test {prefix}")  # the URL list: the dead node is skipped
