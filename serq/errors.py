@@ -81,10 +81,21 @@ class Overloaded(SerqError):
     code = "overloaded"
 
 
-class TimeLimitExceeded(SerqError):
-    """A request ran past the worker's per-request time limit (``SERQ_TIME_LIMIT_S``) and was interrupted."""
+class TimeLimit(SerqError):
+    """A training job ran longer than ``SERQ_TRAIN_TIME_LIMIT_S``."""
 
     code = "time_limit"
+
+
+class JobCancelled(SerqError):
+    """A training job was stopped between two steps (the trainer is shutting down); it is not answered
+    but handed back to the queue, so it runs again."""
+
+    code = "cancelled"
+
+
+class TimeLimitExceeded(TimeLimit):
+    """A request ran past the worker's per-request time limit (``SERQ_TIME_LIMIT_S``) and was interrupted."""
 
     def __init__(self, message: str = "the request ran past the worker's time limit (SERQ_TIME_LIMIT_S) and was "
                  "interrupted", **kwargs):  # raised asynchronously, as a class: a default message
@@ -106,7 +117,8 @@ ERROR_CODES: dict[str, str] = {
     "unknown_emotion": "an emotion name outside serq's 8",
     "bad_hyperparameter": "a training hyperparameter is out of range",
     "overloaded": "the worker refused the request (limits)",
-    "time_limit": "the request ran past the worker's time limit (SERQ_TIME_LIMIT_S) and was interrupted",
+    "time_limit": "a request ran past the worker's time limit (SERQ_TIME_LIMIT_S) and was interrupted, "
+                  "or a training job ran longer than SERQ_TRAIN_TIME_LIMIT_S",
     "internal": "an unexpected failure inside serq (a bug; see the worker log)",
 }
 

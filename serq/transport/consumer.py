@@ -347,6 +347,10 @@ class Consumer:
             except Exception as exc:
                 self.log("after_dead_letter middleware failed", level=logging.ERROR, exc_info=exc)
 
+    def requeue(self, delivery: Delivery) -> None:
+        """Hand ``delivery`` back to the queue unanswered (a job cancelled by a stopping service)."""
+        self._settle(delivery, requeue=True)
+
     def _settle(self, delivery: Delivery, *, requeue: bool) -> None:
         self.in_flight.pop(delivery.tag, None)
         if delivery.channel.is_open:

@@ -32,13 +32,15 @@ from functools import partial
 import pika
 from pydantic import ValidationError
 
-from serq.errors import InvalidRequest, SerqError
+from serq.errors import InvalidRequest, JobCancelled, SerqError
+from serq.models.registry import Registry
+from serq.models.signing import Signer
 from serq.progress import eta
 from serq.schemas import ModelActivated, TrainProgress, TrainRequest, TrainResult
 from serq.schemas.contract import type_name
 from serq.schemas.training import request_error
 from serq.settings import Settings
-from serq.transport.announce import activation_event, publish_event
+from serq.transport.announce import publish_event
 from serq.transport.connection import serve_forever
 from serq.transport.consumer import Answer, Consumer, Delivery, Middleware
 from serq.transport.topology import declare_models, declare_train
@@ -156,6 +158,7 @@ class Trainer:
         self.metrics = metrics or Metrics()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._cancel = threading.Event()  # set by stop(): the running job stops at its next step
         self._results: OrderedDict[str, tuple[TrainResult, ModelActivated | None]] = OrderedDict()
         self.consumer = Consumer(
             self._declare, self._process, prefetch=1, worker=self.name, app_id="serq-trainer",
@@ -163,6 +166,7 @@ class Trainer:
             middleware=[MetricsMiddleware(self.metrics, {TRAIN_TYPE}, TRAIN_TYPE),
                         EventsFanout(settings.name("events"))])
         self.metrics.probe = lambda: (self.consumer.consuming, self.consumer.oldest_age())
+        self.signer = Signer.from_settings(settings)  # a bad SERQ_SIGNING_KEY stops the trainer at start
 
     @property
     def _stopping(self) -> bool:
@@ -174,6 +178,9 @@ class Trainer:
         """Serve until stopped; reconnect with backoff when the broker goes away."""
         import serq.worker.training.job  # noqa: F401  (scikit-learn, librosa: seconds the first job should not pay)
 
+        if self.signer is None:
+            log(logger, "no SERQ_SIGNING_KEY: models are registered and announced unsigned, and workers refuse them",
+                level=logging.WARNING)
         port = self.settings.trainer_metrics_port
         server = serve(self.metrics, port) if port else None
         try:
@@ -185,11 +192,13 @@ class Trainer:
         log(logger, "stopped")
 
     def stop(self) -> None:
-        """Stop taking jobs; the job in progress finishes, is answered and acked, then :meth:`run` returns.
+        """Stop taking jobs; the job in progress stops at its next step (file or fold) and goes back to
+        the queue unanswered (another trainer, or this one restarted, runs it again), then :meth:`run` returns.
 
         Safe to call from a signal handler or another thread.
         """
         self._stop.set()
+        self._cancel.set()
 
     def _declare(self, channel) -> str:
         declare_models(channel, self.settings)
@@ -217,7 +226,7 @@ class Trainer:
             while True:
                 self.consumer.pump(0.2)
                 if self._stopping and not cancelled:
-                    self.consumer.cancel()  # draining: the running job is answered, nothing new starts
+                    self.consumer.cancel()  # draining: the running job stops and is requeued, nothing new starts
                     cancelled = True
                 if cancelled and not self.consumer.in_flight:
                     break
@@ -290,10 +299,15 @@ class Trainer:
                                   lambda event: self.consumer.threadsafe(self._progress, delivery, event))
         try:
             result = run_training(request, self.settings, report=report, roots=self.settings.data_root_paths,
-                                  n_jobs=self.n_jobs)
+                                  n_jobs=self.n_jobs, cancel=self._cancel)
             # Plain or speaker-normalised, an activated model is announced with its artifact: workers
             # put it in the matching slot (the plain model, or the profile path's).
             activated = self._event(result.version) if result.activated else None
+        except JobCancelled:  # stop(): not a failure, so not answered; the broker gives the job to the next trainer
+            log(logger, "job_cancelled", level=logging.WARNING, job_id=request.job_id,
+                seconds=round(time.monotonic() - started, 1))
+            self.consumer.threadsafe(self._requeue, delivery)
+            return
         except SerqError as exc:  # run_training types its own failures; this is reading the new artifact back
             result, activated = failure(request.job_id, exc, time.monotonic() - started), None
         except Exception as exc:  # a bug must not kill the service nor loop the job: answer and ack it
@@ -305,11 +319,13 @@ class Trainer:
         # Dropped if the connection is gone: the result is remembered for the redelivery.
         self.consumer.threadsafe(self._answer, delivery, result, activated)
 
-    def _event(self, version: str) -> ModelActivated:
-        from serq.models.registry import Registry
+    def _requeue(self, delivery: Delivery) -> None:
+        """On the I/O thread: hand a cancelled job back to the queue (the session then finishes stopping)."""
+        if self.consumer.in_flight.get(delivery.tag) is delivery and delivery.channel.is_open:
+            self.consumer.requeue(delivery)
 
-        registry = Registry(self.settings.model_dir)
-        return activation_event(registry.metadata(version), registry.artifact_bytes(version), "trained")
+    def _event(self, version: str) -> ModelActivated:
+        return Registry(self.settings.model_dir).announcement(version, "trained", self.signer)
 
     def _remember(self, job_id: str, result: TrainResult, activated: ModelActivated | None) -> None:
         self._results[job_id] = (result, activated)
