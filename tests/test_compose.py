@@ -379,3 +379,14 @@ def test_the_engine_check_names_its_reason(monkeypatch):
     """Without docker the compose test skips with a reason that says what is missing."""
     monkeypatch.setenv("PATH", "/nonexistent")
     assert docker_engine() == "no `docker` command"
+
+
+def test_the_host_url_in_the_docs_is_the_compose_client_account(compose):
+    # From the host, the client default (guest:guest) does not exist on the compose broker: the docs
+    # name the client account and the port compose publishes.
+    docs = (REPO / "docs" / "deploy.md").read_text()
+    line = next(x for x in docs.splitlines() if "export SERQ_AMQP_URL=" in x and "serq-client" in x)
+    published = compose["services"]["rabbitmq"]["ports"][0]  # "127.0.0.1:${BROKER_PORT:-5672}:5672"
+    host_port = published.rsplit(":", 1)[0].split(":", 1)[1]
+    assert f"@127.0.0.1:{host_port}/" in line, (line, published)
+    assert "${BROKER_CLIENT_PASSWORD}" in line and "BROKER_CLIENT_PASSWORD" in ACCOUNTS.values()
