@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 
 import pika
+import pika.exceptions
 
 from serq.client.errors import (
     BrokerUnavailable,
@@ -44,7 +45,14 @@ from serq.client.wire import (
 from serq.schemas import ErrorReply, PredictionResult
 from serq.schemas.contract import PRIVATE_HEADER, parse_reply
 from serq.settings import Settings, get_settings
-from serq.transport.connection import CONNECTION_ERRORS, close_quietly, connect, connect_retrying, serve_forever
+from serq.transport.connection import (
+    CONNECTION_ERRORS,
+    Backoff,
+    close_quietly,
+    connect,
+    connect_retrying,
+    serve_forever,
+)
 from serq.transport.topology import declare_classify, declare_results
 
 logger = logging.getLogger("serq.client")
@@ -125,10 +133,24 @@ class Client:
             self.duplicates_dropped += 1
 
     def _publish(self, pending: Request) -> None:
-        props = properties(pending)
-        ttl_ms = props.pop("expiration_ms")
-        props = pika.BasicProperties(**props, expiration=str(ttl_ms))
-        self._ch.basic_publish("", self._queue, pending.body, props, mandatory=True)
+        """Publish ``pending`` (confirmed); a publish the broker refuses (nack) is made again after a backoff.
+
+        A quorum queue nacks what it cannot take while it has no leader: for the seconds after
+        the node leading it died, until the others elect one. :class:`Timeout` at the deadline.
+        """
+        backoff = Backoff(self.settings.reconnect_max_s, base=0.1)
+        while True:
+            props = properties(pending)
+            ttl_ms = props.pop("expiration_ms")
+            try:
+                self._ch.basic_publish("", self._queue, pending.body,
+                                       pika.BasicProperties(**props, expiration=str(ttl_ms)), mandatory=True)
+                return
+            except pika.exceptions.NackError:
+                logger.info("the broker refused request %s (nack): publishing it again", pending.id)
+                if not backoff.sleep(pending.deadline):
+                    raise Timeout(f"the broker refused the request until its deadline ({pending.timeout:g} s): "
+                                  f"is {self._queue} available on {self.settings.redacted_amqp_url}?") from None
 
     def _send(self, source: Source, timeout: float, filename: str | None = None, *, headers: dict | None = None,
               type: str | None = None) -> Request:

@@ -12,8 +12,8 @@ Names (``<p>`` = ``SERQ_PREFIX``):
 name               kind                 role
 =================  ===================  ==============================================
 ``<p>.classify``   quorum queue         requests (audio bytes); delivery limit, DLX
-``<p>.dead``       fanout + queue       requests that exhausted their delivery limit
-                                        or expired before a worker took them
+``<p>.dead``       fanout + quorum      requests that exhausted their delivery limit
+                   queue                or expired before a worker took them
 ``<p>.results``    topic exchange       every reply again, key ``emotion.<label>``,
                                         ``emotion.silent`` or ``error.<code>``
 ``<p>.train``      quorum queue         training jobs (JSON ``TrainRequest``)
@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 
     from serq.settings import Settings
 
-#: How long a dead-lettered request is kept for inspection, ms (7 days), and how many at most.
+#: How long a dead-lettered request is kept for inspection, ms (7 days), and how many at most
+#: (quorum queues take both since RabbitMQ 3.10).
 DEAD_TTL_MS = 7 * 24 * 3600 * 1000
 DEAD_MAX = 10_000
 
@@ -77,8 +78,8 @@ def consumer_count(connection, queue: str) -> int:
 
 
 def dead_queue_arguments() -> dict:
-    """Arguments of ``<p>.dead``: kept for inspection, bounded."""
-    return {"x-message-ttl": DEAD_TTL_MS, "x-max-length": DEAD_MAX}
+    """Arguments of ``<p>.dead``: a quorum queue (replicated, see :func:`_work_queue`), kept for inspection, bounded."""
+    return {"x-queue-type": "quorum", "x-message-ttl": DEAD_TTL_MS, "x-max-length": DEAD_MAX}
 
 
 def work_queue_arguments(settings: "Settings") -> dict:
@@ -91,7 +92,12 @@ def work_queue_arguments(settings: "Settings") -> dict:
 
 
 def _work_queue(channel: "BlockingChannel", settings: "Settings", suffix: str) -> str:
-    """A durable quorum queue whose poison messages end in ``<p>.dead`` after the delivery limit."""
+    """A durable quorum queue whose poison messages end in ``<p>.dead`` after the delivery limit.
+
+    ``<p>.dead`` is a quorum queue too: a classic one lives on one node, and once that node
+    is down every declaration of it (each worker's, client's and trainer's reconnect) fails
+    with ``NOT_FOUND - home node ... is down``, so a cluster could not fail over.
+    """
     dead = settings.name("dead")
     channel.exchange_declare(dead, exchange_type="fanout", durable=True)
     channel.queue_declare(dead, durable=True, arguments=dead_queue_arguments())
