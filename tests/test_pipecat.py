@@ -22,7 +22,8 @@ from serq.settings import Settings, get_settings
 
 from conftest import REPO, ravdess_clip
 
-pytest.importorskip("pipecat", reason="the Pipecat plugin needs the pipecat extra: pip install 'serq[pipecat]'")
+pytest.importorskip("pipecat", reason="the Pipecat plugin needs pipecat-ai, which cannot share an environment with the "
+                    "train extra: `./run test` runs this file in .venv-pipecat (serq[worker,pipecat,dev])")
 
 from pipecat.audio.vad.silero import SileroVADAnalyzer  # noqa: E402 - after the skip above
 from pipecat.frames.frames import (  # noqa: E402
