@@ -7,6 +7,8 @@ JSON Schema files in ``schemas/json/`` and the AsyncAPI document
 
 from serq.schemas.contract import ClassifyHeaders, type_name
 from serq.schemas.engine import (
+    ClassStatistics,
+    DomainAdaptation,
     ErrorInfo,
     ErrorReply,
     EvaluationReport,
@@ -36,6 +38,7 @@ from serq.schemas.timeline import (
     TimelineSummary,
 )
 from serq.schemas.training import (
+    DataSource,
     ModelActivated,
     Stage,
     TrainProgress,
@@ -46,6 +49,8 @@ from serq.schemas.training import (
 __all__ = [
     "ClassifyHeaders",
     "type_name",
+    "ClassStatistics",
+    "DomainAdaptation",
     "ErrorInfo",
     "ErrorReply",
     "EvaluationReport",
@@ -57,6 +62,7 @@ __all__ = [
     "Spectrum",
     "SpectralSummary",
     "Timings",
+    "DataSource",
     "ModelActivated",
     "Stage",
     "TrainProgress",

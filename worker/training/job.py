@@ -12,6 +12,8 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
+
 from serq.errors import DatasetError, SerqError
 from serq.labels import EMOTIONS
 from serq.models.card import model_card
@@ -25,9 +27,10 @@ from serq.models.registry import (
 from serq.schemas import ModelMetadata, TrainRequest, TrainResult
 from serq.settings import Settings
 from serq.worker.engine.features import FEATURE_NAMES, FEATURE_VERSION
-from serq.worker.training.datasets import scan
+from serq.worker.training.adaptation import class_statistics, run_adaptation
 from serq.worker.training.extraction import TrainingSet, training_set
 from serq.worker.training.fit import cross_validate, fit
+from serq.worker.training.sources import scan_sources
 
 #: ``report(stage, done, total)``; ETA is derived by the caller.
 Report = Callable[[str, int, int], None]
@@ -96,15 +99,28 @@ def run_training(
 
 
 def _run(request: TrainRequest, settings: Settings, report: Report, roots, n_jobs: int, started: float) -> TrainResult:
+    if request.kind == "adapt":  # unlabelled: its own job (worker/training/adaptation.py)
+        return run_adaptation(request, settings, report, roots, n_jobs, started)
     labels = list(request.emotions or EMOTIONS)
     report("scanning", 0, 1)
-    path = resolve_dataset(request.dataset, roots)
-    dataset = scan(path).restrict(tuple(labels))
-    confine(dataset.clips, roots)
-    if request.speakers:
-        dataset = dataset.only_speakers(request.speakers)
-    if not dataset.clips:
-        raise DatasetError(f"no clips of {', '.join(labels)} in {request.dataset}")
+    data = request.data_sources
+
+    def select(dataset):
+        dataset = dataset.restrict(tuple(labels))
+        confine(dataset.clips, roots)
+        return dataset.only_speakers(request.speakers) if request.speakers else dataset
+
+    try:
+        sources = scan_sources(data, lambda name: resolve_dataset(name, roots), select)
+    except DatasetError as exc:
+        if len(data) == 1 and str(exc).startswith("source "):  # one source: the message as before
+            raise DatasetError(f"no clips of {', '.join(labels)} in {data[0].dataset}") from None
+        raise
+    dataset = sources.dataset
+    path = ", ".join(str(resolve_dataset(s.dataset, roots)) for s in data)
+    several = len(data) > 1
+    if several and request.speaker_normalisation and any(s.weight != 1 for s in data):
+        raise DatasetError("source weights are not supported with speaker_normalisation (every weight must be 1)")
     report("scanning", 1, 1)
 
     registry = Registry(settings.model_dir)
@@ -114,7 +130,12 @@ def _run(request: TrainRequest, settings: Settings, report: Report, roots, n_job
         speeds += [s for s in registry.active_metadata().hyperparameters.augment_speeds if s not in speeds]
     training = training_set(dataset, settings.cache_dir, speeds, n_jobs=n_jobs, max_seconds=settings.max_seconds,
                             progress=lambda done, total: report("extracting", done, total))
-    summary = dataset.training_summary(training.clips, str(path))
+    summary = dataset.training_summary(training.clips, path)
+    names, weights = sources.rows(training.clips)
+    if several:
+        summary["sources"] = sources.summary(training.clips)
+    weights = weights if several and np.any(weights != 1) else None
+    names = names if several else None
     if request.speaker_normalisation:  # issue 8: a model that expects speaker profiles
         from serq.worker.training.speaker import train_speaker_model
 
@@ -124,19 +145,19 @@ def _run(request: TrainRequest, settings: Settings, report: Report, roots, n_job
     metrics = cross_validate(
         training.X, training.y, training.groups, request.hyperparameters, labels=labels, protocol=request.protocol,
         k=request.folds, progress=lambda done, total: report("cross-validating", done, total),
-        skipped=training.skipped, augmented=own,
+        skipped=training.skipped, augmented=own, sample_weight=weights, sources=names,
     )
     baseline = None
     if request.activate == "if_better":
-        baseline = _baseline(registry, training, labels, request)
+        baseline = _baseline(registry, training, labels, request, weights)
 
     report("fitting", 0, 1)
-    model = fit(training.X, training.y, request.hyperparameters, own)
+    model = fit(training.X, training.y, request.hyperparameters, own, weights)
     report("fitting", 1, 1)
 
     report("registering", 0, 1)
-    data = serialise(model)
-    digest = sha256_bytes(data)
+    artifact = serialise(model)
+    digest = sha256_bytes(artifact)
     meta = ModelMetadata(
         version=new_version(digest),
         created=datetime.now(timezone.utc),
@@ -147,8 +168,9 @@ def _run(request: TrainRequest, settings: Settings, report: Report, roots, n_job
         hyperparameters=request.hyperparameters,
         training_data=summary,
         metrics=metrics,
+        class_statistics=class_statistics(model, training.X, training.y),  # for `serq adapt`
     )
-    meta = registry.register(data, meta, model_card(meta))
+    meta = registry.register(artifact, meta, model_card(meta))
     activated, reason = _decide(request.activate, metrics, baseline)
     if activated:
         registry.activate(meta.version)
@@ -159,14 +181,14 @@ def _run(request: TrainRequest, settings: Settings, report: Report, roots, n_job
     )
 
 
-def _baseline(registry: Registry, training: TrainingSet, labels, request: TrainRequest):
-    """The active model's recipe re-fitted on the same folds, so the comparison is like for like."""
+def _baseline(registry: Registry, training: TrainingSet, labels, request: TrainRequest, weights=None):
+    """The active model's recipe re-fitted on the same folds (and source weights), so the comparison is like for like."""
     active = registry.active_metadata()
     if sorted(active.labels) != sorted(labels):
         return None
     return cross_validate(training.X, training.y, training.groups, active.hyperparameters, labels=labels,
                           protocol=request.protocol, k=request.folds,
-                          augmented=training.copies(active.hyperparameters.augment_speeds))
+                          augmented=training.copies(active.hyperparameters.augment_speeds), sample_weight=weights)
 
 
 def _decide(policy: str, metrics, baseline) -> tuple[bool, str]:
