@@ -2,6 +2,8 @@
 
 - ``ravdess_dir``: the corpus from ``SERQ_RAVDESS_DIR`` (default ``../shared/data/ravdess``
   relative to the repository); tests skip with a clear reason when it is absent.
+- ``turev_dir``: the TurEV corpus from ``SERQ_TUREV_DIR`` (default ``../shared/data/turev``),
+  evaluation only; skipped with a clear reason when absent.
 - ``amqp_url`` / ``prefix``: the real broker at ``SERQ_AMQP_URL``; every test gets its own
   name prefix and its queues/exchanges are deleted afterwards.
 - ``isolated_env``: SERQ_MODEL_DIR and SERQ_CACHE_DIR in a temp dir, so no test touches
@@ -30,6 +32,35 @@ def _ravdess() -> Path:
 RAVDESS = _ravdess()
 
 
+def _turev() -> Path:
+    raw = Path(os.environ.get("SERQ_TUREV_DIR", "../shared/data/turev"))
+    return raw if raw.is_absolute() else (REPO / raw).resolve()
+
+
+#: TurEV-DB (Turkish, 4 emotions): evaluation and tests only. A test may adapt or train a
+#: throwaway model on it in a temp dir; never commit one, never copy the clips into the repo.
+TUREV = _turev()
+TUREV_SPEAKERS = ("1157", "1234", "1358", "1984", "6783", "7895")
+
+
+def turev_clips(speakers, per_emotion: int | None = None, emotions=("angry", "calm", "happy", "sad")) -> list[tuple[Path, str, str]]:
+    """``(path, emotion, speaker)`` of TurEV clips (``<Emotion>/<speaker>_<code>_<word>.flac``), sorted;
+    at most ``per_emotion`` per speaker and emotion."""
+    out = []
+    for speaker in speakers:
+        for emotion in emotions:
+            paths = sorted((TUREV / emotion.capitalize()).glob(f"{speaker}_*.flac"))
+            out += [(p, emotion, speaker) for p in paths[:per_emotion]]
+    return out
+
+
+def write_manifest(path: Path, clips: list[tuple[Path, str, str]]) -> Path:
+    """A CSV manifest ``path,label,speaker`` (absolute clip paths) for ``clips``."""
+    lines = ["path,label,speaker"] + [f"{p},{label},{speaker}" for p, label, speaker in clips]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def ravdess_clip(actor: int, emotion: int, intensity: int = 1, statement: int = 1, repetition: int = 1) -> Path:
     """Path of one RAVDESS clip by its fields (emotion 1..8 in RAVDESS order)."""
     if emotion == 1:
@@ -43,6 +74,13 @@ def ravdess_dir() -> Path:
     if not (RAVDESS / "Actor_01").is_dir():
         pytest.skip(f"RAVDESS corpus not found at {RAVDESS} (set SERQ_RAVDESS_DIR)")
     return RAVDESS
+
+
+@pytest.fixture(scope="session")
+def turev_dir() -> Path:
+    if not (TUREV / "Angry").is_dir():
+        pytest.skip(f"TurEV corpus not found at {TUREV} (set SERQ_TUREV_DIR)")
+    return TUREV
 
 
 def _broker_reachable(url: str) -> bool:

@@ -31,6 +31,7 @@ def build_default(data: str | Path, out: str | Path | None = None, *, n_jobs: in
     from serq.progress import progress_printer
     from serq.settings import get_settings
     from serq.worker.engine.features import FEATURE_NAMES, FEATURE_VERSION
+    from serq.worker.training.adaptation import class_statistics
     from serq.worker.training.datasets import scan
     from serq.worker.training.extraction import training_set
     from serq.worker.training.fit import cross_validate, fit
@@ -60,6 +61,7 @@ def build_default(data: str | Path, out: str | Path | None = None, *, n_jobs: in
         training_data=summary,
         metrics=metrics,
         notes="The default model shipped with serq.",
+        class_statistics=class_statistics(model, training.X, training.y),  # for `serq adapt`
     )
     write_folder(out, data_bytes, meta, model_card(meta, extra=REBUILD_NOTE))
     return meta

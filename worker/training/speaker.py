@@ -375,14 +375,18 @@ def build_default_speaker(data: str | Path, out: str | Path | None = None, *, re
 
 def evaluate_dataset(model: LoadedModel, data: str, settings, mode: str, *, folds: int = 5,
                      progress: str | None = None, recipe: ProfileRecipe = ProfileRecipe()) -> dict[str, EvaluationReport]:
-    """``serq evaluate --speaker-profiles MODE``: :func:`evaluate_profiles` on ``data`` with ``model``'s recipe.
+    """``serq evaluate --speaker-profiles MODE``: the models themselves on new speakers, else their recipe by fold.
 
-    Speaker-grouped ``folds``-fold on ``data`` (fresh models per fold, with the
+    When no speaker of ``data`` was heard in training by ``model`` or its counterpart
+    (plain <-> speaker-normalised), both are scored as they are, with no refit
+    (:mod:`serq.worker.training.new_speakers`; one speaker is enough). Otherwise,
+    speaker-grouped ``folds``-fold on ``data`` (fresh models per fold, with the
     hyperparameters and labels of ``model``), so no test speaker is ever heard in
     training, whichever speakers ``model`` itself was fitted on.
     """
     from serq.progress import progress_printer
     from serq.worker.training.datasets import scan
+    from serq.worker.training.new_speakers import score_new_speakers, unseen
 
     try:
         parse_mode(mode)
@@ -392,9 +396,26 @@ def evaluate_dataset(model: LoadedModel, data: str, settings, mode: str, *, fold
         raise InvalidRequest(str(exc)) from None
     labels = list(model.meta.labels)
     dataset = scan(data).restrict(tuple(labels))
+    pair = counterparts(model, settings)
+    if pair is not None and unseen(dataset, *pair):
+        training = training_set(dataset, settings.cache_dir, (), max_seconds=settings.max_seconds,
+                                progress=progress_printer("extracting") if progress == "stderr" else None)
+        return score_new_speakers(*pair, training.X, training.y, training.groups, mode, skipped=training.skipped)
     hp = model.meta.hyperparameters
     training = training_set(dataset, settings.cache_dir, hp.augment_speeds, max_seconds=settings.max_seconds,
                             progress=progress_printer("extracting") if progress == "stderr" else None)
     return evaluate_profiles(training.X, training.y, training.groups, hp, labels=labels, mode=mode, recipe=recipe,
                              k=folds, progress=progress_printer("cross-validating") if progress == "stderr" else None,
                              skipped=training.skipped, augmented=training.copies(hp.augment_speeds))
+
+
+def counterparts(model: LoadedModel, settings) -> tuple[LoadedModel, LoadedModel] | None:
+    """``(plain, speaker-normalised)`` for ``model``: itself and the profile path's model (``SPEAKER_ACTIVE``,
+    else the shipped one), or, for a speaker model, the active plain model and itself. ``None`` when no
+    speaker model is usable."""
+    from serq.models.registry import load_speaker_model
+
+    if model.meta.normalisation == "speaker":
+        return Registry(settings.model_dir).load_active(), model
+    speaker = load_speaker_model(settings.model_dir)
+    return None if speaker is None else (model, speaker)

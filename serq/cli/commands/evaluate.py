@@ -19,8 +19,9 @@ def register(sub) -> None:
     p.add_argument("--include-seen-speakers", action="store_true",
                    help="also score clips of speakers the model was trained on (speaker-dependent)")
     p.add_argument("--speaker-profiles", metavar="enroll:N|online",
-                   help="compare plain vs speaker-profile figures by speaker-grouped k-fold on --data "
-                        "(the model's recipe refitted per fold; see docs/profiles.md)")
+                   help="compare plain vs speaker-profile figures: on speakers the models never heard, the model and "
+                        "its speaker-normalised counterpart as they are (1 speaker is enough); else by speaker-grouped "
+                        "k-fold on --data (the model's recipe refitted per fold; see docs/profiles.md)")
     p.add_argument("--folds", type=int, default=5, help="folds for --speaker-profiles (default 5)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
@@ -44,7 +45,9 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             print_json({k: v.model_dump(mode="json") for k, v in reports.items()})
         else:
-            print(f"recipe of model {model.version}\n" + format_profile_reports(reports))
+            refit = reports["speaker_profiles"].protocol.startswith("speaker-grouped")
+            print((f"recipe of model {model.version}, refitted by fold" if refit else "the models as they are, no refit")
+                  + "\n" + format_profile_reports(reports))
         return 0
     report = evaluate_model(model, args.data, settings, include_seen_speakers=args.include_seen_speakers,
                             progress=None if args.json else "stderr")
