@@ -180,8 +180,6 @@ def choose_method(requested: str, stats: ClassStatistics | None) -> str:
 
 def unlabelled_clips(folder: Path) -> list[Clip]:
     """Every audio file under ``folder`` as a :class:`Clip` without label or speaker (names are never read)."""
-    if not folder.is_dir():
-        raise DatasetError("`serq adapt` reads a directory of audio clips, not a file")
     return [Clip(path, "", "", "unlabelled") for path in audio_files(folder)]
 
 
@@ -208,15 +206,17 @@ def run_adaptation(request: TrainRequest, settings: Settings, report, roots: lis
 
     report("scanning", 0, 1)
     folder = resolve_dataset(request.dataset, roots)
-    clips = unlabelled_clips(folder)
-    confine(clips, roots)
-    if len(clips) < MIN_CLIPS:
-        raise DatasetError(f"adaptation needs at least {MIN_CLIPS} audio clips, the folder has {len(clips)}")
+    if not folder.is_dir():
+        raise DatasetError("`serq adapt` reads a directory of audio clips, not a file")
     registry = Registry(settings.model_dir)
     source = registry.load(request.model) if request.model else registry.load_active()
     if source.meta.normalisation == "speaker":
         raise ModelError(f"model {source.version} is speaker-normalised: its profiles already normalise each "
                          "speaker; adapt a plain model")
+    clips = unlabelled_clips(folder)
+    confine(clips, roots)
+    if len(clips) < MIN_CLIPS:
+        raise DatasetError(f"adaptation needs at least {MIN_CLIPS} audio clips, the folder has {len(clips)}")
     report("scanning", 1, 1)
 
     X, ok, errors = extract_clips(clips, settings.cache_dir, n_jobs=n_jobs, max_seconds=settings.max_seconds,
