@@ -110,6 +110,8 @@ class SpeakerProfiles:
     def __init__(self, client, directory: str | Path | None = None, *, store: ProfileStore | None = None):
         self.client = client
         self.store = store or ProfileStore(directory)
+        #: Clips the workers' speaker-normalised model needs in a profile (from the last enrol reply).
+        self.min_clips: int | None = None
 
     def enroll(self, speaker: str, clips: Iterable, *, updates: bool = False, timeout: float | None = None
                ) -> SpeakerProfile:
@@ -127,10 +129,18 @@ class SpeakerProfiles:
             if not isinstance(reply, EnrollResult):
                 raise ClientError(f"unexpected reply to enroll: {type(reply).__name__}", code="invalid_request")
             profile = reply.profile
+            self.min_clips = reply.min_clips
             self.store.put(profile)
         if profile is None:
             raise ClientError(f"no clips to enrol {speaker!r} with", code="invalid_request")
         return profile
+
+    def clips_short(self, profile: SpeakerProfile) -> int:
+        """How many more clips ``profile`` needs before the workers' speaker model uses it (0: enough or unknown).
+
+        Known after an :meth:`enroll` (the reply says what the serving model needs).
+        """
+        return max(0, (self.min_clips or 0) - profile.count)
 
     def classify(self, speaker: str | None, clip, *, timeout: float | None = None) -> PredictionResult:
         """Classify ``clip`` with ``speaker``'s profile, if any; store the updated profile the reply carries.

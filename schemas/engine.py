@@ -40,7 +40,8 @@ class PitchSummary(_Model):
 
 class Spectrum(_Model):
     freqs_hz: list[float] = Field(description="band centre frequencies (mel-spaced), Hz")
-    db: list[float] = Field(description="mean log power per band over active frames, dB")
+    db: list[float] = Field(description="mean power per band over active frames, in dB (power averaged "
+                                       "before the log, as for dominant_hz)")
 
 
 class SpectralSummary(_Model):

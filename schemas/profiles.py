@@ -109,6 +109,8 @@ class EnrollResult(BaseModel):
     speaker_key: str
     profile: SpeakerProfile
     added: bool = Field(description="false when the clip held no speech (the profile is unchanged)")
+    min_clips: int | None = Field(None, ge=1, description="clips a profile needs before the served speaker-normalised "
+                                                          "model uses it (null: no such model is served)")
     file: str | None = None
     request_id: str | None = None
     worker: str | None = None

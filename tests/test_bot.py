@@ -329,3 +329,17 @@ def test_train_through_the_trainer_then_workers_serve_the_new_model(start_traine
     assert f"the workers now serve model {version}" in out
     assert re.search(rf"^{re.escape(sample('sad').name)}: (sad|angry) \(\d+%\)  model {re.escape(version)}", out, re.M)
     assert f"* {version}" in out.split("serq> models", 1)[1]
+
+
+def test_agreement_is_said_of_the_model_that_answered():
+    # A 4-class model (as `serq demo --train` activates) answering 8 sample clips: the clips of
+    # emotions it does not know are not counted, and the line names that model, not the shipped one.
+    from serq.cli.bot import AgreementTally
+
+    four = {"neutral": 0.1, "happy": 0.2, "sad": 0.1, "angry": 0.6}
+    tally = AgreementTally()
+    for expected in ("angry", "happy", "fearful", "calm"):
+        tally.add({"label": "angry", "probabilities": four, "model_version": "v-four"}, expected)
+    line = tally.summary()
+    assert line.startswith("1/2 agree") and "model v-four" in line and "2 clip(s)" in line, line
+    assert "shipped model" not in line

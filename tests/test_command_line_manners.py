@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -96,3 +97,54 @@ def test_two_workers_on_one_host_both_serve(start_worker, amqp_url, prefix):
     with Client(settings=Settings(amqp_url=amqp_url, prefix=prefix)) as client:
         result = client.classify(SAMPLES / "angry-03-01-05-02-02-01-16.flac", timeout=60)
     assert result.label
+
+
+def test_human_output_holds_no_python_dicts():
+    from serq.cli.output import format_report
+    from serq.text import counts
+
+    assert counts({"emotion not selected": 640, "unreadable audio": 2}) == "640 emotion not selected, 2 unreadable audio"
+    import numpy as np
+
+    from serq.worker.training.fit import score
+
+    y = np.array(["angry", "sad", "sad"])
+    report = score(y, np.array(["angry", "angry", "sad"]), ["angry", "sad"], protocol="test",
+                   speaker_independent=True, skipped={"emotion not selected": 640}).model_dump()
+    text = format_report(report)
+    assert "skipped: 640 emotion not selected" in text and "{" not in text, text
+
+
+def test_bot_help_wraps_at_words_to_the_terminal():
+    done = subprocess.run([sys.executable, "-m", "serq", "bot"], input="help\nquit\n", capture_output=True,
+                          text=True, cwd=REPO, timeout=120, env={**os.environ, "COLUMNS": "70"})
+    from serq.cli.bot import Bot
+
+    words = {w for name in dir(Bot) if name.startswith("do_") and getattr(Bot, name).__doc__
+             for text in (getattr(Bot, name).__doc__, getattr(Bot, name).__doc__.replace(": ", " "))
+             for w in text.split()}
+    lines = [line for line in done.stdout.splitlines() if line.startswith("  ")]
+    assert len(lines) > 10, done.stdout
+    for line in lines:
+        usage_only = len(line.split(" " * 2)) == 2 and len(line) > 70  # a long usage has a line of its own
+        assert len(line) <= 70 or usage_only, line
+        assert all(w in words for w in line.split()), line  # no word broken across lines
+
+
+def test_timeline_refuses_a_directory_up_front():
+    done = serq("timeline", "samples")
+    assert done.returncode == 2 and "error [invalid_request]" in done.stderr and "directory" in done.stderr, done
+    bot = subprocess.run([sys.executable, "-m", "serq", "bot"], input="timeline samples --local\nquit\n",
+                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert "directory" in bot.stdout + bot.stderr and "computed here" not in bot.stdout, bot.stdout
+
+
+@pytest.mark.broker
+def test_enrolling_too_few_clips_warns_at_once(start_worker, amqp_url, prefix, tmp_path):
+    start_worker()  # the shipped speaker model: profiles from 4 clips on
+    clips = sorted(SAMPLES.glob("*.flac"))[:3]
+    env = {**os.environ, "SERQ_AMQP_URL": amqp_url, "SERQ_PREFIX": prefix}
+    done = subprocess.run([sys.executable, "-m", "serq", "profiles", "enroll", "alice", *map(str, clips),
+                           "--dir", str(tmp_path)], capture_output=True, text=True, cwd=REPO, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "warning: alice's profile has 3 clip(s)" in done.stderr and "enrol 1 more" in done.stderr, done.stderr

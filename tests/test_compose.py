@@ -3,12 +3,16 @@
 Without a Docker engine the compose file is checked against the Compose
 Specification's JSON Schema and for the properties the deployment relies on, and the
 Dockerfile's build stage is replayed (its COPY sources, filtered like the build
-context, built into a wheel). With an engine, a real ``docker compose up`` runs two
-workers; without one that test is skipped, not errored.
+context, built into a wheel). With an engine, pytest-docker's ``docker_services``
+brings the real compose project up (RabbitMQ healthy, two workers, a trainer) and a
+classification and a retrain with its hot-swap go through it; without an engine that
+test is skipped with the reason, not errored.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -17,6 +21,7 @@ import uuid
 import zipfile
 from pathlib import Path
 
+import pika
 import pytest
 import yaml
 
@@ -43,9 +48,14 @@ def _mounts(service: dict) -> dict[str, str]:
     return out
 
 
-def test_compose_file_matches_the_compose_specification():
+def _check_jsonschema() -> str:
     exe = shutil.which("check-jsonschema", path=str(BIN)) or shutil.which("check-jsonschema")
     assert exe, "check-jsonschema is part of the dev extra"
+    return exe
+
+
+def test_compose_file_matches_the_compose_specification():
+    exe = _check_jsonschema()
     proc = subprocess.run([exe, "--builtin-schema", "vendor.compose-spec", str(COMPOSE)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -53,7 +63,7 @@ def test_compose_file_matches_the_compose_specification():
 
 def test_the_schema_check_rejects_a_broken_file(tmp_path):
     """The validation above can fail: a service with an unknown key is refused."""
-    exe = shutil.which("check-jsonschema", path=str(BIN)) or shutil.which("check-jsonschema")
+    exe = _check_jsonschema()
     bad = tmp_path / "docker-compose.yml"
     bad.write_text("services:\n  worker:\n    image: serq\n    replicas_typo: 3\n")
     proc = subprocess.run([exe, "--builtin-schema", "vendor.compose-spec", str(bad)],
@@ -66,8 +76,10 @@ def test_services(compose):
     rabbit = compose["services"]["rabbitmq"]
     assert "management" in rabbit["image"]
     assert rabbit["healthcheck"]["test"][-3:] == ["rabbitmq-diagnostics", "-q", "ping"]
-    # The broker is published on loopback only.
-    assert all(str(p).startswith("127.0.0.1:") for p in rabbit.get("ports", []))
+    # The broker is published on loopback only (AMQP and the management UI).
+    ports = [str(p) for p in rabbit["ports"]]
+    assert [p.rsplit(":", 1)[-1] for p in ports] == ["5672", "15672"]
+    assert all(p.startswith("127.0.0.1:") for p in ports), ports
 
 
 def test_worker_is_scalable_and_waits_for_a_healthy_broker(compose):
@@ -142,14 +154,21 @@ def _copy_sources() -> list[str]:
     for instr in _stages()[0]:
         if instr.upper().startswith("COPY ") and "--from" not in instr:
             sources += shlex.split(instr)[1:-1]
+    # The check below must not pass on nothing: the build stage copies the project file,
+    # the readme and the package folders.
+    assert {"pyproject.toml", "README.md", "serq"} <= set(sources), f"COPY lines parsed: {sources}"
     return sources
 
 
 def test_build_context_holds_what_the_dockerfile_copies():
     allowed = {line[1:].rstrip("/") for line in (REPO / ".dockerignore").read_text().splitlines()
                if line.startswith("!")}
-    for src in _copy_sources():
+    assert allowed, ".dockerignore is an allow-list: no `!` lines parsed"
+    sources = _copy_sources()
+    for src in sources:
         assert src.rstrip("/") in allowed, f"{src} is excluded from the build context by .dockerignore"
+    # and nothing is let in that the build does not copy
+    assert allowed == {src.rstrip("/") for src in sources}
 
 
 @pytest.mark.slow
@@ -179,36 +198,170 @@ def test_build_stage_makes_a_wheel_with_the_default_model(tmp_path):
 
 
 # ------------------------------------------------------------------ with an engine
+# pytest-docker's fixtures, set for this compose file. They are session-scoped as the plugin's
+# own are; nothing starts unless a test asks for `docker_services`.
 
 
-def _docker_ok() -> bool:
+def docker_engine() -> str | None:
+    """Why no Docker engine can run the compose project here, or None when one can."""
     if not shutil.which("docker"):
-        return False
+        return "no `docker` command"
     for cmd in (["docker", "info"], ["docker", "compose", "version"]):
         try:
-            if subprocess.run(cmd, capture_output=True, timeout=30).returncode != 0:
-                return False
-        except (OSError, subprocess.TimeoutExpired):
-            return False
-    return True
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"`{' '.join(cmd)}` failed: {exc}"
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+            return f"`{' '.join(cmd)}` failed: {last}"
+    return None
+
+
+#: Actors copied into the trainer's data folder: enough for a 2-fold speaker-grouped retrain.
+TRAIN_ACTORS = (1, 2, 3, 4)
+
+
+@pytest.fixture(scope="session")
+def compose_data(tmp_path_factory) -> Path:
+    """SERQ_DATA for the trainer: real copies of a few RAVDESS actors (a symlink would point
+    outside the bind mount), readable by the image's uid 10001."""
+    from conftest import RAVDESS
+
+    root = tmp_path_factory.mktemp("compose-data")
+    for actor in TRAIN_ACTORS:
+        src = RAVDESS / f"Actor_{actor:02d}"
+        if not src.is_dir():
+            pytest.skip(f"RAVDESS corpus not found at {RAVDESS} (set SERQ_RAVDESS_DIR)")
+        shutil.copytree(src, root / "four" / src.name)
+    for path in [root, *root.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return root
+
+
+@pytest.fixture(scope="session")
+def docker_compose_file() -> str:
+    return str(COMPOSE)
+
+
+@pytest.fixture(scope="session")
+def docker_compose_project_name() -> str:
+    return f"serqtest{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def docker_compose_command(compose_data) -> str:
+    """`docker compose` with this test's variables: the corpus copy, ephemeral host ports (so a
+    broker already on 5672 does not clash), and no SERQ_* of the caller's shell, which the
+    compose file would otherwise take (a local SERQ_AMQP_URL would point the services at
+    themselves)."""
+    unset = " ".join(f"-u {shlex.quote(k)}" for k in sorted(os.environ) if k.startswith("SERQ_"))
+    return (f"env {unset} SERQ_DATA={shlex.quote(str(compose_data))} BROKER_PORT=0 BROKER_UI_PORT=0 "
+            "docker compose")
+
+
+@pytest.fixture(scope="session")
+def docker_setup() -> list[str]:
+    # --wait: until the broker's and each worker's healthchecks pass (the workers' is /healthz).
+    return ["up --build --wait --scale worker=2"]
+
+
+@pytest.fixture(scope="session")
+def docker_cleanup() -> list[str]:
+    return ["down -v --remove-orphans"]
+
+
+def _compose(request, *args: str) -> subprocess.CompletedProcess:
+    """Run ``docker compose ARGS`` on the project the fixtures brought up."""
+    command = shlex.split(request.getfixturevalue("docker_compose_command"))
+    project = ["-f", request.getfixturevalue("docker_compose_file"),
+               "-p", request.getfixturevalue("docker_compose_project_name")]
+    return subprocess.run(command + project + list(args), capture_output=True, text=True, timeout=120)
+
+
+def _containers(request) -> list[dict]:
+    """`docker compose ps --format json`: one JSON array, or one object per line (older releases)."""
+    out = _compose(request, "ps", "--format", "json").stdout.strip()
+    if out.startswith("["):
+        return json.loads(out)
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def _consumers(url: str, queue: str) -> int:
+    """Consumers of ``queue`` now; 0 while the broker or the queue is not there yet."""
+    try:
+        conn = pika.BlockingConnection(pika.URLParameters(url))
+    except pika.exceptions.AMQPError:
+        return 0
+    try:
+        return conn.channel().queue_declare(queue, passive=True).method.consumer_count
+    except pika.exceptions.ChannelClosedByBroker:
+        return 0
+    finally:
+        if conn.is_open:
+            conn.close()
 
 
 @pytest.mark.docker
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-def test_compose_up_runs_two_workers(tmp_path):
-    if not _docker_ok():
-        pytest.skip("no Docker engine (docker info / docker compose version failed)")
-    project = f"serqtest{uuid.uuid4().hex[:8]}"
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("SERQ_")}
-    env.update(SERQ_DATA=str(tmp_path), BROKER_PORT="0", BROKER_UI_PORT="0")
-    base = ["docker", "compose", "-p", project, "-f", str(COMPOSE)]
-    try:
-        up = subprocess.run(base + ["up", "-d", "--build", "--wait", "--scale", "worker=2", "rabbitmq", "worker"],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
-        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
-        ps = subprocess.run(base + ["ps", "--status", "running", "-q", "worker"],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
-        assert len(ps.stdout.split()) == 2
-    finally:
-        subprocess.run(base + ["down", "-v", "--remove-orphans"], cwd=REPO, env=env, capture_output=True, timeout=300)
+def test_compose_up_serves_classifies_and_hot_swaps(request):
+    reason = docker_engine()
+    if reason:
+        pytest.skip(f"no Docker engine: {reason}")
+    from conftest import ravdess_clip
+    from serq.client import Client
+    from serq.models.registry import default_metadata
+    from serq.schemas import TrainResult
+
+    services = request.getfixturevalue("docker_services")  # `docker compose up --build --wait`
+    compose = yaml.safe_load(COMPOSE.read_text())
+    user = compose["services"]["rabbitmq"]["environment"]["RABBITMQ_DEFAULT_USER"].split(":-")[-1].rstrip("}")
+    password = compose["services"]["rabbitmq"]["environment"]["RABBITMQ_DEFAULT_PASS"].split(":-")[-1].rstrip("}")
+    url = f"amqp://{user}:{password}@127.0.0.1:{services.port_for('rabbitmq', 5672)}/%2F"
+    # The broker is healthy, two workers and a trainer run; both workers consume classify and
+    # the trainer consumes train.
+    containers = _containers(request)
+    assert [c.get("Health") for c in containers if c["Service"] == "rabbitmq"] == ["healthy"], containers
+    running = [c["Service"] for c in containers if c.get("State") == "running"]
+    assert sorted(running) == ["rabbitmq", "trainer", "worker", "worker"], containers
+    services.wait_until_responsive(lambda: _consumers(url, "serq.classify") == 2, timeout=180, pause=1)
+    services.wait_until_responsive(lambda: _consumers(url, "serq.train") == 1, timeout=180, pause=1)
+
+    clips = [ravdess_clip(actor, emotion, intensity=2) for actor in (7, 8) for emotion in (3, 4, 5, 6)]
+    default = default_metadata().version
+    with Client(url, "serq", timeout=60) as client:
+        first = client.classify(clips[0])
+        assert first.model_version == default and first.emotion
+
+        # Retrain through the trainer container on its read-only /data, activate, and wait.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SERQ_")} | {
+            "SERQ_AMQP_URL": url, "SERQ_PREFIX": "serq"}
+        trained = subprocess.run(
+            [sys.executable, "-m", "serq", "train", "--data", "/data/four", "--folds", "2", "--hidden", "32",
+             "--max-iter", "60", "--augment", "none", "--activate", "always", "--wait", "--json"],
+            env=env, capture_output=True, text=True, timeout=1200, cwd=REPO)
+        assert trained.returncode == 0, trained.stdout[-2000:] + trained.stderr[-2000:]
+        result = TrainResult.model_validate_json(trained.stdout)
+        assert result.ok and result.activated and result.version != default
+        assert result.dataset["speakers"] == len(TRAIN_ACTORS)
+
+        # The hot-swap: both workers (two distinct worker ids) answer with the new version.
+        on_new: set[str] = set()
+
+        def both_workers_swapped() -> bool:
+            for _, outcome in client.classify_many(clips, max_in_flight=4):
+                assert not isinstance(outcome, Exception), outcome
+                if outcome.model_version == result.version:
+                    on_new.add(outcome.worker)
+            return len(on_new) == 2
+
+        services.wait_until_responsive(both_workers_swapped, timeout=120, pause=0.5)
+    # The registry volume holds the activated version: a restarted worker would load it.
+    active = _compose(request, "exec", "-T", "trainer", "cat", "/models/ACTIVE")
+    assert active.stdout.strip() == result.version, active.stderr
+
+
+def test_the_engine_check_names_its_reason(monkeypatch):
+    """Without docker the compose test skips with a reason that says what is missing."""
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert docker_engine() == "no `docker` command"

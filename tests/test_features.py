@@ -6,6 +6,8 @@ previous run, so the lead can retune features without touching these tests.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -155,3 +157,23 @@ def test_the_stored_filterbanks_are_librosas():
     np.testing.assert_array_equal(chroma, reference["chroma"])
     # The centres (Hz) are arithmetic on top: numpy releases may move them by an ulp.
     np.testing.assert_allclose(centres, reference["centres"], rtol=1e-12, atol=0)
+
+
+SAMPLE_CLIPS = sorted((Path(__file__).resolve().parents[1] / "samples").glob("*.flac"))
+
+
+@pytest.mark.parametrize("clip", SAMPLE_CLIPS, ids=lambda p: p.name.split("-")[0])
+def test_the_spectrum_and_its_dominant_frequency_agree(clip):
+    # The summary's dominant frequency is the energy peak; the spectrum it ships for plotting
+    # must show it at (or within a decibel of) its top, as the table and the chart sit side by side.
+    from serq.cli.spectrum_view import analyse_file, render_pitch
+
+    view = analyse_file(clip)
+    s = view.summary
+    freqs, db = np.array(s["spectrum"]["freqs_hz"]), np.array(s["spectrum"]["db"])
+    at_dominant = db[np.argmin(np.abs(freqs - s["dominant_hz"]))]
+    assert db.max() - at_dominant <= 1.0, (s["dominant_hz"], freqs[np.argmax(db)])
+    # The pitch contour spans exactly the summary's pitch range, and draws both ends.
+    lines = render_pitch(view.f0, view.hop_s).splitlines()[1:9]
+    assert lines[0].split("|")[0].strip() == f"{s['pitch']['max_hz']:.0f}" and "•" in lines[0]
+    assert lines[-1].split("|")[0].strip() == f"{s['pitch']['min_hz']:.0f}" and "•" in lines[-1]

@@ -23,12 +23,14 @@ import cmd
 import contextlib
 import os
 import shlex
+import shutil
 import sys
+import textwrap
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from serq.cli.output import expand_paths, format_report, format_result
+from serq.cli.output import answered_by, expand_paths, format_report, format_result, too_few_clips
 from serq.client.profiles import ProfileStore
 from serq.errors import SerqError
 from serq.extras import missing_extra
@@ -64,6 +66,55 @@ def expected_label(path: Path) -> str | None:
         return None
     parsed = parse_name(path)
     return parsed[0] if parsed else None
+
+
+class AgreementTally:
+    """How many clips agree with the emotion their file name declares, said of the model that answered.
+
+    Clips of emotions the answering model does not know are not counted (a 4-class model cannot
+    say "fearful"), and the line says whether the model is the shipped one, trained on every
+    RAVDESS actor: then agreement on RAVDESS clips is no accuracy figure.
+    """
+
+    def __init__(self) -> None:
+        self.agree = self.counted = self.unknown = 0
+        self.versions: set[str] = set()
+
+    def add(self, result: dict, expected: str | None) -> str | None:
+        """Count one result; the line to show under it, if its file name declares an emotion."""
+        if not expected or not result.get("label"):
+            return None
+        self.versions.add(result["model_version"])
+        if expected not in result.get("probabilities", {}):
+            self.unknown += 1
+            return f"file says {expected}: an emotion model {result['model_version']} does not know (not counted)"
+        self.counted += 1
+        self.agree += result["label"] == expected
+        return f"file says {expected}: {'agrees' if result['label'] == expected else 'differs'}"
+
+    def summary(self) -> str | None:
+        if self.counted + self.unknown <= 1:
+            return None
+        versions = ", ".join(sorted(self.versions))
+        line = f"{self.agree}/{self.counted} agree with the label in the file name (model {versions}"
+        if self.unknown:
+            line += f"; {self.unknown} clip(s) of emotions it does not know not counted"
+        if self.versions == {shipped_version()}:
+            why = ("the shipped model was trained on every RAVDESS actor, these clips included; "
+                   "`accuracy` gives its figure on speakers it never heard")
+        else:
+            why = "these clips may be in its training data; `accuracy` gives its figure on speakers it never heard"
+        return f"{line}). A demo, not an accuracy figure: {why}"
+
+
+def shipped_version() -> str | None:
+    """The version of the shipped default model (None when its folder cannot be read)."""
+    from serq.models.registry import DEFAULT_DIR, read_metadata  # the registry only when a summary is shown
+
+    try:
+        return read_metadata(DEFAULT_DIR).version
+    except SerqError:
+        return None
 
 
 class Bot(cmd.Cmd):
@@ -314,7 +365,7 @@ class Bot(cmd.Cmd):
             speakers = SpeakerProfiles(client, store=self.profiles)
             if speakers.get(ns.speaker) is None:
                 self.out(f"note: no profile for {ns.speaker!r} (enroll them first): the plain model answers")
-        agree = labelled = 0
+        tally = AgreementTally()
         for path in paths:
             try:
                 if speakers is not None:
@@ -328,18 +379,15 @@ class Bot(cmd.Cmd):
                 continue
             data = result.model_dump()
             text = format_result(data)
-            expected = expected_label(path)
-            if expected and data.get("label"):
-                labelled += 1
-                agree += data["label"] == expected
-                text += f"\n  file says {expected}: {'agrees' if data['label'] == expected else 'differs'}"
+            verdict = tally.add(data, expected_label(path))
+            if verdict:
+                text += f"\n  {verdict}"
             if speakers is not None:
                 text += "\n  " + answered_by(result)
             self.out(text)
-        if labelled > 1:
-            self.out(f"{agree}/{labelled} agree with the label in the file name "
-                     "(a demo, not an accuracy figure: the shipped model was trained on every RAVDESS actor, "
-                     "these clips included; `accuracy` gives its figure on speakers it never heard)")
+        summary = tally.summary()
+        if summary:
+            self.out(summary)
 
     def do_timeline(self, arg: str) -> None:
         """timeline FILE [--png OUT] [--local] [--speaker S]: emotion over time in a long recording (strip chart, segments, summary), streamed to the workers through the broker; computed here with --local or when no broker answers; --png OUT: a figure; --speaker S: with S's profile"""
@@ -352,6 +400,8 @@ class Bot(cmd.Cmd):
         parser.add_argument("--speaker", metavar="SPEAKER")
         ns = parser.parse_args(shlex.split(arg))
         path = self.resolve(ns.file)
+        if path.is_dir():
+            raise Usage(f"timeline takes one recording, and {ns.file} is a directory: name a file in it")
         profile = self.profiles.get(ns.speaker) if ns.speaker is not None else None
         if ns.speaker is not None and profile is None:
             self.out(f"note: no profile for {ns.speaker!r} (enroll them first): the plain model answers")
@@ -394,6 +444,8 @@ class Bot(cmd.Cmd):
         silent = f"; {len(paths) - added} held no speech or failed" if added < len(paths) else ""
         self.out(f"{ns.speaker}: profile of {profile.count} clips ({added} added{silent}; features "
                  f"{profile.feature_version}, updates {'on' if profile.updates else 'off'}); kept {self._kept()}")
+        if speakers.clips_short(profile):
+            self.out(too_few_clips(ns.speaker, profile.count, speakers.min_clips))
 
     def do_profiles(self, arg: str) -> None:
         """profiles: the speakers with a profile: clips, feature version, updates, last change"""
@@ -500,13 +552,16 @@ class Bot(cmd.Cmd):
                 raise Usage(f"no command {arg!r}")
             self.out(fn.__doc__)
             return
+        width = max(60, shutil.get_terminal_size((100, 24)).columns - 1)
         for name in self.commands():
             doc = getattr(self, f"do_{name}").__doc__
             usage, _, what = doc.partition(": ")
             if len(usage) > 28:  # a long usage gets a line of its own
                 self.out(f"  {usage}")
                 usage = ""
-            self.out(f"  {usage:<28} {what}")
+            # Wrapped at words to the terminal, continued under the description column.
+            self.out(textwrap.fill(what, width, initial_indent=f"  {usage:<28} ", subsequent_indent=" " * 31,
+                                   break_long_words=False, break_on_hyphens=False))
 
     def commands(self) -> list[str]:
         order = ["list", "play", "spectrum", "classify", "timeline", "enroll", "profiles", "forget", "train", "models",
@@ -514,16 +569,6 @@ class Bot(cmd.Cmd):
         extra = sorted(n[3:] for n in self.get_names()
                        if n.startswith("do_") and n[3:] not in order and n[3:] not in {"EOF", "exit"})
         return [n for n in order if hasattr(self, f"do_{n}")] + extra
-
-
-def answered_by(result) -> str:
-    """Which path answered a request sent with a speaker profile, and why (one line)."""
-    if result.normalisation == "speaker":
-        return f"path: speaker-normalised (profile of {result.profile_clips} clips used)"
-    why = {None: "no profile", "too_few_clips": f"profile of {result.profile_clips} clips is too few",
-           "feature_version_mismatch": "profile is over other features: enroll again",
-           "no_speaker_model": "no speaker-normalised model is served"}.get(result.profile_status, result.profile_status)
-    return f"path: plain, fallback ({why})"
 
 
 def main(paths: list[str], script: str | None = None, profiles: str | None = None) -> int:

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from serq.files import audio_files
 from serq.labels import in_canonical_order
+from serq.text import counts
 
 if TYPE_CHECKING:
     from serq.schemas import EvaluationReport
@@ -79,7 +80,7 @@ def format_report(report: dict) -> str:
         recall = report["per_class"][label]["recall"]
         lines.append(f"  {label:<{width}} " + " ".join(f"{v:>5}" for v in row) + f"   {recall:.2f}")
     if report.get("skipped"):
-        lines.append(f"  skipped: {report['skipped']}")
+        lines.append(f"  skipped: {counts(report['skipped'])}")
     return "\n".join(lines)
 
 
@@ -93,3 +94,19 @@ def format_profile_reports(reports: dict[str, "EvaluationReport"]) -> str:
     parts = [f"== {name} ==\n" + format_report(reports[name].model_dump())
              for name in ("plain", "plain_same_clips", "speaker_profiles")]
     return "\n".join(head) + "\n" + "\n\n".join(parts)
+
+
+def answered_by(result) -> str:
+    """Which path answered a request sent with a speaker profile, and why: one line, one wording for every command."""
+    if result.normalisation == "speaker":
+        return f"path: speaker-normalised (profile of {result.profile_clips} clips used)"
+    why = {None: "no profile", "too_few_clips": f"profile of {result.profile_clips} clips is too few",
+           "feature_version_mismatch": "profile is over other features: enroll again",
+           "no_speaker_model": "no speaker-normalised model is served"}.get(result.profile_status, result.profile_status)
+    return f"path: plain, fallback ({why})"
+
+
+def too_few_clips(speaker: str, count: int, needed: int) -> str:
+    """The warning after an enrolment that leaves a profile too small for the speaker-normalised model."""
+    return (f"warning: {speaker}'s profile has {count} clip(s); the workers' speaker-normalised model uses a "
+            f"profile from {needed} on, so until then the plain model answers: enrol {needed - count} more")

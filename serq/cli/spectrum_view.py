@@ -78,27 +78,30 @@ def render_spectrum(summary: dict, rows: int = 16, width: int = 40) -> str:
     centre = np.array([freqs[g].mean() for g in groups])
     lo, hi = float(level.min()), float(level.max())
     span = max(hi - lo, 1e-9)
-    lines = [f"log spectrum (mean of active frames, dB; {lo:.0f} .. {hi:.0f} dB)"]
+    lines = [f"log spectrum (mean power of active frames, dB; {lo:.0f} .. {hi:.0f} dB)"]
     for c, v in zip(centre[::-1], level[::-1]):
         lines.append(f"  {_hz(c):>8} {bar((v - lo) / span, width)} {v:6.1f} dB")
     return "\n".join(lines)
 
 
 def render_pitch(f0: np.ndarray, hop_s: float, width: int = 60, height: int = 8) -> str:
-    """The pitch contour as a dot plot: ``width`` time columns, ``height`` rows of Hz."""
+    """The pitch contour as a dot plot: ``width`` time columns, ``height`` rows of Hz.
+
+    Every voiced frame is drawn (a column marks each row its frames fall in), and the axis spans
+    the lowest to the highest voiced frame: the summary's ``pitch range``, the same frames.
+    """
     f0 = np.asarray(f0, dtype=float)
     voiced = f0 > 0
     if not voiced.any():
         return "pitch contour: no voiced frames"
     cols = np.array_split(np.arange(len(f0)), min(width, len(f0)))
-    col_hz = np.array([np.median(f0[c][voiced[c]]) if voiced[c].any() else np.nan for c in cols])
-    lo, hi = float(np.nanmin(col_hz)), float(np.nanmax(col_hz))
+    lo, hi = float(f0[voiced].min()), float(f0[voiced].max())
     span = max(hi - lo, 1.0)
-    row_of = np.where(np.isnan(col_hz), -1, np.round((col_hz - lo) / span * (height - 1))).astype(int)
+    rows_of = [set(np.round((f0[c][voiced[c]] - lo) / span * (height - 1)).astype(int).tolist()) for c in cols]
     lines = [f"pitch contour (Hz over {len(f0) * hop_s:.2f} s of speech; blank = unvoiced)"]
     for r in range(height - 1, -1, -1):
         label = f"{lo + span * r / max(height - 1, 1):6.0f}" if r in (0, height - 1, (height - 1) // 2) else " " * 6
-        lines.append(f"  {label} |" + "".join("•" if x == r else " " for x in row_of))
+        lines.append(f"  {label} |" + "".join("•" if r in rows else " " for rows in rows_of))
     lines.append("         +" + "-" * len(cols))
     lines.append(f"          0 s{'':{max(len(cols) - 12, 1)}}{len(f0) * hop_s:.2f} s")
     return "\n".join(lines)
@@ -163,7 +166,7 @@ def write_png(view: ClipView, out: str | Path) -> Path:
     ax.semilogx(freqs, s["spectrum"]["db"], color="tab:blue")
     ax.axvline(s["dominant_hz"], color="tab:red", ls="--", label=f"dominant {_hz(s['dominant_hz'])}")
     ax.axvline(s["centroid_hz"], color="tab:green", ls=":", label=f"centroid {_hz(s['centroid_hz'])}")
-    ax.set(title="mean log spectrum of active frames", xlabel="frequency (Hz)", ylabel="dB")
+    ax.set(title="mean power spectrum of active frames", xlabel="frequency (Hz)", ylabel="dB")
     ax.legend(loc="upper right")
     ax = axes[2]
     f0 = np.where(view.f0 > 0, view.f0, np.nan)

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 from collections import Counter
@@ -138,6 +139,21 @@ class PrivateBroker:
     def stop(self) -> None:
         self.node.stop()
 
+    def _pid(self) -> int:
+        return int((self.node.base / "node.pid").read_text().strip())
+
+    def alive(self) -> bool:
+        """The node's Erlang VM still runs (it wrote its pid at start)."""
+        try:
+            os.kill(self._pid(), 0)
+            return True
+        except (OSError, ValueError, TypeError):
+            return False
+
+    def kill_9(self) -> None:
+        """SIGKILL the node's Erlang VM: a crash, with no goodbye to the cluster or the clients."""
+        os.kill(self._pid(), signal.SIGKILL)
+
 
 @pytest.fixture
 def private_broker(tmp_path):
@@ -152,3 +168,60 @@ def private_broker(tmp_path):
         yield broker
     finally:
         broker.stop()
+
+
+class PrivateCluster:
+    """Three private RabbitMQ nodes joined into one cluster (``rabbitmqctl join_cluster``), on free ports.
+
+    ``url`` is the comma-separated list of the nodes' URLs, as ``SERQ_AMQP_URL`` takes it.
+    """
+
+    def __init__(self, workdir: Path, size: int = 3):
+        self.nodes = []
+        for i in range(size):
+            (workdir / f"node{i}").mkdir()
+            self.nodes.append(PrivateBroker(workdir / f"node{i}"))
+        self.url = ",".join(node.url for node in self.nodes)
+
+    def start(self) -> None:
+        first, *others = self.nodes
+        for node in self.nodes:
+            node.start()
+        for node in others:
+            node.ctl("stop_app")
+            node.ctl("join_cluster", first.node.node)
+            node.ctl("start_app")
+            node.ctl("await_startup", timeout=180)
+
+    def ctl(self, *args: str, timeout: float = 120) -> str:
+        """rabbitmqctl against the first node still running; its standard output."""
+        for node in self.nodes:
+            if node.alive():
+                done = subprocess.run([shutil.which("rabbitmqctl"), "-n", node.node.node, *args],
+                                      capture_output=True, text=True, timeout=timeout)
+                assert done.returncode == 0, f"rabbitmqctl {' '.join(args)}: {done.stderr[-1000:]}"
+                return done.stdout
+        raise AssertionError("no cluster node is running")
+
+    def node_named(self, name: str) -> PrivateBroker:
+        return next(node for node in self.nodes if node.node.node == name)
+
+    def stop(self) -> None:
+        for node in reversed(self.nodes):
+            node.stop()
+
+
+
+@pytest.fixture
+def private_cluster(tmp_path):
+    """A private 3-node RabbitMQ cluster (never the shared broker); always stopped at the end."""
+    if shutil.which("rabbitmq-server") is None or shutil.which("rabbitmqctl") is None:
+        pytest.skip("rabbitmq-server is not installed: the cluster test needs private nodes")
+    workdir = tmp_path / "cluster"
+    workdir.mkdir()
+    cluster = PrivateCluster(workdir)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()

@@ -354,12 +354,21 @@ def extract(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
 # ---------------------------------------------------------------- the summary a person reads
 
 
+def mean_db(db: np.ndarray) -> np.ndarray:
+    """Power mean of dB values over axis 0, in dB: ``(T, B) -> (B,)``; ``10·log10(mean(10^(db/10)))``."""
+    peak = db.max(axis=0)  # factored out: no overflow, no underflow to -inf
+    return peak + 10 * np.log10(np.mean(10 ** ((db - peak) / 10), axis=0))
+
+
 def spectral_summary(analysis: Analysis, original_rate: int) -> dict:
     """What the clip sounds like, in numbers (the ``spectral`` field of every reply).
 
     Levels are dBFS, frequencies Hz, pitch statistics over voiced frames, spectral
-    shape averaged over active frames; ``spectrum`` is the mean log-mel power (dB)
-    of active frames in :data:`N_SPECTRUM_BANDS` bands with their centre frequencies.
+    shape averaged over active frames; ``spectrum`` is the mean mel power of active
+    frames in dB, in :data:`N_SPECTRUM_BANDS` bands with their centre frequencies.
+    Power is averaged before the log, as for ``dominant_hz``, so the spectrum's peak
+    and the dominant frequency are the same energy peak (a mean of dB would favour
+    the quiet frames and put the peak elsewhere).
     """
     a = analysis
     _, _, freqs, centres = _filterbanks()
@@ -399,6 +408,6 @@ def spectral_summary(analysis: Analysis, original_rate: int) -> dict:
         "dominant_hz": round(float(k_f * (freqs[1] - freqs[0])), 2),
         "spectrum": {
             "freqs_hz": [round(float(f), 1) for f in centres],
-            "db": [round(float(v), 2) for v in a.logmel[sel].mean(axis=0)],
+            "db": [round(float(v), 2) for v in mean_db(a.logmel[sel])],
         },
     }

@@ -83,5 +83,8 @@ def handle_enroll(body: bytes, props: "pika.BasicProperties", ctx: "Context") ->
     added = not analysis.silent
     if added:
         profile = profiles.add(profile, feature_vector(analysis))
+    served = speaker_model(ctx)
+    prior = served.meta.speaker_prior if served is not None else None
     return Reply.of(EnrollResult(speaker_key=profile.speaker_key, profile=profile, added=added,
+                                 min_clips=prior.min_clips if prior is not None else None,
                                  file=headers.filename, request_id=ctx.request_id, worker=ctx.worker))

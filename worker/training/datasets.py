@@ -16,6 +16,7 @@ from pathlib import Path
 from serq.errors import DatasetError
 from serq.files import audio_files
 from serq.labels import EMOTIONS
+from serq.text import counts
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,7 @@ def scan(source: str | Path) -> Dataset:
         raise DatasetError(f"dataset not found: {source}")
     dataset = read_manifest(source) if source.is_file() else _scan_dir(source)
     if not dataset.clips:
-        raise DatasetError(f"no labelled audio clips in {source} (skipped: {dict(dataset.skipped) or 'none'})")
+        raise DatasetError(f"no labelled audio clips in {source} (skipped: {counts(dataset.skipped)})")
     return dataset
 
 

@@ -10,6 +10,7 @@ from serq.errors import DatasetError
 from serq.progress import progress_printer
 from serq.schemas import EvaluationReport
 from serq.settings import Settings
+from serq.text import counts
 from serq.worker.engine.inference import probabilities
 from serq.worker.engine.model import LoadedModel
 from serq.worker.training.datasets import scan
@@ -34,7 +35,7 @@ def evaluate_model(model: LoadedModel, data: str, settings: Settings, *, include
             clips.append(clip)
     if not clips:
         raise DatasetError(
-            f"nothing to score in {data}: {dict(skipped)}. Every usable clip is of a speaker model "
+            f"nothing to score in {data} (skipped: {counts(skipped)}). Every usable clip is of a speaker model "
             f"{model.version} was trained on; evaluate on other speakers, read its cross-validated figures "
             "(`serq models show`), or pass --include-seen-speakers for a speaker-dependent figure"
         )

@@ -63,13 +63,16 @@ def _store(args):
 
 
 def run_enroll(args: argparse.Namespace) -> int:
-    from serq.cli.output import expand_paths, print_json
+    from serq.cli.output import expand_paths, print_json, too_few_clips
     from serq.client import Client
     from serq.client.profiles import SpeakerProfiles
 
     paths = list(expand_paths(args.paths))
     with Client(timeout=args.timeout) as client:
-        profile = SpeakerProfiles(client, store=_store(args)).enroll(args.speaker, paths, updates=args.updates)
+        speakers = SpeakerProfiles(client, store=_store(args))
+        profile = speakers.enroll(args.speaker, paths, updates=args.updates)
+    if speakers.clips_short(profile):
+        print(too_few_clips(args.speaker, profile.count, speakers.min_clips), file=sys.stderr)
     if args.json:
         print_json(profile)
     else:
@@ -79,7 +82,7 @@ def run_enroll(args: argparse.Namespace) -> int:
 
 
 def run_classify(args: argparse.Namespace) -> int:
-    from serq.cli.output import expand_paths, format_result, print_json
+    from serq.cli.output import answered_by, expand_paths, format_result, print_json
     from serq.client import Client, ClientError
     from serq.client.profiles import SpeakerProfiles
     from serq.schemas import ErrorInfo, ErrorReply
@@ -99,9 +102,7 @@ def run_classify(args: argparse.Namespace) -> int:
                 print(format_result(result.model_dump()), file=sys.stderr)
             else:
                 print(format_result(result.model_dump()))
-                print(f"  path: {result.normalisation}" + (f" (profile {result.profile_status}, "
-                                                           f"{result.profile_clips} clips)" if result.profile_status
-                                                           else " (no profile)"))
+                print(f"  {answered_by(result)}")
     return 1 if failed else 0
 
 

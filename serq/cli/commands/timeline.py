@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -40,6 +41,9 @@ def run(args: argparse.Namespace) -> int:
         if live:
             print(f"  {seg.start:8.1f}–{seg.end:8.1f} s  {seg.label} ({seg.confidence:.0%})", file=sys.stderr, flush=True)
 
+    if os.path.isdir(args.path):
+        raise SerqError(f"timeline takes one recording, and {args.path} is a directory: name a file in it",
+                        code="invalid_request")
     profile = None
     if args.speaker:
         from serq.client.profiles import ProfileStore, default_directory
