@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -281,15 +282,18 @@ def test_adapt_over_the_queue_hot_swaps_the_workers_after_a_multi_source_trainin
         assert {"manifest:alice", "manifest:bob"} <= set(result.dataset["speaker_ids"])
         _wait_for_version(client, clip, result.version)
 
-        adapted = subprocess.run([sys.executable, "-m", "serq", "adapt", "--data", "calls", "--activate", "--wait",
-                                  "--json"], env=env, capture_output=True, text=True, timeout=900, cwd=REPO)
+        adapted = subprocess.run([sys.executable, "-m", "serq", "adapt", "--data", "calls", "--activate", "--wait"],
+                                 env=env, capture_output=True, text=True, timeout=900, cwd=REPO)
         assert adapted.returncode == 0, adapted.stderr
-        out = json.loads(adapted.stdout)
-        assert out["ok"] and out["activated"] and out["version"] not in (result.version, None)
-        assert out["dataset"]["method"] == "mixture" and out["dataset"]["clips"] == 30
-        assert out["dataset"]["source_version"] == result.version
-        _wait_for_version(client, clip, out["version"])
-        assert Registry(tmp_path / "models").active_version() == out["version"]
+        for stage in ("scanning", "extracting", "fitting", "registering"):  # the trainer's progress events
+            assert stage in adapted.stderr, adapted.stderr
+        version = re.search(r"^model (\S+) registered; activated: True", adapted.stdout, re.M).group(1)
+        assert f"adapted {result.version} to 30 clips" in adapted.stdout and "method mixture" in adapted.stdout
+        assert version != result.version
+        _wait_for_version(client, clip, version)
+        registry = Registry(tmp_path / "models")
+        assert registry.active_version() == version
+        assert registry.metadata(version).adaptation.source_version == result.version
         assert "job_answered" in (tmp_path / "trainer0.log").read_text()
     finally:
         client.close()
