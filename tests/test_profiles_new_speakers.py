@@ -83,3 +83,18 @@ def test_speakers_the_models_trained_on_still_go_through_the_refit(ravdess_dir, 
         (subset / p.name).symlink_to(p)
     with pytest.raises(DatasetError, match="at least 5 speakers"):  # refit by speaker-grouped 5-fold
         evaluate_dataset(load_default(), str(subset), settings, "enroll:2")
+
+
+def test_a_speaker_model_given_as_model_is_scored_beside_the_active_plain_model(turev_dir, tmp_path):
+    import shutil
+
+    from serq.models.registry import DEFAULT_SPEAKER_DIR, Registry, default_metadata, read_metadata
+
+    settings = Settings(model_dir=tmp_path / "models", cache_dir=tmp_path / "cache")
+    version = read_metadata(DEFAULT_SPEAKER_DIR).version
+    shutil.copytree(DEFAULT_SPEAKER_DIR, settings.model_dir / "versions" / version)
+    speaker = Registry(settings.model_dir).load(version)
+    data = str(write_manifest(tmp_path / "one.csv", turev_clips(SPEAKERS[1:2], per_emotion=PER_EMOTION)))
+    reports = evaluate_dataset(speaker, data, settings, "enroll:4")
+    assert f"speaker model {version}, no refit" in reports["speaker_profiles"].speaker_profiles
+    assert default_metadata().version in reports["plain"].protocol and reports["speaker_profiles"].n == 12
