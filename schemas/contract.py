@@ -17,9 +17,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from serq.schemas.engine import ErrorReply, PredictionResult
-from serq.schemas.profiles import PROFILE_HEADER, EnrollHeaders, EnrollResult
+from serq.schemas.profiles import ENROLL, PROFILE_HEADER, EnrollHeaders, EnrollResult
 from serq.schemas.timeline import (
     PCM_CONTENT_TYPE,
+    TIMELINE_CHUNK,
     TimelineChunkHeaders,
     TimelineChunkResult,
 )
@@ -119,13 +120,18 @@ class Channel:
 
 @dataclass(frozen=True)
 class Operation:
-    """What a serq service does on a channel (``receive`` = consumes it, ``send`` = publishes to it)."""
+    """What a serq service does on a channel (``receive`` = consumes it, ``send`` = publishes to it).
+
+    ``request_type`` is the AMQP ``type`` of the requests a worker takes on this
+    operation: each has one handler in :mod:`serq.worker.handlers`.
+    """
 
     id: str
     action: Literal["send", "receive"]
     channel: str
     summary: str
     reply_channel: str | None = None
+    request_type: str | None = None
 
 
 CLASSIFY_REQUEST = Message(
@@ -198,13 +204,13 @@ CHANNELS: tuple[Channel, ...] = (
 
 OPERATIONS: tuple[Operation, ...] = (
     Operation("classify", "receive", "classify", "A worker classifies a clip and replies to `reply_to`.",
-              reply_channel="classifyReply"),
+              reply_channel="classifyReply", request_type=CLASSIFY),
     Operation("timelineChunk", "receive", "classify",
               "A worker continues a streamed timeline with one chunk and replies with the decided segments.",
-              reply_channel="classifyReply"),
+              reply_channel="classifyReply", request_type=TIMELINE_CHUNK),
     Operation("enroll", "receive", "classify",
               "A worker adds a clip's feature statistics to the speaker profile the request carries.",
-              reply_channel="classifyReply"),
+              reply_channel="classifyReply", request_type=ENROLL),
     Operation("publishResult", "send", "results", "A worker publishes every reply to the results exchange."),
     Operation("train", "receive", "train", "A trainer runs a training job, reporting progress to `reply_to`.",
               reply_channel="trainReply"),
@@ -212,6 +218,11 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("modelActivated", "receive", "models", "A worker verifies and hot-swaps an activated model."),
     Operation("announceModel", "send", "models", "The trainer or `serq models activate|rollback` announces a model."),
 )
+
+
+def request_types() -> tuple[str, ...]:
+    """The AMQP ``type`` of every request a worker takes, in catalogue order (``classify`` first)."""
+    return tuple(op.request_type for op in OPERATIONS if op.request_type)
 
 
 def messages() -> dict[str, Message]:

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from serq import __version__
+from serq.errors import SerqError
 from serq.schemas.contract import CHANNELS, OPERATIONS, Channel, Message, messages
 
 HERE = Path(__file__).resolve().parent
@@ -139,10 +140,8 @@ def asyncapi() -> dict:
 def render() -> dict[str, str]:
     """Relative path -> file text of every generated document."""
     try:
-        import yaml
+        import yaml  # lazy: PyYAML is the dev extra; the JSON Schema files do not need it
     except ImportError:  # pragma: no cover - pyyaml comes with serq[dev]
-        from serq.errors import SerqError
-
         raise SerqError("generating the AsyncAPI document needs PyYAML: pip install 'serq[dev]'") from None
     files = {f"{JSON_DIR}/{name}": json.dumps(schema, indent=2, sort_keys=False) + "\n"
              for name, schema in json_schemas().items()}

@@ -12,7 +12,7 @@ from serq.errors import MissingExtra
 #: Top-level import name -> the extra that installs it (pyproject's optional dependencies).
 EXTRA_OF_MODULE: dict[str, str] = {
     "librosa": "worker", "soxr": "worker", "scipy": "worker", "sklearn": "worker", "skops": "worker",
-    "joblib": "worker", "threadpoolctl": "worker", "prometheus_client": "worker", "tqdm": "worker",
+    "joblib": "worker", "threadpoolctl": "worker", "prometheus_client": "worker",
     "numba": "worker", "audiomentations": "worker", "pyroomacoustics": "worker",
     "simpleaudio": "bot", "plotext": "bot", "matplotlib": "bot",
     "aio_pika": "async", "pipecat": "pipecat",

@@ -8,17 +8,32 @@
   name prefix and its queues/exchanges are deleted afterwards.
 - ``isolated_env``: SERQ_MODEL_DIR and SERQ_CACHE_DIR in a temp dir, so no test touches
   the user's registry.
+- ``cli``: `serq` in this process, with the module's ``env``; ``feature_cache``: one per session;
+  ``model_dir`` / ``speaker_version``: a tiny speaker model in a module's worker registry.
+
+Helpers that are not fixtures live in tests/helpers/.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import socket
+import subprocess
+import sys
+import time
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import pika
 import pytest
+
+from serq.cli import main
+from serq.schemas import Hyperparameters, TrainRequest
+from serq.settings import Settings, get_settings
+from serq.transport.topology import delete_deployment
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_AMQP = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -37,28 +52,7 @@ def _turev() -> Path:
     return raw if raw.is_absolute() else (REPO / raw).resolve()
 
 
-#: TurEV-DB (Turkish, 4 emotions): evaluation and tests only. A test may adapt or train a
-#: throwaway model on it in a temp dir; never commit one, never copy the clips into the repo.
 TUREV = _turev()
-TUREV_SPEAKERS = ("1157", "1234", "1358", "1984", "6783", "7895")
-
-
-def turev_clips(speakers, per_emotion: int | None = None, emotions=("angry", "calm", "happy", "sad")) -> list[tuple[Path, str, str]]:
-    """``(path, emotion, speaker)`` of TurEV clips (``<Emotion>/<speaker>_<code>_<word>.flac``), sorted;
-    at most ``per_emotion`` per speaker and emotion."""
-    out = []
-    for speaker in speakers:
-        for emotion in emotions:
-            paths = sorted((TUREV / emotion.capitalize()).glob(f"{speaker}_*.flac"))
-            out += [(p, emotion, speaker) for p in paths[:per_emotion]]
-    return out
-
-
-def write_manifest(path: Path, clips: list[tuple[Path, str, str]]) -> Path:
-    """A CSV manifest ``path,label,speaker`` (absolute clip paths) for ``clips``."""
-    lines = ["path,label,speaker"] + [f"{p},{label},{speaker}" for p, label, speaker in clips]
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def ravdess_clip(actor: int, emotion: int, intensity: int = 1, statement: int = 1, repetition: int = 1) -> Path:
@@ -106,10 +100,6 @@ def amqp_url() -> str:
 
 def _compose_broker() -> str | None:
     """Bring up the `rabbitmq` service of docker-compose.yml (only if `docker info` works); its URL or None."""
-    import shutil
-    import subprocess
-    import time
-
     if shutil.which("docker") is None or not (REPO / "docker-compose.yml").is_file():
         return None
     if subprocess.run(["docker", "info"], capture_output=True, timeout=20).returncode != 0:
@@ -137,10 +127,6 @@ def prefix(amqp_url) -> str:
 
 
 def _delete_prefixed(url: str, name: str) -> None:
-    import pika
-
-    from serq.transport.topology import delete_deployment
-
     try:
         conn = pika.BlockingConnection(pika.URLParameters(url))
     except Exception:
@@ -154,8 +140,6 @@ def _delete_prefixed(url: str, name: str) -> None:
 @pytest.fixture
 def isolated_env(tmp_path, monkeypatch):
     """SERQ_MODEL_DIR/SERQ_CACHE_DIR under tmp_path; the settings cache is cleared."""
-    from serq.settings import get_settings
-
     monkeypatch.setenv("SERQ_MODEL_DIR", str(tmp_path / "models"))
     monkeypatch.setenv("SERQ_CACHE_DIR", str(tmp_path / "cache"))
     get_settings.cache_clear()
@@ -170,11 +154,6 @@ def _service_factory(command: str, amqp_url: str, prefix: str, tmp_path: Path):
     ``proc.log_path``); every one still running at the end gets SIGTERM, then
     SIGKILL after 20 s. They share ``tmp_path/models`` as SERQ_MODEL_DIR.
     """
-    import signal
-    import subprocess
-    import sys
-    import time
-
     procs: list[subprocess.Popen] = []
 
     def start(env: dict | None = None, *, wait: bool = True, timeout: float = 90.0) -> subprocess.Popen:
@@ -226,9 +205,6 @@ def close_broker_connections(match: str) -> int:
 
     Needs ``rabbitmqctl`` on this host; skips the test otherwise. Returns how many were closed.
     """
-    import shutil
-    import subprocess
-
     if shutil.which("rabbitmqctl") is None:
         pytest.skip("rabbitmqctl is not available to cut connections")
     listing = subprocess.run(["rabbitmqctl", "list_connections", "pid", "client_properties", "-q", "--no-table-headers"],
@@ -240,3 +216,49 @@ def close_broker_connections(match: str) -> int:
         subprocess.run(["rabbitmqctl", "close_connection", pid, "serq test: simulated network cut"],
                        capture_output=True, timeout=60)
     return len(pids)
+
+
+# --- fixtures several modules share
+
+
+@pytest.fixture
+def cli(env, monkeypatch, capsys):
+    """Run `serq` in this process (cheaper than a new interpreter per call): ``(code, stdout, stderr)``,
+    with the module's ``env`` fixture's SERQ_MODEL_DIR and SERQ_CACHE_DIR."""
+    for key in ("SERQ_MODEL_DIR", "SERQ_CACHE_DIR"):
+        monkeypatch.setenv(key, env[key])
+    get_settings.cache_clear()
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main(list(args))
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    yield run
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def feature_cache(tmp_path_factory) -> Path:
+    """One feature cache for the session's training jobs, as a deployment shares one between jobs."""
+    return tmp_path_factory.mktemp("features")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("profiles-broker") / "models"
+
+
+@pytest.fixture(scope="module")
+def speaker_version(ravdess_dir, model_dir) -> str:
+    """A tiny speaker model in the workers' registry, on the profile path (trained once per module)."""
+    from serq.worker.training.job import run_training  # lazy: scikit-learn, seconds every test would pay
+
+    settings = Settings(model_dir=model_dir, cache_dir=get_settings().cache_dir)
+    request = TrainRequest(dataset=str(ravdess_dir), speakers=["01", "02", "03"], folds=2, activate="always",
+                           speaker_normalisation=True,
+                           hyperparameters=Hyperparameters(hidden_layers=[16], max_iter=30, random_state=0,
+                                                           augment_speeds=[]))
+    result = run_training(request, settings)
+    assert result.ok, result.error
+    return result.version

@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score
-from test_trainer import QUICK, REPO, make_subset
 
-from conftest import TUREV_SPEAKERS, turev_clips, write_manifest
+from conftest import ravdess_clip
+from helpers import REPO
+from helpers.corpus import TUREV_SPEAKERS, make_subset, turev_clips, write_manifest
 from serq.errors import DatasetError, ModelError
 from serq.models.registry import Registry, default_metadata
 from serq.schemas import ClassStatistics, TrainRequest, TrainResult
@@ -34,6 +35,9 @@ from serq.worker.training.adaptation import (
     robust_moments,
 )
 from serq.worker.training.job import run_training
+
+#: A quick recipe: these tests check plumbing, not accuracy.
+QUICK = {"hidden_layers": [32], "max_iter": 30, "augment_speeds": []}
 
 # --------------------------------------------------------------------------- unit: known channel, known mix
 
@@ -166,9 +170,9 @@ def test_adapting_on_turev_speakers_helps_the_other_speakers_even_with_a_skewed_
     assert registry.active_metadata().class_statistics is not None
 
     adapt_speakers, test_speakers = TUREV_SPEAKERS[:3], TUREV_SPEAKERS[3:]
-    pool = turev_clips(adapt_speakers, per_emotion=25)
-    test = training_set(scan(write_manifest(tmp_path / "test.csv", turev_clips(test_speakers, per_emotion=25))),
-                        cache, n_jobs=1)
+    pool = turev_clips(turev_dir, adapt_speakers, per_emotion=25)
+    test_clips = turev_clips(turev_dir, test_speakers, per_emotion=25)
+    test = training_set(scan(write_manifest(tmp_path / "test.csv", test_clips)), cache, n_jobs=1)
     zero_shot = _restricted_balanced_accuracy(registry.load_active(), test.X, test.y)
 
     rng = np.random.default_rng(0)
@@ -192,7 +196,7 @@ def test_adapting_on_turev_speakers_helps_the_other_speakers_even_with_a_skewed_
 @pytest.mark.corpus
 def test_serq_adapt_local_registers_a_card_without_paths_and_refuses_what_it_cannot_use(turev_dir, tmp_path):
     env = os.environ | {"SERQ_MODEL_DIR": str(tmp_path / "models"), "SERQ_CACHE_DIR": str(tmp_path / "cache")}
-    folder = _unlabelled(tmp_path / "my-private-calls", turev_clips(["1234"], per_emotion=6))
+    folder = _unlabelled(tmp_path / "my-private-calls", turev_clips(turev_dir, ["1234"], per_emotion=6))
     out = subprocess.run([sys.executable, "-m", "serq", "adapt", "--data", str(folder), "--local", "--activate",
                           "--json"], env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert out.returncode == 0, out.stderr
@@ -209,7 +213,7 @@ def test_serq_adapt_local_registers_a_card_without_paths_and_refuses_what_it_can
     for leak in ("my-private-calls", "clip0000", str(tmp_path)):
         assert leak not in folder_text and leak not in (registry.folder(result["version"]) / "model.json").read_text()
 
-    few = _unlabelled(tmp_path / "few", turev_clips(["1234"], per_emotion=2))
+    few = _unlabelled(tmp_path / "few", turev_clips(turev_dir, ["1234"], per_emotion=2))
     out = subprocess.run([sys.executable, "-m", "serq", "adapt", "--data", str(few), "--local"], env=env,
                          capture_output=True, text=True, timeout=300, cwd=REPO)
     assert out.returncode == 2 and "[dataset_error]" in out.stderr and "at least 20" in out.stderr
@@ -247,8 +251,6 @@ def test_adapt_over_the_queue_hot_swaps_the_workers_after_a_multi_source_trainin
     """A trainer takes a two-source training job (weights, per-source figures), then an adaptation job;
     a worker serving all along hot-swaps to each activated version and no request fails."""
     from serq.client import Client
-
-    from conftest import ravdess_clip
 
     root = tmp_path / "data"
     make_subset(root, ravdess_dir, [1, 2, 3, 4], "four")

@@ -2,7 +2,8 @@
 
 Reads every module's imports with :mod:`ast` (module level, inside functions and under
 ``TYPE_CHECKING`` alike: a lazy import is still a dependency) and fails on an import that runs
-against the layers below, or on a cycle between packages.
+against the layers below, on a cycle between packages, or on a cycle between modules (a
+cycle a lazy import hides is still a cycle).
 
 Layers, lowest first; a package may import only its own layer or lower ones::
 
@@ -137,3 +138,71 @@ def test_the_allowed_graph_itself_has_no_cycle(layer):
         return any(y == layer or (y not in seen and below(y, seen | {y})) for y in ALLOWED[x])
 
     assert not below(layer, frozenset({layer}))
+
+
+def module_graph() -> dict[str, set[str]]:
+    """module -> the serq modules it imports (``from pkg.mod import name`` counts as ``pkg.mod``)."""
+    modules = {module_name(p): p for p in sources()}
+
+    def resolve(target: str) -> str | None:
+        parts = target.split(".")
+        while parts and ".".join(parts) not in modules:
+            parts.pop()
+        return ".".join(parts) or None
+
+    return {me: {m for t in imports_of(path) if (m := resolve(t)) and m != me} for me, path in modules.items()}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one node (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = stack[stack.index(v):]
+            del stack[stack.index(v):]
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(found)
+
+
+def test_no_cycle_between_modules():
+    assert cycles(module_graph()) == []
+
+
+def test_the_cycle_finder_finds_cycles():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": {"e"}}
+    assert cycles(graph) == [["a", "b", "c"]]
+
+
+def test_no_test_module_imports_another():
+    # Shared helpers live in tests/helpers/ and shared fixtures in conftest.py.
+    tests = REPO / "tests"
+    names = {p.stem for p in tests.rglob("test_*.py")}
+    offenders = []
+    for path in sorted(tests.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom):
+                imported = [node.module or ""] + ([f"{node.module}.{a.name}" for a in node.names] if node.module
+                                                  else [a.name for a in node.names])
+            elif isinstance(node, ast.Import):
+                imported = [a.name for a in node.names]
+            else:
+                continue
+            offenders += [f"{path.relative_to(REPO)} -> {m}" for m in imported if m.split(".")[-1] in names]
+    assert not offenders, offenders

@@ -9,8 +9,6 @@ null device returns at once, so nothing here assumes playback takes real time.
 
 from __future__ import annotations
 
-import io
-import os
 import re
 import subprocess
 import sys
@@ -20,23 +18,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from helpers.bot import SAMPLES, bot, run_bot, sample
+
 REPO = Path(__file__).resolve().parents[1]
-SAMPLES = REPO / "samples"
-
-
-def sample(emotion: str) -> Path:
-    (path,) = SAMPLES.glob(f"{emotion}-*.flac")
-    return path
-
-
-def run_bot(commands: str, *args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    """`serq bot ARGS` as a subprocess, commands on stdin (not a TTY: script mode)."""
-    full = dict(os.environ)
-    full.update(env or {})
-    return subprocess.run([sys.executable, "-m", "serq", "bot", *args], input=commands, env=full,
-                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
-
-
 def alsa_to_file(tmp_path: Path) -> tuple[dict, Path]:
     """An ALSA config whose default device writes a WAV file; the env that selects it."""
     out = tmp_path / "played.wav"
@@ -162,13 +146,6 @@ def test_pcm16_errors_are_typed(tmp_path):
 
 
 # ------------------------------------------------------------------ in-process console
-
-
-def bot(paths=(SAMPLES,), **kw):
-    from serq.cli.bot import Bot
-
-    out = io.StringIO()
-    return Bot(paths, stdin=io.StringIO(), stdout=out, interactive=False, **kw), out
 
 
 def test_spectrum_shows_the_engines_summary_and_writes_a_png(tmp_path):

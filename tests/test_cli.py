@@ -21,6 +21,8 @@ from serq.cli import COMMAND_MODULES, build_parser, main
 from serq.models.registry import default_metadata
 from serq.schemas import ErrorReply, PredictionResult
 
+from helpers import REPO
+
 RESULT_KEYS = {"file", "label", "confidence", "probabilities", "spectral", "model_version", "timings_ms"}
 
 
@@ -49,11 +51,34 @@ def test_help_lists_every_command():
 
 
 def test_help_does_not_import_the_ml_stack():
-    # `serq --help` and broker-only commands must start fast: heavy imports live in handlers.
-    code = "import sys; from serq.cli import build_parser; build_parser(); print(sorted(m for m in ('librosa', 'sklearn', 'skops') if m in sys.modules))"
+    # `serq --help` must start fast: command modules import what a command runs when it runs.
+    heavy = ('librosa', 'sklearn', 'skops', 'scipy', 'numpy', 'pydantic', 'pika')
+    code = f"import sys; from serq.cli import build_parser; build_parser(); print(sorted(m for m in {heavy} if m in sys.modules))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+#: A broker address nobody listens on: the command fails at once with no_broker.
+NO_BROKER = "amqp://guest:guest@127.0.0.1:1/%2F"
+
+
+@pytest.mark.parametrize("command", [["classify", "samples"], ["train", "--data", "x"],
+                                     ["timeline", "--broker", "samples/happy-03-01-03-02-01-01-02.flac"],
+                                     ["models", "list"], ["profiles", "list"],
+                                     ["schemas", "check"]])
+def test_broker_only_commands_do_not_import_the_ml_stack(command, tmp_path):
+    # What the base install runs (pika, pydantic, numpy, soundfile): scipy, scikit-learn, librosa are the worker's.
+    code = ("import sys; from serq.cli import main; code = main(sys.argv[1:]); "
+            "print(code, sorted(m for m in ('librosa', 'sklearn', 'skops', 'scipy', 'soxr') if m in sys.modules))")
+    env = os.environ | {"SERQ_AMQP_URL": NO_BROKER, "SERQ_MODEL_DIR": str(tmp_path / "models")}
+    proc = subprocess.run([sys.executable, "-c", code, *command], capture_output=True, text=True, timeout=120,
+                          env=env, cwd=REPO)
+    status, imported = proc.stdout.splitlines()[-1].split(" ", 1)  # the command's own output comes first
+    assert imported == "[]", proc.stdout + proc.stderr
+    assert status in ("0", "2"), proc.stdout + proc.stderr
+    if status == "2":
+        assert "[no_broker]" in proc.stderr, proc.stderr
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

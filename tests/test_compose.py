@@ -25,6 +25,8 @@ import pika
 import pytest
 import yaml
 
+from helpers.dockerfile import stages as _stages
+
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
@@ -116,21 +118,6 @@ def test_the_services_commands_exist():
 
 
 # ------------------------------------------------------------------ the Dockerfile
-
-
-def _stages() -> list[list[str]]:
-    """Dockerfile instructions per stage (continuation lines joined, comments dropped)."""
-    text = DOCKERFILE.read_text().replace("\\\n", " ")
-    stages: list[list[str]] = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.upper().startswith("FROM "):
-            stages.append([])
-        if stages:
-            stages[-1].append(line)
-    return stages
 
 
 def test_dockerfile_is_multi_stage_slim_and_non_root():

@@ -1,4 +1,4 @@
-"""Issue 5 end to end: while a client streams classify requests at two real workers, a real trainer
+"""Retraining while serving, end to end: while a client streams classify requests at two real workers, a real trainer
 retrains on a few RAVDESS actors and activates; every reply succeeds and both workers switch from
 the old version to the new one; `serq models rollback` swaps them back through the same event; a
 tampered activation is refused while serving goes on; a worker started later loads the active model."""
@@ -14,7 +14,6 @@ import threading
 import time
 
 import pytest
-from test_trainer import REPO, feature_cache, make_subset  # noqa: F401  (feature_cache is a fixture)
 
 from serq.client import Client
 from serq.models.registry import Registry, default_metadata
@@ -23,6 +22,8 @@ from serq.settings import Settings
 from serq.transport.announce import activation_event, publish_event
 
 from conftest import ravdess_clip
+from helpers import REPO
+from helpers.corpus import make_subset
 
 pytestmark = [pytest.mark.broker, pytest.mark.corpus, pytest.mark.slow]
 

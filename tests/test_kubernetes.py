@@ -25,7 +25,8 @@ import yaml
 
 from serq.settings import Settings
 from serq.worker.services.metrics import Metrics, serve
-from test_compose import _stages
+
+from helpers.dockerfile import stages as _stages
 
 REPO = Path(__file__).resolve().parents[1]
 MANIFESTS = REPO / "deploy" / "kubernetes"

@@ -9,15 +9,8 @@ import pytest
 from serq.errors import InvalidRequest
 from serq.schemas import PredictionResult, SpeakerPrior, SpeakerProfile
 from serq.worker.engine import profiles
-from serq.worker.training.speaker import (
-    ProfileRecipe,
-    enrol_plan,
-    enrolment_indices,
-    online_inputs,
-    parse_mode,
-    speaker_training_set,
-    with_copies,
-)
+from serq.worker.training.evaluation import enrol_plan, online_inputs, parse_mode
+from serq.worker.training.speaker import ProfileRecipe, enrolment_indices, speaker_training_set, with_copies
 
 F = 6
 

@@ -12,34 +12,14 @@ import time
 import pika
 import pytest
 
-from serq.schemas import EnrollResult, Hyperparameters, TrainRequest
-from serq.settings import Settings, get_settings
+from serq.schemas import EnrollResult
+from serq.settings import get_settings
 
 from conftest import ravdess_clip
 
 pytestmark = [pytest.mark.broker, pytest.mark.corpus, pytest.mark.slow]
 
 CALM = [(2, i, s, r) for i in (1, 2) for s in (1, 2) for r in (1, 2)]  # (emotion, intensity, statement, repetition)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("profiles-broker") / "models"
-
-
-@pytest.fixture(scope="module")
-def speaker_version(ravdess_dir, model_dir) -> str:
-    """A tiny speaker model in the workers' registry, on the profile path (trained once per module)."""
-    from serq.worker.training.job import run_training
-
-    settings = Settings(model_dir=model_dir, cache_dir=get_settings().cache_dir)
-    request = TrainRequest(dataset=str(ravdess_dir), speakers=["01", "02", "03"], folds=2, activate="always",
-                           speaker_normalisation=True,
-                           hyperparameters=Hyperparameters(hidden_layers=[16], max_iter=30, random_state=0,
-                                                           augment_speeds=[]))
-    result = run_training(request, settings)
-    assert result.ok, result.error
-    return result.version
 
 
 @pytest.fixture

@@ -14,11 +14,12 @@ import sys
 
 import pytest
 
-from conftest import REPO, turev_clips, write_manifest
+from helpers import REPO
+from helpers.corpus import turev_clips, write_manifest
 from serq.models.registry import load_default, load_speaker_model
 from serq.settings import Settings
 from serq.worker.training.evaluation import evaluate_model
-from serq.worker.training.speaker import evaluate_dataset
+from serq.worker.training.new_speakers import evaluate_speaker_profiles
 
 pytestmark = pytest.mark.corpus
 
@@ -35,9 +36,9 @@ def settings(tmp_path_factory) -> Settings:
 
 @pytest.mark.parametrize("count", [1, 2, 3, 4])
 def test_enroll_scores_the_shipped_models_on_1_to_4_new_speakers(count, turev_dir, tmp_path, settings):
-    data = str(write_manifest(tmp_path / "new.csv", turev_clips(SPEAKERS[:count], per_emotion=PER_EMOTION)))
+    data = str(write_manifest(tmp_path / "new.csv", turev_clips(turev_dir, SPEAKERS[:count], per_emotion=PER_EMOTION)))
     plain = load_default()
-    reports = evaluate_dataset(plain, data, settings, "enroll:4")
+    reports = evaluate_speaker_profiles(plain, data, settings, "enroll:4")
     clips = count * 4 * PER_EMOTION
     spk, same, everything = reports["speaker_profiles"], reports["plain_same_clips"], reports["plain"]
     assert everything.n == clips and spk.n == same.n == clips - 4 * count  # the enrolment clips are not scored
@@ -51,8 +52,8 @@ def test_enroll_scores_the_shipped_models_on_1_to_4_new_speakers(count, turev_di
 
 
 def test_online_mode_and_the_cli_on_one_new_speaker(turev_dir, tmp_path, settings):
-    data = str(write_manifest(tmp_path / "one.csv", turev_clips(SPEAKERS[:1], per_emotion=PER_EMOTION)))
-    online = evaluate_dataset(load_default(), data, settings, "online")
+    data = str(write_manifest(tmp_path / "one.csv", turev_clips(turev_dir, SPEAKERS[:1], per_emotion=PER_EMOTION)))
+    online = evaluate_speaker_profiles(load_default(), data, settings, "online")
     assert online["speaker_profiles"].n == online["plain"].n == 16  # online scores every clip
     assert "online" in online["speaker_profiles"].speaker_profiles
     env = os.environ | {"SERQ_MODEL_DIR": str(settings.model_dir), "SERQ_CACHE_DIR": str(settings.cache_dir)}
@@ -67,9 +68,9 @@ def test_online_mode_and_the_cli_on_one_new_speaker(turev_dir, tmp_path, setting
 
 
 def test_a_speaker_with_no_clip_left_after_enrolment_is_counted_not_scored(turev_dir, tmp_path, settings):
-    clips = turev_clips(SPEAKERS[:1], per_emotion=PER_EMOTION) + turev_clips(SPEAKERS[1:2], per_emotion=1)
+    clips = turev_clips(turev_dir, SPEAKERS[:1], per_emotion=PER_EMOTION) + turev_clips(turev_dir, SPEAKERS[1:2], per_emotion=1)
     data = str(write_manifest(tmp_path / "uneven.csv", clips))
-    reports = evaluate_dataset(load_default(), data, settings, "enroll:4")
+    reports = evaluate_speaker_profiles(load_default(), data, settings, "enroll:4")
     assert reports["speaker_profiles"].n == 12
     assert sum(v for k, v in reports["speaker_profiles"].skipped.items() if "enroll:4 leaves none" in k) == 4
 
@@ -82,7 +83,7 @@ def test_speakers_the_models_trained_on_still_go_through_the_refit(ravdess_dir, 
     for p in sorted((ravdess_dir / "Actor_01").glob("*.flac")):
         (subset / p.name).symlink_to(p)
     with pytest.raises(DatasetError, match="at least 5 speakers"):  # refit by speaker-grouped 5-fold
-        evaluate_dataset(load_default(), str(subset), settings, "enroll:2")
+        evaluate_speaker_profiles(load_default(), str(subset), settings, "enroll:2")
 
 
 def test_a_speaker_model_given_as_model_is_scored_beside_the_active_plain_model(turev_dir, tmp_path):
@@ -94,7 +95,7 @@ def test_a_speaker_model_given_as_model_is_scored_beside_the_active_plain_model(
     version = read_metadata(DEFAULT_SPEAKER_DIR).version
     shutil.copytree(DEFAULT_SPEAKER_DIR, settings.model_dir / "versions" / version)
     speaker = Registry(settings.model_dir).load(version)
-    data = str(write_manifest(tmp_path / "one.csv", turev_clips(SPEAKERS[1:2], per_emotion=PER_EMOTION)))
-    reports = evaluate_dataset(speaker, data, settings, "enroll:4")
+    data = str(write_manifest(tmp_path / "one.csv", turev_clips(turev_dir, SPEAKERS[1:2], per_emotion=PER_EMOTION)))
+    reports = evaluate_speaker_profiles(speaker, data, settings, "enroll:4")
     assert f"speaker model {version}, no refit" in reports["speaker_profiles"].speaker_profiles
     assert default_metadata().version in reports["plain"].protocol and reports["speaker_profiles"].n == 12

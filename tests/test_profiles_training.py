@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_training import cli, link_actors  # noqa: F401  (cli is a fixture)
 
 from serq.worker.engine.features import FEATURE_NAMES, FEATURE_VERSION
 
 from conftest import ravdess_clip
+from helpers.corpus import link_actors
 
 ACTORS = [1, 2, 3, 4]
 SMALL = ["--hidden", "32", "--max-iter", "40", "--seed", "1", "--folds", "2"]

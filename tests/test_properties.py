@@ -1,6 +1,6 @@
 """Property-based tests (hypothesis): the decoder and every message schema under arbitrary input.
 
-- ``decode`` on arbitrary bytes, on real WAV/FLAC/OGG files that were truncated or had
+- ``decode`` (and the block reader, ``read_blocks``) on arbitrary bytes, on real WAV/FLAC/OGG files that were truncated or had
   bytes overwritten, and on WAV headers forged field by field, either returns a valid
   clip (finite mono float32 at 16 kHz, in [-1, 1], at least one analysis window) or
   raises a :class:`serq.errors.AudioError` subclass. Nothing else, ever.
@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import io
 import json
-import struct
+import tempfile
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,8 +24,11 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
 import serq.schemas as schemas
+from serq.audiofile import read_blocks
 from serq.errors import AudioError
 from serq.worker.engine.audio import ANALYSIS_RATE, MIN_SAMPLES, decode
+
+from helpers.audio import wav_header
 
 #: Small limits keep each example cheap; the limits themselves are tested in tests/reliability/.
 LIMITS = {"max_bytes": 256 * 1024, "max_seconds": 5.0}
@@ -32,7 +36,9 @@ FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCh
 
 
 def check_decode(data: bytes) -> None:
-    """The property: a typed AudioError, or a clip that honours every promise of :class:`Audio`."""
+    """The property: a typed AudioError, or a clip that honours every promise of :class:`Audio`;
+    and the same of the block reader (:func:`check_read_blocks`), which shares decode's guards."""
+    check_read_blocks(data)
     try:
         audio = decode(data, **LIMITS)
     except AudioError as exc:
@@ -43,6 +49,22 @@ def check_decode(data: bytes) -> None:
     assert np.all(np.isfinite(s)) and float(np.abs(s).max(initial=0.0)) <= 1.0
     assert audio.sample_rate == ANALYSIS_RATE and audio.channels >= 1 and audio.original_rate > 0
     assert audio.duration <= LIMITS["max_seconds"] + 1.0 / ANALYSIS_RATE + 1e-6
+
+
+def check_read_blocks(data: bytes) -> None:
+    """The block reader on the same bytes: a typed AudioError, or finite mono float32 blocks in [-1, 1]."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "clip"
+        path.write_bytes(data)
+        try:
+            blocks = list(read_blocks(path, ANALYSIS_RATE, max_seconds=LIMITS["max_seconds"]))
+        except AudioError as exc:
+            assert exc.code and str(exc), "an AudioError without a code or a message"
+            return
+    for block in blocks:
+        assert block.dtype == np.float32 and block.ndim == 1 and len(block)
+        assert np.all(np.isfinite(block)) and float(np.abs(block).max()) <= 1.0
+    assert sum(map(len, blocks)) <= (LIMITS["max_seconds"] + 0.1) * ANALYSIS_RATE
 
 
 # --------------------------------------------------------------------------- decoding
@@ -64,16 +86,6 @@ def valid_files() -> tuple[bytes, ...]:
         sf.write(buf, x.astype(np.float32), rate, format=fmt, subtype=subtype)
         out.append(buf.getvalue())
     return tuple(out)
-
-
-def wav_header(*, rate: int, channels: int, bits: int, data_len: int, tag: int = 1, riff_len: int | None = None) -> bytes:
-    """A canonical 44-byte RIFF/WAVE header with every field chosen by the caller (wrapped to 32/16 bits)."""
-    block = (channels * bits // 8) & 0xFFFF
-    fmt = struct.pack("<HHIIHH", tag & 0xFFFF, channels & 0xFFFF, rate & 0xFFFFFFFF,
-                      (rate * block) & 0xFFFFFFFF, block, bits & 0xFFFF)
-    riff = (36 + data_len if riff_len is None else riff_len) & 0xFFFFFFFF
-    return (b"RIFF" + struct.pack("<I", riff) + b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt
-            + b"data" + struct.pack("<I", data_len & 0xFFFFFFFF))
 
 
 @FAST
@@ -221,12 +233,21 @@ json_values = st.recursive(
 )
 
 
+def schema_examples(n: int):
+    """Hypothesis settings of the tests that draw ``n`` instances of a schema (slow to generate, often filtered)."""
+    return settings(max_examples=n, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large])
+
+
+def draw_instance(data, model: type[BaseModel]):
+    return data.draw(instances(model), label="instance")
+
+
 @pytest.mark.parametrize("model", contract_models(), ids=lambda m: m.__name__)
-@settings(max_examples=20, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large])
+@schema_examples(20)
 @given(data=st.data())
 def test_schemas_round_trip_through_json(model, data):
-    raw = data.draw(instances(model), label="instance")
+    raw = draw_instance(data, model)
     try:
         obj = model.model_validate(raw)
     except ValidationError:
@@ -249,12 +270,11 @@ def test_schemas_refuse_garbage_with_validation_error_only(model, garbage):
 
 
 @pytest.mark.parametrize("model", contract_models(), ids=lambda m: m.__name__)
-@settings(max_examples=15, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large])
+@schema_examples(15)
 @given(data=st.data())
 def test_schemas_refuse_broken_instances_with_validation_error_only(model, data):
     """A valid instance with one field replaced by an arbitrary JSON value: accepted or ValidationError."""
-    raw = data.draw(instances(model), label="instance")
+    raw = draw_instance(data, model)
     assume(isinstance(raw, dict) and raw)
     key = data.draw(st.sampled_from(sorted(raw)), label="field")
     raw[key] = data.draw(json_values, label="value")

@@ -10,7 +10,6 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pytest
-from sklearn.base import BaseEstimator, ClassifierMixin
 
 from serq.errors import ModelError
 from serq.models.registry import (
@@ -30,7 +29,8 @@ from serq.schemas import Hyperparameters, ModelMetadata
 from serq.worker.engine.features import FEATURE_NAMES, FEATURE_VERSION
 from serq.worker.training.fit import fit
 
-LABELS = ["neutral", "happy", "sad", "angry"]
+from helpers.models import LABELS, Sneaky
+
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
@@ -165,14 +165,6 @@ def test_feature_version_mismatch_is_refused(registry):
     registry.register(data, meta)
     with pytest.raises(ModelError):
         registry.activate(meta.version)
-
-
-class Sneaky(BaseEstimator, ClassifierMixin):
-    """A class skops does not know: loading it would run this module's code."""
-
-    def fit(self, X, y):
-        self.classes_ = np.unique(y)
-        return self
 
 
 def test_unexpected_type_inside_a_skops_file_is_refused():

@@ -6,14 +6,16 @@ import argparse
 
 import numpy as np
 import pytest
-from test_trainer import QUICK, make_subset
 
-from conftest import write_manifest
+from helpers.corpus import make_subset, write_manifest
 from serq.schemas import DataSource, Hyperparameters, TrainRequest
 from serq.settings import Settings
 from serq.worker.training.fit import fit
 from serq.worker.training.job import run_training
 from serq.worker.training.sources import source_names
+
+#: A quick recipe: these tests check plumbing, not accuracy.
+QUICK = {"hidden_layers": [32], "max_iter": 30, "augment_speeds": []}
 
 
 @pytest.mark.parametrize("text, dataset, weight", [

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import soundfile as sf
-from test_timeline_corpus import CLIPS, join, trimmed
 
 from serq.client.errors import ServiceError
 from serq.client.timeline import TimelineStream, stream_timeline
@@ -13,6 +12,7 @@ from serq.settings import Settings
 from serq.worker.engine.timeline import RATE, read_blocks, timeline_file
 
 from conftest import ravdess_clip
+from helpers.recordings import CLIPS, join, trimmed
 
 pytestmark = [pytest.mark.broker, pytest.mark.corpus]
 

@@ -12,7 +12,6 @@ import io
 
 import numpy as np
 import pytest
-from test_timeline_corpus import stretches, trimmed, write_recording
 
 from serq.client.errors import ServiceError
 from serq.client.timeline import TimelineStream, stream_timeline
@@ -20,6 +19,7 @@ from serq.settings import Settings
 from serq.worker.engine.timeline import RATE, read_blocks, timeline_file
 
 from conftest import ravdess_clip
+from helpers.recordings import stretches, trimmed, write_recording
 
 pytestmark = pytest.mark.corpus
 

@@ -21,6 +21,8 @@ from serq.schemas import Hyperparameters, TrainRequest
 from serq.settings import Settings
 from serq.worker.training.fit import cross_validate, folds_for
 
+from helpers.corpus import link_actors
+
 TRAIN_ACTORS = [1, 2, 3, 4, 5, 6]
 HELD_OUT_ACTORS = [17, 18, 19, 20]
 SMALL = ["--hidden", "64", "--max-iter", "60", "--seed", "3"]
@@ -30,35 +32,6 @@ REPORT_KEYS = {"n", "accuracy", "balanced_accuracy", "macro_f1", "labels", "per_
 def serq(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     """Run the real `serq` in a subprocess (training: the whole CLI path, as a user runs it)."""
     return subprocess.run([sys.executable, "-m", "serq", *args], env=env, capture_output=True, text=True, timeout=600)
-
-
-@pytest.fixture
-def cli(env, monkeypatch, capsys):
-    """Run `serq` in this process (cheaper than a new interpreter per call): ``(code, stdout, stderr)``."""
-    from serq.cli import main
-    from serq.settings import get_settings
-
-    for key in ("SERQ_MODEL_DIR", "SERQ_CACHE_DIR"):
-        monkeypatch.setenv(key, env[key])
-    get_settings.cache_clear()
-
-    def run(*args: str) -> tuple[int, str, str]:
-        code = main(list(args))
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    yield run
-    get_settings.cache_clear()
-
-
-def link_actors(ravdess: Path, dest: Path, actors: list[int]) -> Path:
-    """A corpus subset: per-file symlinks (directory scans do not follow linked folders)."""
-    for actor in actors:
-        folder = dest / f"Actor_{actor:02d}"
-        folder.mkdir(parents=True)
-        for clip in sorted((ravdess / folder.name).iterdir()):
-            (folder / clip.name).symlink_to(clip)
-    return dest
 
 
 @pytest.fixture(scope="module")

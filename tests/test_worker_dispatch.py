@@ -12,11 +12,11 @@ import numpy as np
 import pika
 import pytest
 import soundfile as sf
-from test_worker_errors import Rpc
 
 from serq.client import Client
 
 from conftest import close_broker_connections, ravdess_clip
+from helpers.broker import Rpc
 
 pytestmark = [pytest.mark.broker, pytest.mark.corpus]
 

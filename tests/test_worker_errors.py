@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import time
 import urllib.request
-import uuid
 
 import numpy as np
 import pika
 import pytest
 import soundfile as sf
+
+from helpers.broker import Rpc, free_port
 
 pytestmark = pytest.mark.broker
 
@@ -28,36 +28,6 @@ def wav(seconds: float, rate: int = 16_000, subtype: str = "PCM_16", fill: float
     buf = io.BytesIO()
     sf.write(buf, x, rate, format="WAV", subtype=subtype)
     return buf.getvalue()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Rpc:
-    """Minimal raw-pika caller: direct reply-to, one reply per correlation id."""
-
-    def __init__(self, url: str, queue: str):
-        self.conn = pika.BlockingConnection(pika.URLParameters(url))
-        self.ch = self.conn.channel()
-        self.queue = queue
-        self.replies: dict[str, tuple] = {}
-        self.ch.basic_consume("amq.rabbitmq.reply-to", self._on_reply, auto_ack=True)
-
-    def _on_reply(self, ch, method, props, body):
-        self.replies[props.correlation_id] = (props, json.loads(body))
-
-    def call(self, body: bytes, timeout: float = 60, **props) -> tuple:
-        cid = uuid.uuid4().hex
-        props.setdefault("reply_to", "amq.rabbitmq.reply-to")
-        self.ch.basic_publish("", self.queue, body, pika.BasicProperties(correlation_id=cid, **props))
-        deadline = time.monotonic() + timeout
-        while cid not in self.replies:
-            assert time.monotonic() < deadline, "no reply"
-            self.conn.process_data_events(time_limit=0.1)
-        return self.replies.pop(cid)
 
 
 def test_every_error_code_and_the_metrics(start_worker, amqp_url, prefix):

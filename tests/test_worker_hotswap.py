@@ -9,7 +9,6 @@ import time
 import urllib.request
 
 import pytest
-from test_worker_errors import free_port
 
 from serq.client import Client
 from serq.models.registry import Registry, load_default
@@ -18,6 +17,7 @@ from serq.settings import Settings
 from serq.transport.announce import activation_event, publish_activation, publish_event
 
 from conftest import ravdess_clip
+from helpers.broker import free_port
 
 pytestmark = [pytest.mark.broker, pytest.mark.corpus, pytest.mark.slow]
 

@@ -30,12 +30,21 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+import soundfile as sf
+
+from serq.cli import build_parser
+from serq.cli.commands.models import run_list
 from serq.cli.output import answered_by, expand_paths, format_report, format_result, too_few_clips
-from serq.client.profiles import ProfileStore
+from serq.cli.playback import PlaybackUnavailable, play
+from serq.cli.timeline_view import show_timeline
+from serq.client.client import Client
+from serq.client.profiles import ProfileStore, SpeakerProfiles
 from serq.errors import SerqError
 from serq.extras import missing_extra
 from serq.files import AUDIO_SUFFIXES
 from serq.labels import EMOTIONS
+from serq.models.registry import DEFAULT_DIR, Registry, read_metadata
+from serq.settings import get_settings
 
 #: The sample clips beside the package in a source checkout (``./run demo``).
 SAMPLES_DIR = Path(__file__).resolve().parents[2] / "samples"
@@ -61,7 +70,7 @@ def expected_label(path: Path) -> str | None:
     if head in EMOTIONS:
         return head
     try:
-        from serq.worker.training.datasets import parse_name
+        from serq.worker.training.datasets import parse_name  # lazy: the worker extra, optional here
     except ImportError:
         return None
     parsed = parse_name(path)
@@ -109,8 +118,6 @@ class AgreementTally:
 
 def shipped_version() -> str | None:
     """The version of the shipped default model (None when its folder cannot be read)."""
-    from serq.models.registry import DEFAULT_DIR, read_metadata  # the registry only when a summary is shown
-
     try:
         return read_metadata(DEFAULT_DIR).version
     except SerqError:
@@ -150,8 +157,6 @@ class Bot(cmd.Cmd):
 
     def get_settings(self):
         if self.settings is None:
-            from serq.settings import get_settings
-
             self.settings = get_settings()
         return self.settings
 
@@ -205,7 +210,7 @@ class Bot(cmd.Cmd):
         self.close()
         if history:
             with contextlib.suppress(OSError):
-                import readline
+                import readline  # lazy: importing it changes input(); interactive only
 
                 readline.write_history_file(history)
         return 1 if self.failures and not self.interactive else 0
@@ -218,7 +223,7 @@ class Bot(cmd.Cmd):
 
     def _readline_setup(self) -> str | None:
         try:
-            import readline
+            import readline  # lazy: importing it changes input(); interactive only
         except ImportError:
             return None
         readline.set_completer_delims(" \t\n")  # file names hold '/' and '-'
@@ -292,8 +297,6 @@ class Bot(cmd.Cmd):
 
     def do_list(self, arg: str) -> None:
         """list: the files the bot knows, numbered (use a number, a name or a path in other commands)"""
-        import soundfile as sf
-
         if not self.files:
             self.out("no files: start the bot with FILES or DIRS (serq bot samples/)")
             return
@@ -310,8 +313,6 @@ class Bot(cmd.Cmd):
 
     def do_play(self, arg: str) -> None:
         """play FILE: play a clip on the local sound device (Ctrl-C stops it)"""
-        from serq.cli.playback import PlaybackUnavailable, play
-
         args = shlex.split(arg)
         if len(args) != 1:
             raise Usage("usage: play FILE")
@@ -327,7 +328,7 @@ class Bot(cmd.Cmd):
 
     def do_spectrum(self, arg: str) -> None:
         """spectrum FILE [--png OUT]: log spectrum, pitch contour and spectral summary (--png: a figure)"""
-        from serq.cli.spectrum_view import analyse_file, render, write_png
+        from serq.cli.spectrum_view import analyse_file, render, write_png  # lazy: the engine (worker extra)
 
         parser = _Parser(prog="spectrum", add_help=False)
         parser.add_argument("file")
@@ -343,8 +344,6 @@ class Bot(cmd.Cmd):
     def client(self):
         """One broker connection for the session, opened on first use (BrokerUnavailable names SERQ_AMQP_URL)."""
         if self._client is None:
-            from serq.client.client import Client
-
             self._client = Client(settings=self.get_settings())
         return self._client
 
@@ -360,8 +359,6 @@ class Bot(cmd.Cmd):
         client = self.client()
         speakers = None
         if ns.speaker is not None:
-            from serq.client.profiles import SpeakerProfiles
-
             speakers = SpeakerProfiles(client, store=self.profiles)
             if speakers.get(ns.speaker) is None:
                 self.out(f"note: no profile for {ns.speaker!r} (enroll them first): the plain model answers")
@@ -391,8 +388,6 @@ class Bot(cmd.Cmd):
 
     def do_timeline(self, arg: str) -> None:
         """timeline FILE [--png OUT] [--local] [--speaker S]: emotion over time in a long recording (strip chart, segments, summary), streamed to the workers through the broker; computed here with --local or when no broker answers; --png OUT: a figure; --speaker S: with S's profile"""
-        from serq.cli.timeline_view import show_timeline
-
         parser = _Parser(prog="timeline", add_help=False)
         parser.add_argument("file")
         parser.add_argument("--png", metavar="OUT")
@@ -420,8 +415,6 @@ class Bot(cmd.Cmd):
 
     def do_enroll(self, arg: str) -> None:
         """enroll SPEAKER FILE|DIR ... [--updates]: build or extend SPEAKER's profile from 5-12 clips of calm, normal speech, through the broker (feature statistics only, no audio); --updates: later clips classified with it update it"""
-        from serq.client.profiles import SpeakerProfiles
-
         parser = _Parser(prog="enroll", add_help=False)
         parser.add_argument("speaker")
         parser.add_argument("paths", nargs="+")
@@ -474,8 +467,6 @@ class Bot(cmd.Cmd):
 
     def do_train(self, arg: str) -> None:
         """train [--emotions a,b] [--speakers 01,02] [--activate [POLICY]] [--max-iter N] ...: a training job through the trainer; progress, then accuracy and confusion matrix (options as `serq train`)"""
-        from serq.cli import build_parser
-
         # The same parser, request and result printing as `serq train --wait`: one code path.
         with contextlib.redirect_stderr(self.stdout):
             try:
@@ -511,14 +502,10 @@ class Bot(cmd.Cmd):
             time.sleep(probe_every)
 
     def _registry(self):
-        from serq.models.registry import Registry
-
         return Registry(self.get_settings().model_dir)
 
     def do_models(self, arg: str) -> None:
         """models: the model versions in SERQ_MODEL_DIR; * marks the active one"""
-        from serq.cli.commands.models import run_list
-
         with contextlib.redirect_stdout(self.stdout):
             run_list(argparse.Namespace(json=False))
 

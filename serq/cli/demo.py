@@ -32,8 +32,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
+import numpy as np
+import pika.exceptions
+import soundfile as sf
+
+from serq.cli.output import expand_paths
 from serq.errors import SerqError
-from serq.settings import Settings, redact_url
+from serq.settings import Settings, get_settings, redact_url
+from serq.transport.connection import connect
+from serq.transport.topology import delete_deployment
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES_DIR = REPO / "samples"
@@ -70,7 +77,6 @@ def free_port() -> int:
 
 def amqp_ok(settings: Settings) -> bool:
     """True if ``settings.amqp_url`` accepts an AMQP login (not just a TCP connection)."""
-    from serq.transport.connection import connect
 
     try:
         connect(settings, "serq-demo-probe").close()
@@ -260,9 +266,6 @@ def obtain_broker(settings: Settings, workdir: Path, stack: ExitStack) -> tuple[
 
 def consumers(settings: Settings, queue: str) -> int:
     """Consumers of ``queue``, 0 while it does not exist yet."""
-    import pika.exceptions
-
-    from serq.transport.connection import connect
 
     conn = connect(settings, "serq-demo-probe")
     try:
@@ -304,8 +307,6 @@ def start_services(commands: list[str], env: dict, workdir: Path, settings: Sett
 
 def delete_names(settings: Settings) -> None:
     """Remove the demo deployment's queues and exchanges."""
-    from serq.transport.connection import connect
-    from serq.transport.topology import delete_deployment
 
     try:
         conn = connect(settings, "serq-demo-cleanup")
@@ -328,8 +329,6 @@ def joined_recording(clips: list[Path], out: Path, pause_s: float = 2.0) -> Path
     A short "call" for the bot's ``timeline`` (about a second of work for the workers);
     ``None`` if no clip could be used.
     """
-    import numpy as np
-    import soundfile as sf
 
     parts, rate = [], None
     for clip in clips[:3]:
@@ -374,8 +373,6 @@ def _sigterm_to_interrupt(signum, frame):
 def run(*, samples_dir: Path | None = None, train: bool = False, play: bool = True,
         png_dir: Path | None = None, keep: bool = False) -> int:
     """The demo; returns the exit status (the bot's: 0 when every command worked)."""
-    from serq.cli.output import expand_paths
-    from serq.settings import get_settings
 
     base = get_settings()
     samples_dir = Path(samples_dir or SAMPLES_DIR)

@@ -15,7 +15,8 @@ from serq.labels import in_canonical_order
 from serq.text import counts
 
 if TYPE_CHECKING:
-    from serq.schemas import EvaluationReport
+    from serq.schemas import EvaluationReport, TrainResult
+
 
 def expand_paths(items: Iterable[str]) -> Iterator[Path]:
     """Files as given, and the audio files inside directories (recursively, sorted)."""
@@ -110,3 +111,25 @@ def too_few_clips(speaker: str, count: int, needed: int) -> str:
     """The warning after an enrolment that leaves a profile too small for the speaker-normalised model."""
     return (f"warning: {speaker}'s profile has {count} clip(s); the workers' speaker-normalised model uses a "
             f"profile from {needed} on, so until then the plain model answers: enrol {needed - count} more")
+
+
+def show_train_result(result: "TrainResult", as_json: bool, command: str = "train") -> int:
+    """Print a training (or `serq adapt`) job's result (JSON with ``as_json``), local or remote alike; the exit
+    code: 0 if it succeeded, else 2. Several sources: the figures per source follow the pooled ones."""
+    if as_json:
+        print_json(result)
+    elif result.ok:
+        print(f"model {result.version} registered; activated: {result.activated} ({result.activation_reason})")
+        if result.baseline:
+            print(f"baseline (the active model's recipe on the same folds): "
+                  f"balanced accuracy {result.baseline.balanced_accuracy:.3f}")
+        if result.metrics is not None:
+            print(format_report(result.metrics.model_dump()))
+            for name, report in (result.metrics.sources or {}).items():
+                print(f"\nsource {name}:\n" + format_report(report.model_dump()))
+        if "method" in result.dataset:  # an adaptation: what it was adapted to
+            print(f"adapted {result.dataset.get('source_version')} to {result.dataset.get('clips')} clips "
+                  f"({result.dataset.get('duration_s', 0):.0f} s), method {result.dataset.get('method')}")
+    else:
+        print(f"serq {command}: error [{result.error.code}]: {result.error.message}", file=sys.stderr)
+    return 0 if result.ok else 2

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 
-from serq.errors import SerqError
+from serq.errors import SerqError, UnsupportedFormat
 
 #: Rates simpleaudio accepts; anything else is resampled to 48 kHz first.
 SUPPORTED_RATES = frozenset({8000, 11025, 16000, 22050, 32000, 44100, 48000, 88200, 96000, 192000})
@@ -53,10 +54,6 @@ def pcm16(path: str | Path) -> tuple[np.ndarray, int]:
     More than 2 channels are mixed to mono; an unusual rate is linearly resampled to 48 kHz.
     Raises :class:`SerqError` (``not_found``, ``unsupported_format``) for unreadable files.
     """
-    import soundfile as sf
-
-    from serq.errors import UnsupportedFormat
-
     path = Path(path)
     if not path.is_file():
         raise SerqError(f"no such file: {path}", code="not_found")
@@ -100,7 +97,7 @@ def play(path: str | Path, *, poll: float = 0.02) -> Played:
     """
     pcm, rate = pcm16(path)
     try:
-        import simpleaudio
+        import simpleaudio  # lazy: the bot extra, optional
     except ImportError:
         raise PlaybackUnavailable("playback needs simpleaudio: pip install 'serq[bot]'") from None
     try:

@@ -15,6 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from serq.cli.output import bar
+from serq.settings import get_settings
+from serq.worker.engine.audio import decode
+from serq.worker.engine.features import HOP, SAMPLE_RATE, analyse, spectral_summary
 
 BLOCKS = " ▁▂▃▄▅▆▇█"
 
@@ -45,10 +48,6 @@ class ClipView:
 
 def analyse_file(path: str | Path, settings=None) -> ClipView:
     """Decode and analyse ``path`` exactly as the worker does (same limits, same features)."""
-    from serq.settings import get_settings
-    from serq.worker.engine.audio import decode
-    from serq.worker.engine.features import HOP, SAMPLE_RATE, analyse, spectral_summary
-
     settings = settings or get_settings()
     audio = decode(Path(path), max_bytes=settings.max_bytes, max_seconds=settings.max_seconds)
     analysis = analyse(audio.samples, audio.sample_rate)
@@ -145,7 +144,7 @@ def render(view: ClipView, width: int = 60) -> str:
 
 def write_png(view: ClipView, out: str | Path) -> Path:
     """A figure of the clip (log-mel spectrogram, mean spectrum, pitch contour) as a PNG file."""
-    import matplotlib
+    import matplotlib  # lazy: a second of import for the PNG only (the bot extra)
 
     matplotlib.use("Agg")  # files only: never needs a display
     import matplotlib.pyplot as plt

@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from serq.cli.output import bar
+from serq.client.timeline import stream_timeline
 from serq.labels import EMOTIONS, in_canonical_order
 from serq.schemas.timeline import Timeline
+from serq.settings import get_settings
 
 if TYPE_CHECKING:
     from serq.schemas.profiles import SpeakerProfile
@@ -99,7 +101,7 @@ def render_timeline(timeline: Timeline | dict, width: int = 64, max_segments: in
 
 def save_png(timeline: Timeline | dict, path: str | Path, *, dpi: int = 120) -> Path:
     """A PNG of the timeline: a bar per segment on its emotion's row, shaded by confidence."""
-    import matplotlib
+    import matplotlib  # lazy: a second of import for the PNG only (the bot extra)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -134,12 +136,8 @@ def show_timeline(path: str | Path, *, png: str | Path | None = None, client=Non
     PNG too when ``png`` is given. Raises :class:`serq.errors.SerqError`.
     """
     if client is not None:
-        from serq.client.timeline import stream_timeline
-
         timeline = stream_timeline(client, path, profile=profile)
     else:
-        from serq.settings import get_settings
-
         timeline = local_timeline(path, get_settings(), profile=profile)
     text = render_timeline(timeline)
     if png is not None:
@@ -151,7 +149,7 @@ def local_timeline(path: str | os.PathLike, settings: "Settings", *, version: st
                    on_segment=None, profile: "SpeakerProfile | None" = None) -> Timeline:
     """``serq timeline FILE``: the registry's active model (or ``version``) with the ``SERQ_TIMELINE_*`` settings;
     with ``profile``, the speaker-normalised model a worker would use (``SPEAKER_ACTIVE``, else the shipped one)."""
-    # The engine and the registry only here: rendering a timeline needs neither.
+    # lazy: the engine (worker extra) only here; rendering or streaming a timeline needs neither.
     from serq.models.registry import Registry, load_speaker_model
     from serq.worker.engine.timeline import params_from_settings, timeline_file
 

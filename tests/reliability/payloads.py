@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import soundfile as sf
-from test_properties import wav_header  # one forger of WAV headers for the whole suite
+
+from helpers.audio import wav_header
 
 #: Any typed outcome: a result or an error code other than ``internal``.
 TYPED = frozenset({"*"})

@@ -13,11 +13,10 @@ import time
 
 import pika
 import pytest
-from test_trainer import Tap
-from test_worker_errors import Rpc
 
 from .conftest import assert_typed, record, rss_kib
 from .payloads import TYPED, corpus, encode, tone
+from helpers.broker import Rpc, Tap
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 

@@ -14,10 +14,10 @@ import urllib.request
 
 import pika
 import pytest
-from test_worker_errors import Rpc, free_port
 
 from .conftest import record
 from .payloads import encode, tone, with_total_samples
+from helpers.broker import Rpc, free_port
 
 pytestmark = pytest.mark.broker
 

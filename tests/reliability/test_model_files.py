@@ -10,7 +10,6 @@ import re
 import urllib.request
 
 import pytest
-from test_worker_errors import free_port
 
 from serq.client import Client
 from serq.models.registry import (
@@ -23,15 +22,17 @@ from serq.models.registry import (
 
 from .conftest import record
 from .payloads import encode, tone
+from helpers.broker import free_port
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 
 def sneaky_artifact() -> bytes:
-    """A skops file holding a type nobody trusts (test_registry.Sneaky): loading it would import test code."""
+    """A skops file holding a type nobody trusts (helpers.models.Sneaky): loading it would import test code."""
     import numpy as np
     import skops.io as sio
-    from test_registry import LABELS, Sneaky
+
+    from helpers.models import LABELS, Sneaky  # lazy: scikit-learn, for this one test
 
     return sio.dumps(Sneaky().fit(np.zeros((4, 2)), np.array(LABELS)))
 

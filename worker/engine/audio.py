@@ -12,25 +12,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
+import soxr
 
-from serq.errors import (
-    BadAudio,
-    EmptyAudio,
-    TooLarge,
-    TooLong,
-    TooShort,
-    UnsupportedFormat,
-)
+from serq.audiofile import MAX_CHANNELS, MAX_RATE, check_header, declared_frames, mix_down, open_sound, read_frames
+from serq.errors import EmptyAudio, TooLarge, TooLong, TooShort
+
+__all__ = ["ANALYSIS_RATE", "MAX_CHANNELS", "MAX_RATE", "MAX_SAMPLES_PER_SECOND", "MIN_SAMPLES", "Audio", "decode",
+           "read_source", "resample"]
 
 #: The one rate every feature is computed at, in Hz.
 ANALYSIS_RATE = 16_000
 #: The shortest clip we analyse: one STFT window (see :mod:`.features`), in samples.
 MIN_SAMPLES = 512
-#: Beyond this many channels a file is refused (libsndfile allows up to 1024).
-MAX_CHANNELS = 64
-#: Beyond this sample rate (Hz) a header is forged: resampling from it costs seconds of CPU for nothing.
-MAX_RATE = 768_000
 #: Decoded samples (all channels) allowed per second of SERQ_MAX_SECONDS: 8 channels at 48 kHz.
 #: A few MB of FLAC silence can declare 8 channels at 655 kHz: gigabytes once decoded.
 MAX_SAMPLES_PER_SECOND = 384_000
@@ -99,39 +92,23 @@ def decode(
         EmptyAudio, TooLarge, TooLong, TooShort, UnsupportedFormat, BadAudio.
     """
     data = read_source(source, max_bytes=max_bytes)
-    try:
-        handle = sf.SoundFile(io.BytesIO(data))
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        raise UnsupportedFormat(
-            f"not a readable WAV, FLAC, OGG/Vorbis or MP3 file ({_reason(exc)})"
-        ) from None
-    with handle:
+    with open_sound(io.BytesIO(data)) as handle:
+        check_header(handle, max_seconds, "SERQ_MAX_SECONDS")
         rate, channels, fmt = int(handle.samplerate), int(handle.channels), handle.format
-        if not 0 < rate <= MAX_RATE or channels <= 0 or channels > MAX_CHANNELS:
-            raise BadAudio(f"implausible header: {rate} Hz, {channels} channels")
-        declared = handle.frames
-        if max_seconds is not None and 0 < declared < 2**62 and declared / rate > max_seconds:
-            raise TooLong(f"{declared / rate:.1f} s exceeds the limit of {max_seconds:g} s (SERQ_MAX_SECONDS)")
         # Never trust a header's length: read at most what the limit allows, plus one frame.
         limit = -1 if max_seconds is None else int(max_seconds * rate) + 1
         if max_seconds is not None:  # what reading would allocate (soundfile stops at the declared length)
-            frames_out = min(limit, declared) if 0 < declared < 2**62 else limit
+            declared = declared_frames(handle)
+            frames_out = limit if declared is None else min(limit, declared)
             if frames_out * channels > max_seconds * MAX_SAMPLES_PER_SECOND:
                 raise TooLarge(f"{channels} channels at {rate} Hz decode to {frames_out * channels} samples, over "
                                f"the limit of {MAX_SAMPLES_PER_SECOND} per second of SERQ_MAX_SECONDS")
-        try:
-            frames = handle.read(frames=limit, dtype="float32", always_2d=True)
-        except (sf.LibsndfileError, RuntimeError, ValueError, MemoryError) as exc:
-            raise BadAudio(f"the {fmt} data is corrupt ({_reason(exc)})") from None
+        frames = read_frames(handle, limit)
     if max_seconds is not None and len(frames) / rate > max_seconds:
         raise TooLong(f"more than {max_seconds:g} s of audio (SERQ_MAX_SECONDS)")
     if frames.size == 0:
         raise EmptyAudio(f"the {fmt} file holds no samples")
-    if not np.all(np.isfinite(frames)):
-        raise BadAudio("the audio contains NaN or infinite samples")
-    # Float files may hold values up to 3.4e38: mixing two such channels overflows to inf, resampling that to NaN.
-    np.clip(frames, -1.0, 1.0, out=frames)
-    mono = frames.mean(axis=1, dtype=np.float32) if channels > 1 else frames[:, 0]
+    mono = mix_down(frames)
     samples = resample(mono, rate, target_rate)
     np.clip(samples, -1.0, 1.0, out=samples)
     if len(samples) < MIN_SAMPLES:
@@ -146,12 +123,5 @@ def resample(samples: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
     """Resample a mono float32 signal with soxr (HQ); a copy is returned either way."""
     if rate == target_rate:
         return np.array(samples, dtype=np.float32, copy=True)
-    import soxr
-
     return soxr.resample(samples, rate, target_rate, quality="HQ").astype(np.float32, copy=False)
 
-
-def _reason(exc: Exception) -> str:
-    text = str(exc)
-    # libsndfile prefixes "Error opening <_io.BytesIO object at 0x...>: "; keep only the reason.
-    return text.split(": ", 1)[-1] if text.startswith("Error opening") else text

@@ -7,7 +7,7 @@ count, mean and sum of squared deviations per feature.
 The speaker-normalised model's input is :func:`model_input`: ``[x, z]`` with ``z``
 the z-score of ``x`` by the speaker's profile (std floored, variance shrunk
 toward the population's when the profile has few clips; see
-:class:`serq.schemas.SpeakerPrior`). Training (:mod:`.speaker_training`),
+:class:`serq.schemas.SpeakerPrior`). Training (:mod:`serq.worker.training.speaker`),
 evaluation and inference all go through it, so the three cannot drift apart.
 """
 

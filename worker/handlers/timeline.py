@@ -18,8 +18,10 @@ import numpy as np
 from pydantic import ValidationError
 
 from serq.errors import BadAudio, InvalidRequest, ModelError, TooLong
+from serq.models.registry import Registry
 from serq.schemas.timeline import (
     STATE_VERSION,
+    TIMELINE_CHUNK,
     TimelineChunkHeaders,
     TimelineChunkResult,
     TimelineStreamState,
@@ -32,14 +34,13 @@ from serq.worker.engine.timeline import (
     params_from_settings,
     tail_crc32,
 )
-from serq.worker.handlers.base import Reply
-from serq.worker.handlers.enroll import header_profile, speaker_model
+from serq.worker.handlers.base import Context, Reply, parse_headers
+from serq.worker.handlers.profiles import header_profile, speaker_model
 
 if TYPE_CHECKING:
     import pika
 
     from serq.worker.engine.model import LoadedModel
-    from serq.worker.handlers.base import Context
 
 
 def require_pcm(content_type: str | None) -> None:
@@ -55,14 +56,6 @@ def require_pcm(content_type: str | None) -> None:
             f"content_type {content_type!r}: a timeline chunk is raw PCM, "
             f"'audio/x-raw;format=F32LE;rate={RATE};channels=1' (or application/octet-stream)"
         )
-
-
-def parse_headers(headers: dict) -> TimelineChunkHeaders:
-    try:
-        return TimelineChunkHeaders.model_validate(headers)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise InvalidRequest(f"bad timeline headers: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
 
 
 def parse_state(raw: str, headers: TimelineChunkHeaders) -> TimelineStreamState:
@@ -86,12 +79,10 @@ def parse_state(raw: str, headers: TimelineChunkHeaders) -> TimelineStreamState:
 
 @lru_cache(maxsize=2)
 def _registry_model(model_dir: str, version: str) -> "LoadedModel":
-    from serq.models.registry import Registry
-
     return Registry(model_dir).load(version)
 
 
-def stream_model(ctx: "Context", version: str, *, speaker: bool = False) -> "LoadedModel":
+def stream_model(ctx: Context, version: str, *, speaker: bool = False) -> "LoadedModel":
     """The model a stream started with: the worker's (plain, or speaker-normalised when ``speaker``),
     or the same version from the registry."""
     serving = speaker_model(ctx) if speaker else ctx.model
@@ -108,10 +99,10 @@ def stream_model(ctx: "Context", version: str, *, speaker: bool = False) -> "Loa
     return model
 
 
-def handle_chunk(body: bytes, props: "pika.BasicProperties", ctx: "Context") -> Reply:
+def handle_chunk(body: bytes, props: "pika.BasicProperties", ctx: Context) -> Reply:
     """Feed one chunk to the stream's processor; reply with the decided segments and the next state."""
     require_pcm(props.content_type)
-    headers = parse_headers(ctx.headers)
+    headers = parse_headers(TimelineChunkHeaders, ctx.headers, TIMELINE_CHUNK)
     if len(body) % 4:
         raise InvalidRequest(f"{len(body)} bytes is not a whole number of float32 samples")
     samples = np.frombuffer(body, dtype="<f4")

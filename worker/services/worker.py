@@ -43,7 +43,7 @@ from serq.settings import Settings
 from serq.transport.connection import CONNECTION_ERRORS, Backoff, close_quietly, connect
 from serq.transport.topology import declare_classify, declare_models
 from serq.worker.engine.model import LoadedModel
-from serq.worker.handlers.base import Context, Reply, handler_for, known_types
+from serq.worker.handlers import Context, Reply, handler_for, known_types
 from serq.worker.services.logging import log
 from serq.worker.services.metrics import Metrics, serve
 

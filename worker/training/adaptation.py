@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -194,18 +195,17 @@ def total_duration(paths: list[Path]) -> float:
     return seconds
 
 
-def run_adaptation(request: TrainRequest, settings: Settings, report, roots: list[Path] | None, n_jobs: int,
-                   started: float) -> TrainResult:
+def run_adaptation(request: TrainRequest, settings: Settings, report, n_jobs: int, started: float, *,
+                   resolve: Callable[[str], Path], confine: Callable[[list[Clip]], None]) -> TrainResult:
     """The ``kind == "adapt"`` branch of :func:`serq.worker.training.job.run_training`.
 
-    Registers a new version (the source's MLP, the domain's scaler) and applies the
-    activation policy: ``always`` activates, ``never`` does not, and ``if_better`` cannot
-    compare without labels, so it does not activate and says why.
+    ``resolve`` and ``confine`` are the job's data-root checks (the folder, then each clip
+    in it). Registers a new version (the source's MLP, the domain's scaler) and applies
+    the activation policy: ``always`` activates, ``never`` does not, and ``if_better``
+    cannot compare without labels, so it does not activate and says why.
     """
-    from serq.worker.training.job import confine, resolve_dataset  # here: job imports this module
-
     report("scanning", 0, 1)
-    folder = resolve_dataset(request.dataset, roots)
+    folder = resolve(request.dataset)
     if not folder.is_dir():
         raise DatasetError("`serq adapt` reads a directory of audio clips, not a file")
     registry = Registry(settings.model_dir)
@@ -214,7 +214,7 @@ def run_adaptation(request: TrainRequest, settings: Settings, report, roots: lis
         raise ModelError(f"model {source.version} is speaker-normalised: its profiles already normalise each "
                          "speaker; adapt a plain model")
     clips = unlabelled_clips(folder)
-    confine(clips, roots)
+    confine(clips)
     if len(clips) < MIN_CLIPS:
         raise DatasetError(f"adaptation needs at least {MIN_CLIPS} audio clips, the folder has {len(clips)}")
     report("scanning", 1, 1)

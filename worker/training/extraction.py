@@ -15,8 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import soxr
+from joblib import Parallel, delayed
 
 from serq.errors import AudioError
+from serq.labels import in_canonical_order
 from serq.worker.engine.audio import ANALYSIS_RATE, decode
 from serq.worker.engine.features import FEATURE_NAMES, FEATURE_VERSION, extract
 from serq.worker.training.datasets import Clip, Dataset
@@ -65,8 +68,6 @@ def perturb_speed(samples: np.ndarray, speed: float, rate: int = ANALYSIS_RATE) 
     """
     if speed == 1.0:
         return samples
-    import soxr
-
     return soxr.resample(samples, int(round(rate * speed)), rate, quality="HQ").astype(np.float32, copy=False)
 
 
@@ -112,8 +113,6 @@ def extract_clips(
     if progress:
         progress(done, total)
     if todo:
-        from joblib import Parallel, delayed
-
         jobs = 1 if len(todo) < 16 else n_jobs
         results = Parallel(n_jobs=jobs, return_as="generator", batch_size=8)(
             delayed(_extract_one)(clips[i].path, max_seconds, speed) for i in todo
@@ -185,8 +184,6 @@ class TrainingSet:
     @property
     def labels(self) -> list[str]:
         """The labels present, in serq's canonical order."""
-        from serq.labels import in_canonical_order
-
         return in_canonical_order(sorted(set(self.y)))
 
     def copies(self, speeds: Sequence[float]) -> list[np.ndarray]:

@@ -139,22 +139,37 @@ def cross_validate(
     check_trainable(y, labels)
     splits = folds_for(y, groups, protocol=protocol, k=k, random_state=random_state)
     pred = np.empty_like(y)
-    per_fold: dict[str, list[float]] = {"accuracy": [], "balanced_accuracy": [], "macro_f1": []}
+    fold_of = np.empty(len(y), dtype=int)
     for i, (train, test) in enumerate(splits):
         model = fit(X[train], y[train], hp, [A[train] for A in augmented or []],
                     None if sample_weight is None else sample_weight[train])
         pred[test] = model.predict(X[test])
-        fold = score(y[test], pred[test], labels, protocol="", speaker_independent=True)
-        for key in per_fold:
-            per_fold[key].append(getattr(fold, key))
+        fold_of[test] = i
         if progress:
             progress(i + 1, len(splits))
-    report = score(y, pred, labels, protocol=describe(protocol, k),
-                   speaker_independent=protocol == "speaker", skipped=skipped)
-    report.folds = {key: FoldStats(mean=float(np.mean(v)), std=float(np.std(v))) for key, v in per_fold.items()}
+    report = fold_report(y, pred, fold_of, len(splits), labels, protocol=describe(protocol, k),
+                         speaker_independent=protocol == "speaker", skipped=skipped)
     if sources is not None:
         report.sources = per_source(y, pred, np.asarray(sources), labels, protocol=report.protocol,
                                     speaker_independent=report.speaker_independent)
+    return report
+
+
+#: The figures a report gives as mean and std over folds.
+FOLD_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
+
+
+def fold_report(y_true: np.ndarray, y_pred: np.ndarray, fold_of: np.ndarray, folds: int, labels: list[str], *,
+                protocol: str, speaker_independent: bool, skipped: dict[str, int] | None = None) -> EvaluationReport:
+    """Pooled out-of-fold metrics over every row, plus mean/std over the ``folds`` folds
+    (``fold_of[i]``: the fold that scored row ``i``)."""
+    report = score(y_true, y_pred, labels, protocol=protocol, speaker_independent=speaker_independent,
+                   skipped=skipped)
+    per_fold = [score(y_true[fold_of == f], y_pred[fold_of == f], labels, protocol="", speaker_independent=True)
+                for f in range(folds)]
+    report.folds = {key: FoldStats(mean=float(np.mean([getattr(r, key) for r in per_fold])),
+                                   std=float(np.std([getattr(r, key) for r in per_fold])))
+                    for key in FOLD_METRICS}
     return report
 
 

@@ -19,18 +19,22 @@ from serq.labels import EMOTIONS
 from serq.models.card import model_card
 from serq.models.registry import (
     Registry,
+    activate_speaker,
+    current_speaker_metadata,
     feature_names_sha256,
     new_version,
     serialise,
     sha256_bytes,
 )
-from serq.schemas import ModelMetadata, TrainRequest, TrainResult
+from serq.schemas import EvaluationReport, Hyperparameters, ModelMetadata, TrainRequest, TrainResult
 from serq.settings import Settings
 from serq.worker.engine.features import FEATURE_NAMES, FEATURE_VERSION
 from serq.worker.training.adaptation import class_statistics, run_adaptation
+from serq.worker.training.evaluation import evaluate_profiles
 from serq.worker.training.extraction import TrainingSet, training_set
 from serq.worker.training.fit import cross_validate, fit
 from serq.worker.training.sources import scan_sources
+from serq.worker.training.speaker import CARD_NOTE, ProfileRecipe, fit_speaker_model, speaker_metadata
 
 #: ``report(stage, done, total)``; ETA is derived by the caller.
 Report = Callable[[str, int, int], None]
@@ -100,7 +104,9 @@ def run_training(
 
 def _run(request: TrainRequest, settings: Settings, report: Report, roots, n_jobs: int, started: float) -> TrainResult:
     if request.kind == "adapt":  # unlabelled: its own job (worker/training/adaptation.py)
-        return run_adaptation(request, settings, report, roots, n_jobs, started)
+        return run_adaptation(request, settings, report, n_jobs, started,
+                              resolve=lambda name: resolve_dataset(name, roots),
+                              confine=lambda clips: confine(clips, roots))
     labels = list(request.emotions or EMOTIONS)
     report("scanning", 0, 1)
     data = request.data_sources
@@ -136,10 +142,8 @@ def _run(request: TrainRequest, settings: Settings, report: Report, roots, n_job
         summary["sources"] = sources.summary(training.clips)
     weights = weights if several and np.any(weights != 1) else None
     names = names if several else None
-    if request.speaker_normalisation:  # issue 8: a model that expects speaker profiles
-        from serq.worker.training.speaker import train_speaker_model
-
-        return train_speaker_model(request, settings, report, training, labels, summary, started)
+    if request.speaker_normalisation:  # a model that expects speaker profiles
+        return _run_speaker(request, settings, report, training, labels, summary, started)
 
     own = training.copies(request.hyperparameters.augment_speeds)
     metrics = cross_validate(
@@ -179,6 +183,49 @@ def _run(request: TrainRequest, settings: Settings, report: Report, roots, n_job
         job_id=request.job_id, ok=True, version=meta.version, activated=activated, activation_reason=reason,
         metrics=metrics, baseline=baseline, dataset=summary, duration_s=time.monotonic() - started,
     )
+
+
+def _run_speaker(request: TrainRequest, settings: Settings, report: Report, training: TrainingSet, labels: list[str],
+                 summary: dict, started: float, recipe: ProfileRecipe = ProfileRecipe()) -> TrainResult:
+    """The speaker-normalised branch of :func:`run_training` (``speaker_normalisation``).
+
+    Metrics are ``enroll:<enrol_clips>`` figures by speaker-grouped k-fold; the model
+    is registered with ``normalisation="speaker"`` and its prior, and activation
+    moves the speaker pointer (never the plain model's ACTIVE). A recipe trains on the
+    perturbed copies its ``augment_speeds`` name.
+    """
+    if request.protocol != "speaker":
+        raise DatasetError("a speaker-normalised model is evaluated by speaker only (protocol 'speaker')")
+    X, y, groups = training.X, training.y, training.groups
+
+    def cv(hp: Hyperparameters, progress=None) -> EvaluationReport:
+        return evaluate_profiles(X, y, groups, hp, labels=labels, mode=f"enroll:{recipe.enrol_clips}", recipe=recipe,
+                                 k=request.folds, progress=progress, with_plain=False,
+                                 augmented=training.copies(hp.augment_speeds))["speaker_profiles"]
+
+    metrics = cv(request.hyperparameters, lambda done, total: report("cross-validating", done, total))
+    registry = Registry(settings.model_dir)
+    baseline = None
+    if request.activate == "if_better":
+        current = current_speaker_metadata(registry)
+        if current is not None and sorted(current.labels) == sorted(labels):
+            baseline = cv(current.hyperparameters)
+    report("fitting", 0, 1)
+    model, prior = fit_speaker_model(X, y, groups, request.hyperparameters, recipe,
+                                     training.copies(request.hyperparameters.augment_speeds))
+    report("fitting", 1, 1)
+    report("registering", 0, 1)
+    data = serialise(model)
+    digest = sha256_bytes(data)
+    meta = speaker_metadata(new_version(digest), digest, labels, request.hyperparameters, prior, summary, metrics)
+    meta = registry.register(data, meta, model_card(meta, extra=CARD_NOTE))
+    activated, reason = _decide(request.activate, metrics, baseline)
+    if activated:
+        activate_speaker(registry, meta.version)
+    report("registering", 1, 1)
+    return TrainResult(job_id=request.job_id, ok=True, version=meta.version, activated=activated,
+                       activation_reason=reason + (" (speaker model)" if activated else ""), metrics=metrics,
+                       baseline=baseline, dataset=summary, duration_s=time.monotonic() - started)
 
 
 def _baseline(registry: Registry, training: TrainingSet, labels, request: TrainRequest, weights=None):

@@ -21,13 +21,48 @@ from collections import Counter
 import numpy as np
 
 from serq.errors import DatasetError, InvalidRequest
+from serq.models.registry import Registry, load_speaker_model
+from serq.progress import progress_printer
 from serq.schemas import EvaluationReport
 from serq.worker.engine import profiles
 from serq.worker.engine.inference import probabilities
 from serq.worker.engine.model import LoadedModel
-from serq.worker.training.datasets import Dataset
+from serq.worker.training.datasets import Dataset, scan
+from serq.worker.training.evaluation import enrol_plan, evaluate_profiles_on, online_inputs, parse_mode
+from serq.worker.training.extraction import training_set
 from serq.worker.training.fit import score
-from serq.worker.training.speaker import enrol_plan, online_inputs, parse_mode
+
+
+def evaluate_speaker_profiles(model: LoadedModel, data: str, settings, mode: str, *, folds: int = 5,
+                              progress: str | None = None) -> dict[str, EvaluationReport]:
+    """``serq evaluate --speaker-profiles MODE``: the models themselves on new speakers, else their recipe by fold.
+
+    When no speaker of ``data`` was heard in training by ``model`` or its counterpart
+    (:func:`counterparts`), both are scored as they are (:func:`score_new_speakers`; one
+    speaker is enough). Otherwise :func:`serq.worker.training.evaluation.evaluate_profiles_on`
+    refits ``model``'s recipe by speaker-grouped ``folds``-fold on ``data``.
+    """
+    try:
+        parse_mode(mode)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
+    pair = counterparts(model, settings)
+    dataset = scan(data).restrict(tuple(model.meta.labels))
+    if pair is None or not unseen(dataset, *pair):
+        return evaluate_profiles_on(model, data, settings, mode, folds=folds, progress=progress)
+    training = training_set(dataset, settings.cache_dir, (), max_seconds=settings.max_seconds,
+                            progress=progress_printer("extracting") if progress == "stderr" else None)
+    return score_new_speakers(*pair, training.X, training.y, training.groups, mode, skipped=training.skipped)
+
+
+def counterparts(model: LoadedModel, settings) -> tuple[LoadedModel, LoadedModel] | None:
+    """``(plain, speaker-normalised)`` for ``model``: itself and the profile path's model (``SPEAKER_ACTIVE``,
+    else the shipped one), or, for a speaker model, the active plain model and itself. ``None`` when no
+    speaker model is usable."""
+    if model.meta.normalisation == "speaker":
+        return Registry(settings.model_dir).load_active(), model
+    speaker = load_speaker_model(settings.model_dir)
+    return None if speaker is None else (model, speaker)
 
 
 def seen_speakers(*models: LoadedModel) -> set[str]:

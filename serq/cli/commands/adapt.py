@@ -46,7 +46,7 @@ def build_request(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from serq.cli.commands.train import show_result
+    from serq.cli.output import show_train_result
     from serq.settings import get_settings
 
     settings = get_settings()
@@ -64,4 +64,4 @@ def run(args: argparse.Namespace) -> int:
         if not args.json:
             printers.setdefault(stage, progress_printer(stage))(done, total)
 
-    return show_result(run_training(request, settings, report=report), args)
+    return show_train_result(run_training(request, settings, report=report), args.json, "adapt")

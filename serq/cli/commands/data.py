@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import argparse
 
+# Only the standard library at the top: `serq --help` imports every command module, so each command
+# imports what it runs (pydantic, the broker, the engine) when it runs.
+
 
 def register(sub) -> None:
     p = sub.add_parser("data", help="download public emotion corpora (RAVDESS)")

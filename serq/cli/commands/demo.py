@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+# Only the standard library at the top: `serq --help` imports every command module, so each command
+# imports what it runs (pydantic, the broker, the engine) when it runs.
+
 
 def register(sub) -> None:
     p = sub.add_parser("demo", help="run the whole service on this machine and show it with the bot",

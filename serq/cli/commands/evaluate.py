@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import argparse
 
+# Only the standard library at the top: `serq --help` imports every command module, so each command
+# imports what it runs (pydantic, the broker, the engine) when it runs.
+
 
 def register(sub) -> None:
     p = sub.add_parser("evaluate", help="score a model on a labelled dataset (speakers it never heard)",
@@ -28,20 +31,18 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from serq.cli.output import format_report, print_json
+    from serq.cli.output import format_profile_reports, format_report, print_json
     from serq.models.registry import Registry
     from serq.settings import get_settings
     from serq.worker.training.evaluation import evaluate_model
+    from serq.worker.training.new_speakers import evaluate_speaker_profiles
 
     settings = get_settings()
     registry = Registry(settings.model_dir)
     model = registry.load(args.model) if args.model else registry.load_active()
-    if args.speaker_profiles:  # issue 8: logic in serq.worker.training.speaker
-        from serq.cli.output import format_profile_reports
-        from serq.worker.training.speaker import evaluate_dataset
-
-        reports = evaluate_dataset(model, args.data, settings, args.speaker_profiles, folds=args.folds,
-                                   progress=None if args.json else "stderr")
+    if args.speaker_profiles:
+        reports = evaluate_speaker_profiles(model, args.data, settings, args.speaker_profiles, folds=args.folds,
+                                            progress=None if args.json else "stderr")
         if args.json:
             print_json({k: v.model_dump(mode="json") for k, v in reports.items()})
         else:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
+
+# Only the standard library at the top: `serq --help` imports every command module, so each command
+# imports what it runs (pydantic, the broker, the engine) when it runs.
 
 
 def register(sub) -> None:
@@ -23,9 +27,7 @@ def register(sub) -> None:
     announce_options(rb)
     rb.set_defaults(func=run_rollback)
     bd = msub.add_parser("build-default", help="rebuild the shipped default model from RAVDESS, reproducibly")
-    bd.add_argument("--data", metavar="DIR", help="RAVDESS directory (default: SERQ_RAVDESS_DIR)")
-    bd.add_argument("--out", metavar="DIR", help="where to write it (default: the package's models/default)")
-    bd.add_argument("--json", action="store_true")
+    rebuild_options(bd, "models/default")
     bd.set_defaults(func=run_build_default)
 
 
@@ -74,6 +76,13 @@ def run_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def rebuild_options(parser, folder: str) -> None:
+    """The options of every command that rebuilds a shipped model (into ``folder`` by default)."""
+    parser.add_argument("--data", metavar="DIR", help="RAVDESS directory (default: SERQ_RAVDESS_DIR)")
+    parser.add_argument("--out", metavar="DIR", help=f"where to write it (default: the package's {folder})")
+    parser.add_argument("--json", action="store_true")
+
+
 def announce_options(parser) -> None:
     """The options of every command that ends in :func:`announce`."""
     parser.add_argument("--json", action="store_true")
@@ -86,7 +95,6 @@ def announce(meta, args, verb: str, reason: str, artifact: bytes | None = None) 
     ``artifact``: the model's bytes when they are not in the registry under ``meta.version``
     (the shipped speaker model).
     """
-    import sys
 
     from serq.cli.output import print_json
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from serq.cli.commands.models import announce_options
+from serq.cli.commands.models import announce_options, rebuild_options
+
+# Only the standard library (and the models command's option helpers) at the top: `serq --help` imports every command module, so each command
+# imports what it runs (pydantic, the broker, the engine) when it runs.
 
 
 def register(sub) -> None:
@@ -50,9 +53,7 @@ def register(sub) -> None:
     announce_options(act)
     act.set_defaults(func=run_activate)
     bm = psub.add_parser("build-model", help="rebuild the shipped speaker-normalised model from RAVDESS")
-    bm.add_argument("--data", metavar="DIR", help="RAVDESS directory (default: SERQ_RAVDESS_DIR)")
-    bm.add_argument("--out", metavar="DIR", help="where to write it (default: the package's models/default_speaker)")
-    bm.add_argument("--json", action="store_true")
+    rebuild_options(bm, "models/default_speaker")
     bm.set_defaults(func=run_build_model)
 
 
@@ -156,7 +157,7 @@ def run_build_model(args: argparse.Namespace) -> int:
     from serq.cli.output import format_profile_reports, print_json
     from serq.progress import progress_printer
     from serq.settings import get_settings
-    from serq.worker.training.speaker import build_default_speaker
+    from serq.worker.training.shipped import build_default_speaker
 
     meta, evaluations = build_default_speaker(args.data or str(get_settings().ravdess_dir), args.out,
                                               progress=None if args.json else progress_printer)

@@ -6,6 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+# Only the standard library at the top: `serq --help` imports every command module, so each command
+# imports what it runs (pydantic, the broker, the engine) when it runs.
+
 
 def register(sub) -> None:
     p = sub.add_parser("schemas", help="generate or check the message contract's JSON Schema and AsyncAPI files")

@@ -7,7 +7,9 @@ over the broker (see :mod:`serq.client`).
 from __future__ import annotations
 
 import argparse
-import sys
+
+# Only the standard library at the top: `serq --help` imports every command module, so each command
+# imports what it runs (pydantic, the broker, the engine) when it runs.
 
 
 def register(sub) -> None:
@@ -92,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         from serq.cli.commands.train_remote import run_remote
 
         return run_remote(request, args, settings)
+    from serq.cli.output import show_train_result
     from serq.progress import progress_printer
     from serq.worker.training.job import run_training
 
@@ -101,28 +104,5 @@ def run(args: argparse.Namespace) -> int:
         if not args.json:
             printers.setdefault(stage, progress_printer(stage))(done, total)
 
-    return show_result(run_training(request, settings, report=report), args)
+    return show_train_result(run_training(request, settings, report=report), args.json)
 
-
-def show_result(result, args: argparse.Namespace) -> int:
-    """Print a TrainResult (JSON with ``--json``); the exit code: 0 if it succeeded, else 2."""
-    from serq.cli.output import format_report, print_json
-
-    if args.json:
-        print_json(result)
-    elif result.ok:
-        print(f"model {result.version} registered; activated: {result.activated} ({result.activation_reason})")
-        if result.baseline:
-            print(f"baseline (the active model's recipe on the same folds): "
-                  f"balanced accuracy {result.baseline.balanced_accuracy:.3f}")
-        if result.metrics is not None:
-            print(format_report(result.metrics.model_dump()))
-        for name, report in (result.metrics.sources or {}).items() if result.metrics else ():
-            print(f"\nsource {name}:\n" + format_report(report.model_dump()))
-        if "method" in result.dataset:  # an adaptation: what it was adapted to
-            print(f"adapted {result.dataset.get('source_version')} to {result.dataset.get('clips')} clips "
-                  f"({result.dataset.get('duration_s', 0):.0f} s), method {result.dataset.get('method')}")
-    else:
-        print(f"serq {getattr(args, 'command', 'train')}: error [{result.error.code}]: {result.error.message}",
-              file=sys.stderr)
-    return 0 if result.ok else 2

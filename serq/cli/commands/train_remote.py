@@ -16,6 +16,9 @@ import time
 
 from serq.errors import SerqError
 
+# Only the standard library at the top: `serq --help` imports every command module, so each command
+# imports what it runs (pydantic, the broker, the engine) when it runs.
+
 #: Seconds of silence after which the waiting client checks the trainer is still there.
 QUIET_CHECK_S = 5.0
 REPLY_TO = "amq.rabbitmq.reply-to"
@@ -41,7 +44,7 @@ def run_remote(request, args: argparse.Namespace, settings) -> int:
     """Publish ``request``; with ``args.wait`` follow it to its result. Returns the exit code."""
     import pika
 
-    from serq.cli.output import print_json
+    from serq.cli.output import print_json, show_train_result
     from serq.transport.connection import connect
     from serq.transport.topology import declare_train
 
@@ -78,9 +81,7 @@ def run_remote(request, args: argparse.Namespace, settings) -> int:
     finally:
         if conn.is_open:
             conn.close()
-    from serq.cli.commands.train import show_result
-
-    return show_result(result, args)
+    return show_train_result(result, args.json, args.command)
 
 
 class _Waiter:

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
+import subprocess
+import sys
+
+# Only the standard library at the top: `serq --help` imports every command module, so each command
+# imports what it runs (pydantic, the broker, the engine) when it runs.
 
 
 def register(sub) -> None:
@@ -29,11 +36,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _supervise(n: int, settings) -> int:
     """Start ``n`` single-process workers and forward SIGTERM/SIGINT to them; exit when all have."""
-    import os
-    import signal
-    import subprocess
-    import sys
-
     children = []
     for i in range(n):
         env = dict(os.environ)

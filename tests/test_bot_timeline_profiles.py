@@ -1,10 +1,10 @@
 """The bot's `timeline` and speaker-profile commands (`enroll`, `classify --speaker`, `profiles`, `forget`).
 
 The broker test drives `serq bot` as a subprocess against a real worker that serves
-the tiny speaker-normalised model of tests/test_profiles_broker.py (trained once per
+the tiny speaker-normalised model of conftest's ``speaker_version`` (trained once per
 module); the speaker enrolled is an actor that model never heard. Recordings for
 `timeline` are RAVDESS clips joined with 2 s of quiet room noise, as in
-tests/test_timeline_corpus.py.
+tests/test_timeline_corpus.py (tests/helpers/recordings.py).
 """
 
 from __future__ import annotations
@@ -13,13 +13,12 @@ import re
 
 import pytest
 import soundfile as sf
-from test_bot import SAMPLES, bot, run_bot
-from test_profiles_broker import model_dir, speaker_version  # noqa: F401 (fixtures: the worker's speaker model)
-from test_timeline_corpus import join, trimmed
 
 from serq.schemas import SpeakerProfile
 
 from conftest import ravdess_clip
+from helpers.bot import SAMPLES, bot, run_bot
+from helpers.recordings import join, trimmed
 
 NO_BROKER = "amqp://guest:guest@127.0.0.1:1/%2F"
 #: Actor 11's neutral (statements 1-2, repetitions 1-2) and calm (statement 1) clips: the enrolment.

@@ -1,0 +1,97 @@
+"""Raw-pika callers the broker tests share: a classify caller and a trainer tap."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+
+import pika
+import pytest
+
+from serq.schemas import TrainProgress, TrainResult, type_name
+from serq.settings import Settings
+from serq.transport.topology import declare_models, declare_train
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Rpc:
+    """Minimal raw-pika caller: direct reply-to, one reply per correlation id."""
+
+    def __init__(self, url: str, queue: str):
+        self.conn = pika.BlockingConnection(pika.URLParameters(url))
+        self.ch = self.conn.channel()
+        self.queue = queue
+        self.replies: dict[str, tuple] = {}
+        self.ch.basic_consume("amq.rabbitmq.reply-to", self._on_reply, auto_ack=True)
+
+    def _on_reply(self, ch, method, props, body):
+        self.replies[props.correlation_id] = (props, json.loads(body))
+
+    def call(self, body: bytes, timeout: float = 60, **props) -> tuple:
+        cid = uuid.uuid4().hex
+        props.setdefault("reply_to", "amq.rabbitmq.reply-to")
+        self.ch.basic_publish("", self.queue, body, pika.BasicProperties(correlation_id=cid, **props))
+        deadline = time.monotonic() + timeout
+        while cid not in self.replies:
+            assert time.monotonic() < deadline, "no reply"
+            self.conn.process_data_events(time_limit=0.1)
+        return self.replies.pop(cid)
+
+
+class Tap:
+    """Sends jobs and collects what comes back: the reply queue, ``<p>.events`` and ``<p>.models``."""
+
+    def __init__(self, amqp_url: str, prefix: str):
+        self.settings = Settings(amqp_url=amqp_url, prefix=prefix)
+        self.conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+        self.ch = self.conn.channel()
+        self.ch.confirm_delivery()
+        self.queue = declare_train(self.ch, self.settings)
+        self.got: dict[str, list[tuple[str, pika.BasicProperties, bytes]]] = {"reply": [], "events": [], "models": []}
+        self.reply_to = self._tap("reply", None, None)
+        self._tap("events", self.settings.name("events"), "train.#")
+        self._tap("models", declare_models(self.ch, self.settings), "")
+
+    def _tap(self, kind: str, exchange: str | None, key: str | None) -> str:
+        queue = self.ch.queue_declare("", exclusive=True).method.queue
+        if exchange:
+            self.ch.queue_bind(queue, exchange, routing_key=key)
+        self.ch.basic_consume(queue, lambda ch, m, p, b: self.got[kind].append((m.routing_key, p, b)), auto_ack=True)
+        return queue
+
+    def send(self, body: dict | bytes, correlation_id: str | None = None) -> str:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        cid = correlation_id or (body.get("job_id") if isinstance(body, dict) else None) or os.urandom(6).hex()
+        self.ch.basic_publish("", self.queue, data, pika.BasicProperties(
+            reply_to=self.reply_to, correlation_id=cid, content_type="application/json"))
+        return cid
+
+    def result(self, correlation_id: str, timeout: float = 300) -> TrainResult:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for _, props, body in self.got["reply"]:
+                if props.correlation_id == correlation_id and props.type == type_name(TrainResult):
+                    return TrainResult.model_validate_json(body)
+            self.conn.process_data_events(time_limit=0.5)
+        pytest.fail(f"no TrainResult for {correlation_id} within {timeout} s")
+
+    def pump(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.conn.process_data_events(time_limit=0.2)
+
+    def progress(self, correlation_id: str, kind: str = "reply") -> list[TrainProgress]:
+        return [TrainProgress.model_validate_json(b) for _, p, b in self.got[kind]
+                if p.correlation_id == correlation_id and p.type == type_name(TrainProgress)]
+
+    def close(self) -> None:
+        if self.conn.is_open:
+            self.conn.close()
