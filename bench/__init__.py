@@ -2,7 +2,9 @@
 
 Every module in this package that defines ``main(argv=None)`` is a benchmark;
 ``python -m bench`` (or ``./run bench``) runs them all, ``python -m bench NAME...``
-some of them, and ``python -m bench.NAME --help`` shows one's own options.
+some of them, and ``python -m bench.NAME --help`` shows one's own options. Finding them
+imports every module, so each imports what it measures inside its functions (lazily: one
+benchmark does not pay for the others' stacks).
 Results and the commands that produced them are kept in ``bench/README.md``.
 """
 
@@ -16,7 +18,7 @@ from pathlib import Path
 
 def ravdess_dir() -> Path:
     """The RAVDESS corpus (``SERQ_RAVDESS_DIR``, relative paths from the repository root)."""
-    from serq.settings import get_settings
+    from serq.settings import get_settings  # lazy: pydantic, for the benchmarks that read the corpus
 
     path = Path(get_settings().ravdess_dir).expanduser()
     return path if path.is_absolute() else (Path(__file__).resolve().parents[1] / path).resolve()

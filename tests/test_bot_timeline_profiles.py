@@ -150,7 +150,7 @@ def test_timeline_without_a_broker_is_computed_here_with_a_png(call, tmp_path):
 @pytest.mark.corpus
 @pytest.mark.slow
 def test_timeline_enroll_classify_with_the_profile_and_forget_through_a_worker(
-        call, speaker_version, model_dir, start_worker, amqp_url, prefix, tmp_path):  # noqa: F811 (fixtures)
+        call, speaker_version, model_dir, start_worker, amqp_url, prefix, tmp_path):
     start_worker(env={"SERQ_MODEL_DIR": str(model_dir)})
     path, spans = call
     png = tmp_path / "call.png"

@@ -1,4 +1,4 @@
-"""How the command line behaves when the world is not as it expects (issue 14's frictions).
+"""How the command line behaves when the world is not as it expects.
 
 - a reader that goes away (`| head -1`) ends the command quietly with exit 0, no traceback;
 - a module of a missing install extra gives an install hint and a typed code, not a traceback;

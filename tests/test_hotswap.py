@@ -75,7 +75,7 @@ def _runs(versions: list[str]) -> list[str]:
 
 
 def test_a_retrain_hot_swaps_into_every_worker_and_no_request_fails(
-        amqp_url, prefix, tmp_path, ravdess_dir, feature_cache, start_worker, start_trainer):  # noqa: F811
+        amqp_url, prefix, tmp_path, ravdess_dir, feature_cache, start_worker, start_trainer):
     root = tmp_path / "data"
     make_subset(root, ravdess_dir, [1, 2, 3, 4, 5, 6], "six")
     workers = [start_worker(), start_worker()]
@@ -135,7 +135,7 @@ def test_a_retrain_hot_swaps_into_every_worker_and_no_request_fails(
 
 
 def test_a_speaker_model_is_announced_and_reaches_a_worker_without_shared_disk(
-        amqp_url, prefix, tmp_path, ravdess_dir, feature_cache, start_worker, start_trainer):  # noqa: F811
+        amqp_url, prefix, tmp_path, ravdess_dir, feature_cache, start_worker, start_trainer):
     """A `speaker_normalisation` job activates on the trainer; a worker with a registry of its own (no
     shared disk) swaps its profile-path model from the event, keeps its plain model, and
     `serq profiles activate default` swaps it back the same way."""
