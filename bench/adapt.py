@@ -19,26 +19,22 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import balanced_accuracy_score
-
-from serq.models.registry import Registry
-from serq.schemas import TrainRequest
-from serq.settings import Settings, get_settings
-from serq.worker.engine.inference import probabilities
-from serq.worker.training.adaptation import choose_method
-from serq.worker.training.datasets import Clip, Dataset
-from serq.worker.training.extraction import training_set
-from serq.worker.training.job import run_training
 
 
-def turev_dataset(root: Path) -> Dataset:
+def turev_dataset(root: Path):
     """TurEV's clips by folder (emotion) and first name token (speaker)."""
+    from serq.worker.training.datasets import Clip, Dataset  # lazy, as every benchmark's (bench/__init__.py)
+
     clips = [Clip(p, p.parent.name.lower(), f"turev:{p.name.split('_')[0]}", "turev")
              for p in sorted(root.glob("*/*.flac"))]
     return Dataset(clips)
 
 
 def restricted_balanced_accuracy(model, X, y) -> float:
+    from sklearn.metrics import balanced_accuracy_score
+
+    from serq.worker.engine.inference import probabilities
+
     present = sorted(set(y))
     cols = [list(model.meta.labels).index(c) for c in present]
     return float(balanced_accuracy_score(y, np.array(present)[probabilities(model, X)[:, cols].argmax(axis=1)]))
@@ -61,6 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="version to adapt (default: the active model)")
     parser.add_argument("--skew", metavar="EMOTION:SHARE", help="also adapt on folders skewed to EMOTION")
     args = parser.parse_args(argv)
+    from serq.models.registry import Registry  # lazy: the training stack, for this benchmark only
+    from serq.schemas import TrainRequest
+    from serq.settings import Settings, get_settings
+    from serq.worker.training.adaptation import choose_method
+    from serq.worker.training.extraction import training_set
+    from serq.worker.training.job import run_training
+
     settings = get_settings()
     root = (args.turev or settings.turev_dir).expanduser()
     if not (root / "Angry").is_dir():

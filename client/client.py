@@ -17,11 +17,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import pika
 
@@ -32,54 +29,28 @@ from serq.client.errors import (
     ServiceError,
     Timeout,
 )
-from serq.labels import EMOTIONS
+from serq.client.wire import (
+    DIRECT_REPLY_TO,
+    Request,
+    Source,
+    accept_reply,
+    new_request,
+    outcome,
+    properties,
+    read_clip,
+    subscription_keys,
+    timeout_error,
+)
 from serq.schemas import ErrorReply, PredictionResult
-from serq.schemas.contract import error_key, parse_reply, result_key
+from serq.schemas.contract import parse_reply
 from serq.settings import Settings, get_settings
 from serq.transport.connection import CONNECTION_ERRORS, Backoff, close_quietly, connect
 from serq.transport.topology import declare_classify, declare_results
 
 logger = logging.getLogger("serq.client")
 
-DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
-#: Content type by file suffix; anything else is sent as application/octet-stream.
-CONTENT_TYPES = {".wav": "audio/wav", ".flac": "audio/flac", ".ogg": "audio/ogg", ".mp3": "audio/mpeg"}
-
 #: What :meth:`Client.classify` returns: the same model `serq predict --json` prints.
 ClassifyResult = PredictionResult
-Source = str | Path | bytes | bytearray | memoryview
-
-
-@dataclass
-class _Pending:
-    """A request sent and not yet answered (kept for re-sending after a reconnect)."""
-
-    id: str
-    body: bytes
-    content_type: str
-    filename: str | None
-    deadline: float
-    timeout: float
-    reply: tuple[str | None, bytes] | None = None
-    sent_at: float = field(default_factory=time.monotonic)
-    headers: dict = field(default_factory=dict)  # extra AMQP headers (e.g. x-serq-profile)
-    type: str | None = None  # AMQP type of the request (None = classify)
-
-
-def read_clip(source: Source, filename: str | None = None) -> tuple[bytes, str | None, str]:
-    """``(bytes, filename, content_type)`` of a path or of bytes. Raises :class:`ClientError` ``not_found``."""
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        name = filename
-        data = bytes(source)
-    else:
-        path = Path(source)
-        name = filename or path.name
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise ClientError(f"cannot read {path}: {exc.strerror or exc}", code="not_found") from None
-    ctype = CONTENT_TYPES.get(Path(name).suffix.lower(), "application/octet-stream") if name else "application/octet-stream"
-    return data, name, ctype
 
 
 class Client:
@@ -97,7 +68,7 @@ class Client:
         self.timeout = timeout or self.settings.request_timeout
         self._queue = self.settings.name("classify")
         self._lock = threading.RLock()
-        self._pending: dict[str, _Pending] = {}
+        self._pending: dict[str, Request] = {}
         self._conn: pika.BlockingConnection | None = None
         self._ch = None
         self._connect()
@@ -151,27 +122,18 @@ class Client:
     # --- requests ------------------------------------------------------------------------------
 
     def _on_reply(self, ch, method, props, body: bytes) -> None:
-        pending = self._pending.get(props.correlation_id or "")
-        if pending is None or pending.reply is not None:
+        if accept_reply(self._pending, props.correlation_id, props.type, body) is None:
             logger.debug("dropped a duplicate or late reply %s", props.correlation_id)
-            return
-        pending.reply = (props.type, body)
 
-    def _publish(self, pending: _Pending) -> None:
-        ttl_ms = max(1, int((pending.deadline - time.monotonic()) * 1000))
-        props = pika.BasicProperties(
-            reply_to=DIRECT_REPLY_TO, correlation_id=pending.id, content_type=pending.content_type,
-            headers=({"filename": pending.filename} if pending.filename else {}) | pending.headers or None,
-            type=pending.type,
-            expiration=str(ttl_ms),  # nobody waits for it after the deadline
-        )
+    def _publish(self, pending: Request) -> None:
+        props = properties(pending)
+        ttl_ms = props.pop("expiration_ms")
+        props = pika.BasicProperties(**props, expiration=str(ttl_ms))
         self._ch.basic_publish("", self._queue, pending.body, props, mandatory=True)
 
     def _send(self, source: Source, timeout: float, filename: str | None = None, *, headers: dict | None = None,
-              type: str | None = None) -> _Pending:
-        data, name, ctype = read_clip(source, filename)
-        pending = _Pending(uuid.uuid4().hex, data, ctype, name, time.monotonic() + timeout, timeout,
-                           headers=dict(headers or {}), type=type)
+              type: str | None = None) -> Request:
+        pending = new_request(*read_clip(source, filename), timeout, headers=headers, type=type)
         self._pending[pending.id] = pending
         try:
             self._publish(pending)
@@ -179,28 +141,21 @@ class Client:
             self._reconnect(pending.deadline)  # re-sends it
         return pending
 
-    def _wait(self, pending: _Pending) -> None:
+    def _wait(self, pending: Request) -> None:
         """Pump the connection until ``pending`` has its reply; :class:`Timeout` at its deadline."""
         while pending.reply is None:
             left = pending.deadline - time.monotonic()
             if left <= 0:
-                raise Timeout(
-                    f"no reply within {pending.timeout:g} s: is a worker (`serq worker`) consuming "
-                    f"{self._queue} on {self.settings.redacted_amqp_url}?"
-                )
+                raise timeout_error(pending, self._queue, self.settings.redacted_amqp_url)
             try:
                 self._conn.process_data_events(time_limit=min(left, 0.5))
             except CONNECTION_ERRORS:
                 self._reconnect(pending.deadline)
 
-    def _outcome(self, pending: _Pending) -> PredictionResult:
+    def _outcome(self, pending: Request) -> PredictionResult:
         """The reply as a result, or :class:`ServiceError` for an error reply."""
         self._pending.pop(pending.id, None)
-        amqp_type, body = pending.reply
-        reply = parse_reply(body, amqp_type)
-        if isinstance(reply, ErrorReply):
-            raise ServiceError(reply.error.message, code=reply.error.code, reply=reply)
-        return reply
+        return outcome(pending)
 
     def classify(self, source: Source, *, timeout: float | None = None, filename: str | None = None,
                  headers: dict | None = None) -> ClassifyResult:
@@ -239,7 +194,7 @@ class Client:
             raise ValueError("max_in_flight must be at least 1")
         timeout = timeout or self.timeout
         with self._lock:
-            window: deque[tuple[Source, _Pending | ClientError]] = deque()
+            window: deque[tuple[Source, Request | ClientError]] = deque()
             try:
                 for item in items:
                     try:
@@ -254,10 +209,10 @@ class Client:
                     yield self._settle(*window.popleft())
             finally:
                 for _, entry in window:
-                    if isinstance(entry, _Pending):
+                    if isinstance(entry, Request):
                         self._pending.pop(entry.id, None)
 
-    def _settle(self, item: Source, entry: _Pending | ClientError) -> tuple[Source, PredictionResult | ClientError]:
+    def _settle(self, item: Source, entry: Request | ClientError) -> tuple[Source, PredictionResult | ClientError]:
         if isinstance(entry, ClientError):
             return item, entry
         try:
@@ -278,17 +233,7 @@ class Client:
         adds error replies. Runs on its own connection and thread until
         ``.close()``; returns once the binding is in place.
         """
-        if emotions is None:
-            keys = ["emotion.*"]
-        else:
-            wanted = [e.strip().lower() for e in emotions]
-            unknown = sorted(set(wanted) - set(EMOTIONS) - {"silent"})
-            if unknown:
-                raise ValueError(f"unknown emotion(s) {', '.join(unknown)}; valid: {', '.join(EMOTIONS)}, silent")
-            keys = [result_key(None if e == "silent" else e) for e in dict.fromkeys(wanted)]
-        if errors:
-            keys.append(error_key("*"))
-        return Subscription(self.settings, keys, callback)
+        return Subscription(self.settings, subscription_keys(emotions, errors=errors), callback)
 
 
 class Subscription:

@@ -17,11 +17,13 @@ the reply carries it back (updated when the profile allows updates, see
 ``enroll(..., updates=True)``). A profile holds feature statistics only (counts,
 means, sums of squares): no audio, and no way back to it. The speaker key is
 opaque: use an id, not a name. Not thread-safe: one :class:`SpeakerProfiles` per
-thread, or a lock around it.
+thread, or a lock around it. :class:`AsyncSpeakerProfiles` is the same for an
+:class:`serq.client.aio.AsyncClient` (one per task, or a lock around it).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import tempfile
@@ -99,6 +101,43 @@ class ProfileStore:
         return sorted(keys)
 
 
+# --- what a request carries and what a reply gives back: shared by the sync and async classes -----
+
+
+def enroll_headers(speaker: str, profile: SpeakerProfile | None, updates: bool) -> dict:
+    """Headers of an ``enroll`` request: the profile so far, or the key of a new one."""
+    if profile is not None:
+        return {PROFILE_HEADER: profile.model_dump_json()}
+    return {"x-serq-speaker": speaker, "x-serq-profile-updates": updates}
+
+
+def enrolled(reply) -> EnrollResult:
+    """``reply`` if it is an ``enroll`` reply (the profile, the model's ``min_clips``); else :class:`ClientError`."""
+    if not isinstance(reply, EnrollResult):
+        raise ClientError(f"unexpected reply to enroll: {type(reply).__name__}", code="invalid_request")
+    return reply
+
+
+def clips_short(min_clips: int | None, profile: SpeakerProfile) -> int:
+    """How many more clips ``profile`` needs before a speaker model needing ``min_clips`` uses it.
+
+    0 when it has enough, or when ``min_clips`` is unknown.
+    """
+    return max(0, (min_clips or 0) - profile.count)
+
+
+def profile_headers(profile: SpeakerProfile | None) -> dict | None:
+    """Headers of a classify request with ``profile`` (``None``: none)."""
+    return {PROFILE_HEADER: profile.model_dump_json()} if profile is not None else None
+
+
+def updated_profile(sent: SpeakerProfile | None, result: PredictionResult) -> SpeakerProfile | None:
+    """The updated profile a classify reply carries back for the speaker of ``sent``, if any, to store."""
+    if result.profile is not None and sent is not None and result.profile.speaker_key == sent.speaker_key:
+        return result.profile
+    return None
+
+
 class SpeakerProfiles:
     """Enrol speakers and classify their clips with their profiles, through a :class:`serq.client.Client`.
 
@@ -123,13 +162,9 @@ class SpeakerProfiles:
         """
         profile = self.store.get(speaker)
         for clip in clips:
-            headers = ({PROFILE_HEADER: profile.model_dump_json()} if profile is not None else
-                       {"x-serq-speaker": speaker, "x-serq-profile-updates": updates})
-            reply = self.client.call(clip, type=ENROLL, headers=headers, timeout=timeout)
-            if not isinstance(reply, EnrollResult):
-                raise ClientError(f"unexpected reply to enroll: {type(reply).__name__}", code="invalid_request")
-            profile = reply.profile
-            self.min_clips = reply.min_clips
+            reply = enrolled(self.client.call(clip, type=ENROLL, headers=enroll_headers(speaker, profile, updates),
+                                              timeout=timeout))
+            profile, self.min_clips = reply.profile, reply.min_clips
             self.store.put(profile)
         if profile is None:
             raise ClientError(f"no clips to enrol {speaker!r} with", code="invalid_request")
@@ -140,7 +175,7 @@ class SpeakerProfiles:
 
         Known after an :meth:`enroll` (the reply says what the serving model needs).
         """
-        return max(0, (self.min_clips or 0) - profile.count)
+        return clips_short(self.min_clips, profile)
 
     def classify(self, speaker: str | None, clip, *, timeout: float | None = None) -> PredictionResult:
         """Classify ``clip`` with ``speaker``'s profile, if any; store the updated profile the reply carries.
@@ -148,10 +183,9 @@ class SpeakerProfiles:
         The result's ``normalisation`` says which model answered and ``profile_status`` why.
         """
         profile = self.store.get(speaker) if speaker else None
-        headers = {PROFILE_HEADER: profile.model_dump_json()} if profile is not None else None
-        result = self.client.classify(clip, timeout=timeout, headers=headers)
-        if result.profile is not None and profile is not None and result.profile.speaker_key == profile.speaker_key:
-            self.store.put(result.profile)
+        result = self.client.classify(clip, timeout=timeout, headers=profile_headers(profile))
+        if (updated := updated_profile(profile, result)) is not None:
+            self.store.put(updated)
         return result
 
     def get(self, speaker: str) -> SpeakerProfile | None:
@@ -169,3 +203,52 @@ def enroll_and_classify(client, speaker: str, enrol: Iterable, clips: Iterable, 
     speakers = SpeakerProfiles(client, directory)
     profile = speakers.enroll(speaker, enrol, updates=updates)
     return profile, [speakers.classify(speaker, clip) for clip in clips]
+
+
+class AsyncSpeakerProfiles:
+    """:class:`SpeakerProfiles` for asyncio, through a :class:`serq.client.aio.AsyncClient`.
+
+    Same requests and store; a directory store is read and written in a thread.
+    """
+
+    def __init__(self, client, directory: str | Path | None = None, *, store: ProfileStore | None = None):
+        self.client = client
+        self.store = store or ProfileStore(directory)
+        #: Clips the workers' speaker-normalised model needs in a profile (from the last enrol reply).
+        self.min_clips: int | None = None
+
+    async def _store(self, method: str, *args):
+        call = getattr(self.store, method)
+        return call(*args) if self.store.directory is None else await asyncio.to_thread(call, *args)
+
+    async def enroll(self, speaker: str, clips: Iterable, *, updates: bool = False, timeout: float | None = None
+                     ) -> SpeakerProfile:
+        """As :meth:`SpeakerProfiles.enroll`."""
+        profile = await self._store("get", speaker)
+        for clip in clips:
+            reply = enrolled(await self.client.call(clip, type=ENROLL, timeout=timeout,
+                                                    headers=enroll_headers(speaker, profile, updates)))
+            profile, self.min_clips = reply.profile, reply.min_clips
+            await self._store("put", profile)
+        if profile is None:
+            raise ClientError(f"no clips to enrol {speaker!r} with", code="invalid_request")
+        return profile
+
+    def clips_short(self, profile: SpeakerProfile) -> int:
+        """As :meth:`SpeakerProfiles.clips_short`."""
+        return clips_short(self.min_clips, profile)
+
+    async def classify(self, speaker: str | None, clip, *, timeout: float | None = None) -> PredictionResult:
+        """As :meth:`SpeakerProfiles.classify`."""
+        profile = await self._store("get", speaker) if speaker else None
+        result = await self.client.classify(clip, timeout=timeout, headers=profile_headers(profile))
+        if (updated := updated_profile(profile, result)) is not None:
+            await self._store("put", updated)
+        return result
+
+    async def get(self, speaker: str) -> SpeakerProfile | None:
+        return await self._store("get", speaker)
+
+    async def delete(self, speaker: str) -> bool:
+        """Forget ``speaker``'s profile. ``True`` if there was one."""
+        return await self._store("delete", speaker)

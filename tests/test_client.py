@@ -8,15 +8,14 @@ import sys
 import threading
 import time
 
-import pika
 import pytest
 
 from serq.client import BrokerUnavailable, Client, ServiceError, Timeout
 from serq.client.client import read_clip
 from serq.client.errors import ClientError
-from serq.schemas import ErrorInfo, ErrorReply
 
 from conftest import close_broker_connections
+from helpers.broker import EchoWorker
 
 NO_BROKER = "amqp://guest:s3cret@127.0.0.1:1/%2F"
 
@@ -57,41 +56,6 @@ def test_no_worker_times_out_with_a_clear_message(amqp_url, prefix, tmp_path):
                          capture_output=True, text=True, timeout=60,
                          env=dict(os.environ, SERQ_AMQP_URL=amqp_url, SERQ_PREFIX=prefix))
     assert run.returncode == 2 and "[timeout]" in run.stderr and "Traceback" not in run.stderr
-
-
-class EchoWorker:
-    """A stand-in worker (plain pika) that answers each request with an error echoing its body, ``copies`` times."""
-
-    def __init__(self, url: str, queue: str, copies: int = 1, skip_first: int = 0):
-        self.url, self.queue, self.copies, self.skip = url, queue, copies, skip_first
-        self.seen: list[str] = []
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        self._ready.wait(10)
-
-    def _run(self) -> None:
-        conn = pika.BlockingConnection(pika.URLParameters(self.url))
-        ch = conn.channel()
-        ch.basic_consume(self.queue, self._on_request)
-        self._ready.set()
-        while not self._stop.is_set():
-            conn.process_data_events(time_limit=0.1)
-        conn.close()
-
-    def _on_request(self, ch, method, props, body) -> None:
-        self.seen.append(props.correlation_id)
-        if len(self.seen) > self.skip:
-            reply = ErrorReply(error=ErrorInfo(code="bad_audio", message=body.decode()), request_id=props.correlation_id)
-            for _ in range(self.copies):
-                ch.basic_publish("", props.reply_to, reply.model_dump_json().encode(), pika.BasicProperties(
-                    correlation_id=props.correlation_id, type="serq.ErrorReply", content_type="application/json"))
-        ch.basic_ack(method.delivery_tag)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self.thread.join(10)
 
 
 @pytest.mark.broker

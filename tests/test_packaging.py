@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 #: Repository folders and the import names they are installed under.
 FOLDERS = {"serq": "serq", "worker": "serq/worker", "client": "serq/client", "schemas": "serq/schemas", "models": "serq/models"}
 GENERIC = {"worker", "client", "schemas", "models", "bench", "tests", "samples", "docs"}
-HEAVY = {"librosa", "scikit-learn", "scipy", "skops", "soxr", "joblib"}
+HEAVY = {"librosa", "scikit-learn", "scipy", "skops", "soxr", "joblib", "aio-pika", "pipecat-ai"}
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +96,8 @@ def test_console_script_and_light_base_install(wheel):
     assert {"pika", "pydantic", "numpy", "soundfile"} <= base
     assert not base & HEAVY, f"the base install must stay light, found {sorted(base & HEAVY)}"
     extras = set(metadata(wheel).get_all("Provides-Extra") or [])
-    assert {"worker", "bot", "dev", "all"} <= extras
+    assert {"worker", "bot", "dev", "async", "pipecat", "all"} <= extras
+    pipecat = {re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0].lower() for r in requires if 'extra == "pipecat"' in r}
+    assert "pipecat-ai" in pipecat
     worker = {re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0].lower() for r in requires if 'extra == "worker"' in r}
     assert {"librosa", "scikit-learn", "skops", "soxr"} <= worker

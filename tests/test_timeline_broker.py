@@ -83,7 +83,7 @@ def test_streamed_over_two_workers_equals_local(call, start_worker, amqp_url, pr
     blocks = read_blocks(call, RATE, block_s=2.0)
     with TimelineStream(settings=settings, timeout=60) as stream:
         stream.send(next(blocks))
-        stream._seq += 1
+        stream._cursor._seq += 1
         with pytest.raises(ServiceError) as err:
             stream.send(next(blocks))
     assert err.value.code == "invalid_request" and "expected chunk 1" in str(err.value)

@@ -127,7 +127,7 @@ def test_streamed_with_a_profile_over_two_workers_equals_local(recording, models
         with TimelineStream(client, timeout=60, profile=profile) as stream:
             first = stream.send(next(blocks))
             assert (first.normalisation, first.profile_status) == ("speaker", "used")
-            stream._profile = None  # what a client that forgot the profile would send
+            stream._cursor._profile = None  # what a client that forgot the profile would send
             with pytest.raises(ServiceError) as refused:
                 stream.send(next(blocks))
         assert refused.value.code == "invalid_request" and "x-serq-profile" in str(refused.value)

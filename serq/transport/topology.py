@@ -2,8 +2,9 @@
 
 The worker, the trainer, the client and the tests all call these functions, so a
 name or an argument can never differ between two declarations (RabbitMQ refuses
-a re-declaration with other arguments, ``PRECONDITION_FAILED``). Only pika here:
-the client imports this module without the worker extra.
+a re-declaration with other arguments, ``PRECONDITION_FAILED``); the arguments come from
+one function each, for pika and aio-pika channels alike. No broker library is imported
+here: the client imports this module without the worker extra.
 
 Names (``<p>`` = ``SERQ_PREFIX``):
 
@@ -60,22 +61,28 @@ def delete_deployment(connection, prefix: str) -> list[str]:
     return deleted
 
 
+def dead_queue_arguments() -> dict:
+    """Arguments of ``<p>.dead``: kept for inspection, bounded."""
+    return {"x-message-ttl": DEAD_TTL_MS, "x-max-length": DEAD_MAX}
+
+
+def work_queue_arguments(settings: "Settings") -> dict:
+    """Arguments of a work queue (``<p>.classify``, ``<p>.train``): quorum, delivery limit, dead-lettering."""
+    return {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": settings.delivery_limit,
+        "x-dead-letter-exchange": settings.name("dead"),
+    }
+
+
 def _work_queue(channel: "BlockingChannel", settings: "Settings", suffix: str) -> str:
     """A durable quorum queue whose poison messages end in ``<p>.dead`` after the delivery limit."""
     dead = settings.name("dead")
     channel.exchange_declare(dead, exchange_type="fanout", durable=True)
-    channel.queue_declare(dead, durable=True, arguments={"x-message-ttl": DEAD_TTL_MS, "x-max-length": DEAD_MAX})
+    channel.queue_declare(dead, durable=True, arguments=dead_queue_arguments())
     channel.queue_bind(dead, dead)
     name = settings.name(suffix)
-    channel.queue_declare(
-        name,
-        durable=True,
-        arguments={
-            "x-queue-type": "quorum",
-            "x-delivery-limit": settings.delivery_limit,
-            "x-dead-letter-exchange": dead,
-        },
-    )
+    channel.queue_declare(name, durable=True, arguments=work_queue_arguments(settings))
     return name
 
 
@@ -90,6 +97,22 @@ def declare_classify(channel: "BlockingChannel", settings: "Settings") -> str:
     """``<p>.classify`` (+ ``<p>.dead``) and ``<p>.results``; returns the request queue's name."""
     declare_results(channel, settings)
     return _work_queue(channel, settings, "classify")
+
+
+async def declare_results_async(channel, settings: "Settings"):
+    """:func:`declare_results` on an aio-pika channel; returns the exchange."""
+    return await channel.declare_exchange(settings.name("results"), "topic", durable=True)
+
+
+async def declare_classify_async(channel, settings: "Settings") -> str:
+    """:func:`declare_classify` on an aio-pika channel (same names, same arguments)."""
+    await declare_results_async(channel, settings)
+    dead = await channel.declare_exchange(settings.name("dead"), "fanout", durable=True)
+    dead_queue = await channel.declare_queue(settings.name("dead"), durable=True, arguments=dead_queue_arguments())
+    await dead_queue.bind(dead)
+    name = settings.name("classify")
+    await channel.declare_queue(name, durable=True, arguments=work_queue_arguments(settings))
+    return name
 
 
 def declare_train(channel: "BlockingChannel", settings: "Settings") -> str:

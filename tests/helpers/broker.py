@@ -1,17 +1,18 @@
-"""Raw-pika callers the broker tests share: a classify caller and a trainer tap."""
+"""Raw-pika callers the broker tests share: a classify caller, a trainer tap, a stand-in worker."""
 
 from __future__ import annotations
 
 import json
 import os
 import socket
+import threading
 import time
 import uuid
 
 import pika
 import pytest
 
-from serq.schemas import TrainProgress, TrainResult, type_name
+from serq.schemas import ErrorInfo, ErrorReply, TrainProgress, TrainResult, type_name
 from serq.settings import Settings
 from serq.transport.topology import declare_models, declare_train
 
@@ -95,3 +96,39 @@ class Tap:
     def close(self) -> None:
         if self.conn.is_open:
             self.conn.close()
+
+
+class EchoWorker:
+    """A stand-in worker (plain pika) that answers each request with an error echoing its body, ``copies`` times."""
+
+    def __init__(self, url: str, queue: str, copies: int = 1, skip_first: int = 0):
+        self.url, self.queue, self.copies, self.skip = url, queue, copies, skip_first
+        self.seen: list[str] = []
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        self._ready.wait(10)
+
+    def _run(self) -> None:
+        conn = pika.BlockingConnection(pika.URLParameters(self.url))
+        ch = conn.channel()
+        ch.basic_consume(self.queue, self._on_request)
+        self._ready.set()
+        while not self._stop.is_set():
+            conn.process_data_events(time_limit=0.1)
+        conn.close()
+
+    def _on_request(self, ch, method, props, body) -> None:
+        self.seen.append(props.correlation_id)
+        if len(self.seen) > self.skip:
+            error = ErrorInfo(code="bad_audio", message=body.decode())
+            reply = ErrorReply(error=error, request_id=props.correlation_id)
+            for _ in range(self.copies):
+                ch.basic_publish("", props.reply_to, reply.model_dump_json().encode(), pika.BasicProperties(
+                    correlation_id=props.correlation_id, type="serq.ErrorReply", content_type="application/json"))
+        ch.basic_ack(method.delivery_tag)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(10)
