@@ -1,6 +1,6 @@
 """Benchmark: emotion timeline of a ten-minute recording, in seconds of audio per second, on one core.
 
-    python -m bench.timeline [--minutes 10] [--json]
+    python -m bench.timeline [--minutes 10] [--window S --hop S] [--json]
 
 Two recordings made from RAVDESS clips (trimmed to their speech) and room noise,
 written to a temporary 16-bit WAV and analysed by ``timeline_file`` (reading and
@@ -10,7 +10,8 @@ resampling included), pinned to one CPU core with one BLAS/OpenMP thread:
 - ``dense``: clips with 0.3 s pauses (one long segment: a window every hop; the worst case).
 
 Also reports the voice-activity pass alone (no classification) and the cost per
-classified window, which is what the real-time factor is made of.
+classified window, which is what the real-time factor is made of. ``--window``/``--hop``
+measure other parameters, e.g. the costliest ones allowed (``window_s = 4 x hop_s``).
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def write_recording(path: Path, pieces: list[np.ndarray], seconds: float, pauses
             i += 1
 
 
-def measure(path: Path, model) -> dict:
+def measure(path: Path, model, params=None) -> dict:
     from serq.worker.engine.timeline import (
         TimelineProcessor,
         read_blocks,
@@ -89,7 +90,7 @@ def measure(path: Path, model) -> dict:
     )
 
     started = time.perf_counter()
-    timeline = timeline_file(path, model)
+    timeline = timeline_file(path, model, params=params)
     wall = time.perf_counter() - started
     windows = sum(s.windows for s in timeline.segments)
 
@@ -98,7 +99,7 @@ def measure(path: Path, model) -> dict:
     from serq.schemas import TimelineParams
 
     proc = TimelineProcessor.new(model, TimelineParams(window_s=30.0, hop_s=30.0, max_pause_s=0.1, min_speech_s=10.0))
-    for block in read_blocks(path):
+    for block in read_blocks(path, RATE):
         proc.feed(block)
     vad = time.perf_counter() - vad_started
     return {
@@ -116,14 +117,23 @@ def measure(path: Path, model) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m bench.timeline", description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--window", type=float, default=None, help="window_s (default SERQ_TIMELINE_WINDOW_S)")
+    parser.add_argument("--hop", type=float, default=None, help="hop_s (default SERQ_TIMELINE_HOP_S)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv if argv is not None else [])
+    params = None
+    if args.window or args.hop:
+        from serq.schemas import TimelineParams
+
+        defaults = TimelineParams()
+        params = TimelineParams(window_s=args.window or defaults.window_s, hop_s=args.hop or defaults.hop_s)
     with one_core() as where:
-        results = run(args.minutes, where)
+        results = run(args.minutes, where, params)
     if args.json:
         print(json.dumps(results))
     else:
-        print(f"timeline of a {args.minutes:g}-minute recording, one core ({where}), model {results['model']}")
+        print(f"timeline of a {args.minutes:g}-minute recording, one core ({where}), model {results['model']}, "
+              f"window {results['window_s']:g} s, hop {results['hop_s']:g} s")
         for name in ("call", "dense"):
             r = results[name]
             print(f"  {name:<6} {r['audio_s']:>6.0f} s audio ({r['speech_s']:.0f} s speech, {r['segments']} segments, "
@@ -132,7 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
     return results
 
 
-def run(minutes: float, where: str) -> dict:
+def run(minutes: float, where: str, params=None) -> dict:
     from serq.models.registry import load_default
     from serq.settings import Settings
     from serq.worker.engine.timeline import window_probabilities
@@ -142,12 +152,15 @@ def run(minutes: float, where: str) -> dict:
     pieces = clips(root)
     model = load_default()
     window_probabilities(pieces[0], model)  # warm-up: imports, filterbanks
-    results = {"pinned": where, "model": model.version}
+    from serq.schemas import TimelineParams
+
+    used = params or TimelineParams()
+    results = {"pinned": where, "model": model.version, "window_s": used.window_s, "hop_s": used.hop_s}
     with tempfile.TemporaryDirectory(prefix="serq-bench-") as tmp:
         for name, pauses in (("call", (1.0, 2.5)), ("dense", (0.3, 0.3))):
             path = Path(tmp) / f"{name}.wav"
             write_recording(path, pieces, minutes * 60, pauses, seed=1)
-            results[name] = measure(path, model)
+            results[name] = measure(path, model, params)
     return results
 
 

@@ -19,7 +19,8 @@ or, for a live call, chunk by chunk::
 Workers keep no state: every reply carries the stream's state and the offset from
 which the next chunk must re-send audio; this module sends both back with the
 next chunk (``timeline.chunk`` requests on ``<prefix>.classify``, see
-docs/timeline.md), so chunks can go to any worker. One request is in flight per
+docs/timeline.md), so chunks can go to any worker of the deployment. The state is
+sealed by the workers (``SERQ_STATE_KEY``): it is carried back as it came, never changed. One request is in flight per
 stream at a time (the next chunk needs the previous reply); run streams in
 parallel for throughput. Not thread-safe: one stream per thread.
 

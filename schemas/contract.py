@@ -161,7 +161,9 @@ TIMELINE_CHUNK_REQUEST = Message(
     "`x-serq-offset`: the previous reply's `next_offset` (the undecided tail is re-sent), then the new audio. "
     "Properties: `type` `timeline.chunk`, `content_type` as given, `reply_to`, `correlation_id`. The stream's "
     "state travels in `x-serq-state` (the previous reply's `state`), so any worker can take any chunk; send "
-    "chunk n+1 after the reply to chunk n. Body at most SERQ_MAX_BYTES.",
+    "chunk n+1 after the reply to chunk n. The state is sealed (HMAC-SHA256 under the workers' shared "
+    "SERQ_STATE_KEY) and re-checked: a changed or inconsistent state is refused `invalid_request`, and a "
+    "chunk's work is bounded by its audio. Body at most SERQ_MAX_BYTES.",
 )
 TIMELINE_RESULT = Message("TimelineChunkResult", "segments decided by a chunk, and the stream's next state",
                           TimelineChunkResult)

@@ -26,6 +26,11 @@ ENROLL = "enroll"
 ProfileStatus = Literal["used", "too_few_clips", "feature_version_mismatch", "no_speaker_model"]
 #: How a training speaker's profile is chosen: neutral/calm clips first, random clips, or one of each.
 Enrolment = Literal["neutral_calm", "random", "mixed"]
+#: Most clips a profile summarises: far beyond any speaker's, and exactly representable as a float.
+MAX_PROFILE_CLIPS = 10**9
+#: Largest magnitude of a profile's statistics. Real features are below 1e4 (means) and their sums of
+#: squares far below this; the bound keeps every z-score a worker computes from them finite.
+MAX_PROFILE_STATISTIC = 1e15
 
 
 def _now() -> datetime:
@@ -43,7 +48,7 @@ class SpeakerProfile(BaseModel):
 
     speaker_key: str = Field(min_length=1, max_length=128, description="opaque key the caller chose; never a name")
     feature_version: str = Field(description="feature layout the statistics are over; another layout cannot use them")
-    count: int = Field(0, ge=0, description="clips summarised")
+    count: int = Field(0, ge=0, le=MAX_PROFILE_CLIPS, description="clips summarised")
     mean: list[float] = Field(description="running mean per feature")
     m2: list[float] = Field(description="running sum of squared deviations per feature (variance = m2 / count)")
     updates: bool = Field(False, description="the user allows later clips to update this profile")
@@ -53,8 +58,8 @@ class SpeakerProfile(BaseModel):
     @field_validator("mean", "m2")
     @classmethod
     def _finite(cls, values: list[float]) -> list[float]:
-        if not all(math.isfinite(v) for v in values):
-            raise ValueError("statistics must be finite numbers")
+        if not all(math.isfinite(v) and abs(v) <= MAX_PROFILE_STATISTIC for v in values):
+            raise ValueError(f"statistics must be finite numbers within +-{MAX_PROFILE_STATISTIC:g}")
         return values
 
     @model_validator(mode="after")

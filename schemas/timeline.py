@@ -8,7 +8,9 @@ builds the final :class:`Timeline` from the streamed segments with
 
 Streaming keeps workers stateless: every reply carries the stream's state
 (:class:`TimelineStreamState`, a few kB) and the client sends it back with the
-next chunk, so any worker can take any chunk.
+next chunk, so any worker can take any chunk. The state is sealed
+(``TimelineStreamState.seal``, HMAC-SHA256 under the workers' ``SERQ_STATE_KEY``) and
+re-validated by the worker that receives it: a client carries it, never chooses it.
 
 A speaker profile (``x-serq-profile``, as for ``classify``) applies to a whole
 timeline: with a usable one every window is classified by the speaker-normalised
@@ -22,6 +24,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from serq.schemas.profiles import PROFILE_HEADER, ProfileStatus
+from serq.settings import TIMELINE_MAX_OVERLAP
 
 #: Samples per second of every timeline computation and of streamed PCM.
 TIMELINE_RATE = 16_000
@@ -36,11 +39,18 @@ MAX_STATE_WINDOWS = 6
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # No NaN/inf anywhere: a timeline never computes one, and a stream state's seal needs every
+    # value to have exactly one canonical form.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class TimelineParams(_Model):
-    """How a recording is cut and smoothed. Carried in a stream's state, so every chunk uses the same."""
+    """How a recording is cut and smoothed. Carried in a stream's state, so every chunk uses the same.
+
+    Each second of speech is classified about ``window_s / hop_s`` times, so that ratio is
+    bounded (:data:`~serq.settings.TIMELINE_MAX_OVERLAP`): no choice of parameters makes a
+    recording cost much more than its audio warrants.
+    """
 
     window_s: float = Field(3.0, ge=0.5, le=30.0, description="classification window, seconds")
     hop_s: float = Field(2.0, ge=0.1, le=30.0, description="step between windows (window - hop = overlap), seconds")
@@ -51,6 +61,9 @@ class TimelineParams(_Model):
     def _hop(self) -> "TimelineParams":
         if self.hop_s > self.window_s:
             raise ValueError("hop_s must not exceed window_s (windows would leave gaps)")
+        if self.window_s > TIMELINE_MAX_OVERLAP * self.hop_s:
+            raise ValueError(f"window_s must not exceed {TIMELINE_MAX_OVERLAP:g} x hop_s "
+                             "(each second of speech would be classified more often than that)")
         if self.min_speech_s > self.window_s:
             raise ValueError("min_speech_s must not exceed window_s")
         return self
@@ -159,6 +172,8 @@ class TimelineStreamState(_Model):
 
     Small and bounded: no audio (the client re-sends the undecided tail, see
     ``TimelineChunkResult.next_offset``) and at most :data:`MAX_STATE_WINDOWS` windows.
+    Sealed by the worker that wrote it (``seal``); a worker refuses a state whose seal does
+    not verify under its ``SERQ_STATE_KEY``, and re-checks that the fields fit together.
     """
 
     version: int = Field(STATE_VERSION, description="layout version of this state")
@@ -183,6 +198,9 @@ class TimelineStreamState(_Model):
     window_base: int = Field(0, ge=0, description="index (in the open segment) of windows[0]")
     run: RunState | None = None
     last_boundary: float | None = Field(None, description="seconds: start of the next window's owned span")
+    seal: str | None = Field(None, pattern=r"^[0-9a-f]{64}$",
+                             description="HMAC-SHA256 of the other fields under the workers' SERQ_STATE_KEY "
+                             "(set by the worker; a state whose seal does not verify is refused)")
 
 
 class TimelineChunkHeaders(BaseModel):

@@ -81,6 +81,19 @@ class Overloaded(SerqError):
     code = "overloaded"
 
 
+class TimeLimit(SerqError):
+    """A training job ran longer than ``SERQ_TRAIN_TIME_LIMIT_S``."""
+
+    code = "time_limit"
+
+
+class JobCancelled(SerqError):
+    """A training job was stopped between two steps (the trainer is shutting down); it is not answered
+    but handed back to the queue, so it runs again."""
+
+    code = "cancelled"
+
+
 #: Every code a reply may carry, with a one-line meaning (documented in the contract).
 ERROR_CODES: dict[str, str] = {
     "empty": "the request body or audio is empty",
@@ -96,6 +109,7 @@ ERROR_CODES: dict[str, str] = {
     "unknown_emotion": "an emotion name outside serq's 8",
     "bad_hyperparameter": "a training hyperparameter is out of range",
     "overloaded": "the worker refused the request (limits)",
+    "time_limit": "a training job ran longer than SERQ_TRAIN_TIME_LIMIT_S",
     "internal": "an unexpected failure inside serq (a bug; see the worker log)",
 }
 

@@ -11,8 +11,12 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+#: A timeline classifies each second of speech at most this many times (``window_s / hop_s``).
+TIMELINE_MAX_OVERLAP = 4.0
 
 
 def _xdg(var: str, fallback: str) -> Path:
@@ -20,7 +24,8 @@ def _xdg(var: str, fallback: str) -> Path:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SERQ_", extra="ignore")
+    # hide_input_in_errors: a bad SERQ_STATE_KEY or SERQ_AMQP_URL (secrets) is never echoed in an error.
+    model_config = SettingsConfigDict(env_prefix="SERQ_", extra="ignore", hide_input_in_errors=True)
 
     amqp_url: str = Field(
         "amqp://guest:guest@127.0.0.1:5672/%2F",
@@ -54,6 +59,40 @@ class Settings(BaseSettings):
     reconnect_max_s: float = Field(30.0, gt=0, description="longest wait between reconnection attempts, seconds")
     delivery_limit: int = Field(5, ge=1, le=1000, description="deliveries of one request before it is dead-lettered to <prefix>.dead")
     request_timeout: float = Field(30.0, gt=0, description="seconds a client waits for a reply (`serq classify --timeout`)")
+    state_key: SecretStr | None = Field(
+        None,
+        description="secret the workers of a deployment share to seal timeline stream states (the same on every "
+        "worker); unset: a random per-process key, so a stream stays on one worker (logged as a warning)",
+    )
+    train_max_file_bytes: int = Field(64 * 1024 * 1024, gt=0, description="trainer: largest training file read, in bytes (larger ones are skipped)")
+    train_max_file_seconds: float = Field(60.0, gt=0, description="trainer: longest training clip, in seconds (longer ones are skipped)")
+    train_time_limit_s: float = Field(4 * 3600.0, gt=0, description="trainer: a job running longer fails with `time_limit` (checked between files and folds)")
+
+    state_key_previous: SecretStr | None = Field(
+        None,
+        description="keys a timeline stream state may still be sealed with (comma-separated): accepted, never "
+        "used to seal; to rotate SERQ_STATE_KEY without ending streams, move the old key here for a while",
+    )
+
+    @field_validator("state_key", "state_key_previous", mode="before")
+    @classmethod
+    def _unset_if_empty(cls, value):
+        return None if value in ("", None) else value  # SERQ_STATE_KEY= (e.g. compose's empty default): unset
+
+    @field_validator("state_key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters (a random secret shared by the deployment's workers)")
+        return value
+
+    @model_validator(mode="after")
+    def _timeline(self) -> "Settings":
+        if self.timeline_hop_s > self.timeline_window_s:
+            raise ValueError("SERQ_TIMELINE_HOP_S must not exceed SERQ_TIMELINE_WINDOW_S")
+        if self.timeline_window_s > TIMELINE_MAX_OVERLAP * self.timeline_hop_s:
+            raise ValueError(f"SERQ_TIMELINE_WINDOW_S must not exceed {TIMELINE_MAX_OVERLAP:g} x SERQ_TIMELINE_HOP_S")
+        return self
 
     @field_validator("log_level")
     @classmethod

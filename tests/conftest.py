@@ -152,7 +152,8 @@ def _service_factory(command: str, amqp_url: str, prefix: str, tmp_path: Path):
 
     ``start(env=...)`` returns once the service logs ``consuming`` (its log is
     ``proc.log_path``); every one still running at the end gets SIGTERM, then
-    SIGKILL after 20 s. They share ``tmp_path/models`` as SERQ_MODEL_DIR.
+    SIGKILL after 20 s. They share ``tmp_path/models`` as SERQ_MODEL_DIR and, as the
+    workers of one deployment do, a SERQ_STATE_KEY.
     """
     procs: list[subprocess.Popen] = []
 
@@ -161,7 +162,7 @@ def _service_factory(command: str, amqp_url: str, prefix: str, tmp_path: Path):
         full = dict(os.environ)
         full.update({"SERQ_AMQP_URL": amqp_url, "SERQ_PREFIX": prefix, "SERQ_METRICS_PORT": "0",
                      "SERQ_MODEL_DIR": str(tmp_path / "models"), "SERQ_WORKER_ID": f"{command}{n}",
-                     "SERQ_LOG_LEVEL": "INFO", "SERQ_LOG_JSON": "0"})
+                     "SERQ_LOG_LEVEL": "INFO", "SERQ_LOG_JSON": "0", "SERQ_STATE_KEY": f"test-state-key-{prefix}"})
         full.update(env or {})
         log_path = tmp_path / f"{command}{n}.log"
         with open(log_path, "wb") as log:

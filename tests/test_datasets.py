@@ -116,6 +116,7 @@ def test_csv_manifest(tmp_path):
 def test_manifest_without_speaker_column(tmp_path):
     manifest = tmp_path / "m.csv"
     manifest.write_text("path,label\na.wav,calm\n")
+    touch(tmp_path, "a.wav")
     (clip,) = read_manifest(manifest).clips
     assert (clip.label, clip.speaker) == ("calm", "manifest:file:a.wav")
 

@@ -218,6 +218,7 @@ def test_any_chunking_through_a_serialised_state_gives_the_same_timeline(fake_mo
         i += n
         # What a worker would get back: the state as JSON and the tail the client re-sends.
         state = TimelineStreamState.model_validate_json(proc.state.model_dump_json())
+        tl.check_state(state)  # every genuine state fits together (what a worker re-checks)
         tail = audio[state.keep_from : state.received]
         assert tl.tail_crc32(tail) == state.tail_crc32
         proc = TimelineProcessor(fake_model, state, tail.copy())
@@ -235,6 +236,7 @@ def test_state_and_buffer_stay_bounded(fake_model):
     for i in range(0, len(audio), block):
         proc.feed(audio[i : i + block])
         assert proc.buffered_samples <= bound
+        assert proc.state.received - proc.state.keep_from <= tl.max_tail_frames(p) * tl.FRAME
         biggest_state = max(biggest_state, len(proc.state.model_dump_json()))
     assert biggest_state < 8_000  # bytes: fits an AMQP header with room to spare
 

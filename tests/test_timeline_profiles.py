@@ -170,7 +170,8 @@ def test_bot_timeline_with_a_speaker(recording, profile, tmp_path, isolated_env)
 
 
 def test_a_state_that_pairs_a_profile_with_the_plain_model_is_refused(recording, models, profile, tmp_path):
-    """A forged stream state (profile in use, but naming the plain model) gets a typed error, not a crash."""
+    """A forged stream state (profile in use, but naming the plain model) gets a typed error, not a crash:
+    its seal does not verify, and even sealed with the deployment's key (leaked) it does not fit together."""
     import pika
 
     from serq.errors import InvalidRequest
@@ -178,11 +179,13 @@ def test_a_state_that_pairs_a_profile_with_the_plain_model_is_refused(recording,
     from serq.schemas.timeline import PCM_CONTENT_TYPE
     from serq.worker.engine import profiles
     from serq.worker.handlers.base import Context
+    from serq.worker.engine.timeline import seal_state
     from serq.worker.handlers.timeline import handle_chunk
 
     path, _ = recording
     plain, speaker = models
-    settings = Settings(model_dir=tmp_path / "models")
+    key = "a-leaked-state-key-0123456789"
+    settings = Settings(model_dir=tmp_path / "models", state_key=key)
     props = pika.BasicProperties(content_type=PCM_CONTENT_TYPE)
     blocks = read_blocks(path, RATE, block_s=1.5)
     b0, b1 = next(blocks), next(blocks)
@@ -197,8 +200,12 @@ def test_a_state_that_pairs_a_profile_with_the_plain_model_is_refused(recording,
     assert first.state.profile_sha256 and first.model_version == speaker.version
     rest = np.concatenate([b0, b1])[first.next_offset:]
     forged = first.state.model_copy(update={"model_version": plain.version})
-    with pytest.raises(InvalidRequest, match="not speaker-normalised"):
+    with pytest.raises(InvalidRequest, match="not sealed by a worker of this deployment"):
         chunk(rest, **{"x-serq-seq": 1, "x-serq-offset": first.next_offset, "x-serq-state": forged.model_dump_json()})
+    resealed = seal_state(forged, key.encode())
+    with pytest.raises(InvalidRequest, match="not speaker-normalised"):
+        chunk(rest, **{"x-serq-seq": 1, "x-serq-offset": first.next_offset,
+                       "x-serq-state": resealed.model_dump_json()})
     # The genuine state goes on.
     second = chunk(rest, **{"x-serq-seq": 1, "x-serq-offset": first.next_offset,
                             "x-serq-state": first.state.model_dump_json()})

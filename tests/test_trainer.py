@@ -338,18 +338,26 @@ def test_serq_train_reports_an_unreachable_broker():
 
 @pytest.mark.broker
 @pytest.mark.corpus
-def test_sigterm_lets_the_running_job_finish_and_answer(tap, start_trainer, trainer_env):
-    proc = start_trainer(env=trainer_env)
+def test_sigterm_stops_the_running_job_between_files_and_hands_it_back(tap, start_trainer, trainer_env, tmp_path):
+    """SIGTERM during extraction: the job stops at its next file, goes back to the queue unanswered, the
+    trainer exits; the next trainer runs it to the end (nothing lost, answered once)."""
+    env = trainer_env | {"SERQ_CACHE_DIR": str(tmp_path / "cold-cache")}  # every file is extracted: many steps
+    proc = start_trainer(env=env)
     cid = tap.send(job("drain", hyperparameters={"hidden_layers": [64], "max_iter": 200}))
     deadline = time.monotonic() + 120
-    while not any(e.stage == "cross-validating" for e in tap.progress(cid)):
-        assert time.monotonic() < deadline, "the job never reached cross-validation"
+    while not any(e.stage == "extracting" and 0 < e.done < e.total for e in tap.progress(cid)):
+        assert time.monotonic() < deadline, "the job never started extracting"
         tap.pump(0.2)
     proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0
+    log = proc.log_path.read_text()
+    assert "job_cancelled" in log and "job_answered" not in log
+    tap.pump(0.5)
+    assert not [p for _, p, _ in tap.got["reply"] if p.type == "serq.TrainResult"], "a cancelled job is not answered"
+    assert tap.ch.queue_declare(tap.queue, passive=True).method.message_count == 1, "handed back to the queue"
+    start_trainer(env=env)
     result = tap.result(cid)
     assert result.ok and result.job_id == "drain"
-    assert proc.wait(60) == 0
-    assert tap.ch.queue_declare(tap.queue, passive=True).method.message_count == 0, "acked, not requeued"
 
 
 @pytest.mark.broker

@@ -21,6 +21,7 @@ import numpy as np
 
 from serq.errors import InvalidRequest
 from serq.schemas import SpeakerPrior, SpeakerProfile
+from serq.schemas.profiles import MAX_PROFILE_CLIPS
 
 if TYPE_CHECKING:
     from serq.worker.engine.model import LoadedModel
@@ -64,6 +65,8 @@ def add(profile: SpeakerProfile, vectors: np.ndarray) -> SpeakerProfile:
     n, mean, m2 = stats(profile)
     if vectors.shape[1] != len(mean):
         raise InvalidRequest(f"profile {profile.speaker_key!r} has {len(mean)} features, the clip {vectors.shape[1]}")
+    if n + len(vectors) > MAX_PROFILE_CLIPS:
+        raise InvalidRequest(f"profile {profile.speaker_key!r} already summarises {n} clips, the most a profile may")
     for x in vectors:  # one clip at a time: exactly the online update a worker does
         n += 1
         delta = x - mean
@@ -98,9 +101,19 @@ def normalise(vectors: np.ndarray, profile: SpeakerProfile, prior: SpeakerPrior)
 
 
 def model_input(vectors: np.ndarray, profile: SpeakerProfile, prior: SpeakerPrior) -> np.ndarray:
-    """What a speaker-normalised model consumes: ``[x, z]``, shape ``(n, 2 * f)``."""
+    """What a speaker-normalised model consumes: ``[x, z]``, shape ``(n, 2 * f)``.
+
+    Raises :class:`InvalidRequest` when the profile's statistics make a z-score non-finite
+    (the schema's bounds rule that out for any profile it accepts; this keeps a model from
+    ever seeing one, whatever built the profile).
+    """
     x = np.atleast_2d(np.asarray(vectors, np.float64))
-    return np.hstack([x, normalise(x, profile, prior)])
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        out = np.hstack([x, normalise(x, profile, prior)])
+    if not np.all(np.isfinite(out)):
+        raise InvalidRequest(f"profile {profile.speaker_key!r}: its statistics give non-finite z-scores; "
+                             "enrol the speaker again")
+    return out
 
 
 # ---------------------------------------------------------------- the wire

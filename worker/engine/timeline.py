@@ -20,7 +20,11 @@ is a small :class:`~serq.schemas.TimelineStreamState` plus the audio tail from
 ``state.keep_from`` (at most a window, a hop and a pause). The local command
 feeds it file blocks (:func:`serq.audiofile.read_blocks`); over the broker a client carries the
 state between chunks (``worker/handlers/timeline.py``), so a stream can hop
-between workers and still give exactly the local result.
+between workers and still give exactly the local result. A state that comes back
+from a client is trusted only once its seal verifies (:func:`seal_state`,
+:func:`sealed_by`) and its fields fit together (:func:`check_state`); even then a
+chunk classifies only windows that lie inside the audio it holds, so the work of a
+chunk is bounded by its audio whatever the state says.
 
 Files are read in blocks by :func:`serq.audiofile.read_blocks`, which the light
 client shares.
@@ -36,7 +40,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from serq.audiofile import read_blocks
+from serq.errors import InvalidRequest
 from serq.schemas.timeline import (
+    MAX_STATE_WINDOWS,
     TIMELINE_RATE,
     Moment,
     RunState,
@@ -337,6 +343,11 @@ class TimelineProcessor:
     def _classify(self, start: int, end: int) -> None:
         s = self.state
         lo = start * FRAME - s.keep_from
+        if lo < 0 or end <= start or lo + (end - start) * FRAME > len(self.buf):
+            # Only a state that does not fit its audio gets here (check_state refuses those first);
+            # stopping makes a chunk's work bounded by the audio it holds, whatever the state says.
+            raise InvalidRequest(f"the stream state asks for window [{start}, {end}) frames, outside the audio "
+                                 "it holds: start a new stream")
         probs = window_probabilities(self.buf[lo : lo + (end - start) * FRAME], self.model, self.profile)
         s.windows.append(WindowState(start=start, end=end, probs=[float(x) for x in probs]))
         s.windows_seen += 1
@@ -410,6 +421,99 @@ class TimelineProcessor:
     def _take(self) -> list[TimelineSegment]:
         out, self._out = self._out, []
         return out
+
+
+# --- a state that comes back from a client ---------------------------------------------------------
+
+#: Purpose label of a stream state's MAC (see :mod:`serq.worker.engine.sealing`).
+STATE_PURPOSE = "serq.timeline.state"
+
+
+def _canonical(state: TimelineStreamState) -> bytes:
+    return state.model_dump_json(exclude={"seal"}).encode()
+
+
+def seal_state(state: TimelineStreamState, key: bytes) -> TimelineStreamState:
+    """A copy of ``state`` with its seal: the MAC of every other field under ``key``."""
+    from serq.worker.engine.sealing import mac
+
+    return state.model_copy(update={"seal": mac(key, STATE_PURPOSE, _canonical(state))})
+
+
+def sealed_by(state: TimelineStreamState, keys: bytes | list[bytes]) -> bool:
+    """Whether ``state.seal`` is the MAC of its fields under ``keys`` (one of them): a worker of this
+    deployment wrote it."""
+    from serq.worker.engine.sealing import verify
+
+    payload = _canonical(state)
+    candidates = [keys] if isinstance(keys, bytes) else keys
+    return any(verify(key, STATE_PURPOSE, payload, state.seal) for key in candidates)
+
+
+def max_tail_frames(params: TimelineParams) -> int:
+    """Most 10 ms frames a state's tail ``[keep_from, received)`` ever spans: a window, a pause, the
+    back-dating of a segment's start and a frame each of rounding and of a partial frame."""
+    return round(params.window_s * FPS) + round(params.max_pause_s * FPS) + BACKDATE_FRAMES + 3
+
+
+def check_state(state: TimelineStreamState) -> None:
+    """Refuse a state whose fields do not fit together (:class:`InvalidRequest`, naming the first misfit).
+
+    These are the invariants :class:`TimelineProcessor` keeps between two chunks; every
+    loop of the processor is bounded by the audio of the chunk once they hold (a window
+    loop by the frames between ``next_window`` and ``last_active``, the decisions by
+    the windows held). A sealed state always passes: this is the second line, for a
+    leaked key or a worker of another version.
+    """
+    problem = _state_problem(state)
+    if problem:
+        raise InvalidRequest(f"the stream state does not fit together ({problem}): send back the previous "
+                             "reply's state unchanged, or start a new stream")
+
+
+def _state_problem(s: TimelineStreamState) -> str | None:  # noqa: C901 - one flat list of invariants
+    v, n_labels = s.vad, len(s.labels)
+    frames = s.position // FRAME
+    if not (s.keep_from <= s.position <= s.received) or s.received - s.position >= FRAME:
+        return "keep_from <= position <= received, within a frame of received"
+    if s.position % FRAME or s.keep_from % FRAME:
+        return "position and keep_from on the 10 ms frame grid"
+    if s.received - s.keep_from > max_tail_frames(s.params) * FRAME:
+        return "the re-sent tail spans more than a window and a pause"
+    if n_labels == 0 or len(set(s.labels)) != n_labels:
+        return "distinct labels"
+    if v.run_start is not None and v.run_start > frames:
+        return "vad.run_start within the audio analysed"
+    if v.seg_start is None:
+        if s.windows or s.run is not None or s.last_boundary is not None or s.windows_seen or s.decided \
+                or s.window_base:
+            return "no windows, run or boundary outside a speech segment"
+        return None
+    lo = s.keep_from // FRAME
+    if not (v.seg_start <= s.next_window <= v.last_active <= frames):
+        return "vad.seg_start <= next_window <= vad.last_active <= position"
+    if s.next_window < lo or max(v.seg_start, v.last_active - round(s.params.window_s * FPS)) < lo:
+        return "the open segment's next windows inside the re-sent tail"
+    if frames - v.last_active > round(s.params.max_pause_s * FPS) + 1:
+        return "an open segment ends after a pause of max_pause_s at most"
+    if s.last_boundary is None or not (v.seg_start / FPS - 1e-6 <= s.last_boundary <= frames / FPS + 1e-6):
+        return "last_boundary inside the open segment"
+    if not (s.window_base <= s.decided <= s.windows_seen) or s.windows_seen - s.window_base != len(s.windows):
+        return "window_base <= decided <= windows_seen, and windows_seen - window_base windows held"
+    if len(s.windows) > MAX_STATE_WINDOWS:
+        return f"at most {MAX_STATE_WINDOWS} windows"
+    for w in s.windows:
+        if len(w.probs) != n_labels or not (v.seg_start <= w.start < w.end <= v.last_active) \
+                or any(p < 0 or p > 1 for p in w.probs):
+            return "every window inside the segment, with one probability in [0, 1] per label"
+    if s.run is not None:
+        r = s.run
+        if r.label not in s.labels or len(r.prob_sum) != n_labels or r.windows < 1 or r.windows > s.decided \
+                or not (v.seg_start / FPS - 1e-6 <= r.start <= s.last_boundary + 1e-6):
+            return "the open run: a known label, one sum per label, inside the segment"
+        if r.weight_s > s.last_boundary - r.start + 1e-6 or any(p < 0 or p > r.weight_s + 1e-6 for p in r.prob_sum):
+            return "the open run's sums within its duration"
+    return None
 
 
 def tail_crc32(samples: np.ndarray) -> int:

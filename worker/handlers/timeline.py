@@ -5,8 +5,9 @@ Workers keep nothing between chunks: the request carries the stream's state
 the state still needs (the body starts at ``state.keep_from``), so any worker can
 take any chunk and the result is exactly the local ``serq timeline``'s. A speaker
 profile (``x-serq-profile``) sent with chunk 0 applies to the whole stream, and every
-later chunk must send the same one (the state holds its sha256). See docs/timeline.md
-for the message format.
+later chunk must send the same one (the state holds its sha256). The state is sealed
+under ``SERQ_STATE_KEY`` on the way out and must verify, and fit together, on the way
+back in (:func:`parse_state`). See docs/timeline.md for the message format.
 """
 
 from __future__ import annotations
@@ -27,11 +28,15 @@ from serq.schemas.timeline import (
     TimelineStreamState,
 )
 from serq.worker.engine.profiles import digest
+from serq.worker.engine.sealing import accepted_keys, state_key
 from serq.worker.engine.timeline import (
     RATE,
     TimelineProcessor,
+    check_state,
     choose_model,
     params_from_settings,
+    seal_state,
+    sealed_by,
     tail_crc32,
 )
 from serq.worker.handlers.base import Context, Reply, parse_headers
@@ -58,8 +63,13 @@ def require_pcm(content_type: str | None) -> None:
         )
 
 
-def parse_state(raw: str, headers: TimelineChunkHeaders) -> TimelineStreamState:
-    """The state the client sent back, checked against the headers."""
+def parse_state(raw: str, headers: TimelineChunkHeaders, keys: bytes | list[bytes], *, shared: bool = True
+                ) -> TimelineStreamState:
+    """The state the client sent back: sealed under one of ``keys``, fitting together, matching the headers.
+
+    ``shared``: whether the sealing key is the deployment's ``SERQ_STATE_KEY`` (else this process's
+    own, which only the refusal message needs to know).
+    """
     try:
         state = TimelineStreamState.model_validate_json(raw)
     except ValidationError as exc:
@@ -67,6 +77,13 @@ def parse_state(raw: str, headers: TimelineChunkHeaders) -> TimelineStreamState:
                              "send back the previous reply's `state` unchanged") from None
     if state.version != STATE_VERSION:
         raise InvalidRequest(f"stream state version {state.version}; this worker reads version {STATE_VERSION}")
+    if not sealed_by(state, keys):
+        raise InvalidRequest(
+            "x-serq-state is not sealed by a worker of this deployment (it was changed, or written under another "
+            "SERQ_STATE_KEY): send back the previous reply's state unchanged"
+            + ("" if shared else "; this worker has no SERQ_STATE_KEY, so only the worker that started the stream "
+               "can continue it"))
+    check_state(state)
     if state.stream_id != headers.stream_id:
         raise InvalidRequest(f"the state belongs to stream {state.stream_id!r}, not {headers.stream_id!r}")
     if headers.seq != state.next_seq:
@@ -90,8 +107,8 @@ def stream_model(ctx: Context, version: str, *, speaker: bool = False) -> "Loade
         return serving
     try:
         model = _registry_model(str(ctx.settings.model_dir), version)
-    except ModelError as exc:
-        raise ModelError(f"the stream started with model {version}, which this worker cannot load ({exc}); "
+    except ModelError:  # its message names the registry's folder: not for a client
+        raise ModelError(f"the stream started with model {version}, which this worker cannot load; "
                          "start a new stream") from None
     if (model.meta.normalisation == "speaker") != speaker:  # a state that does not fit together
         raise InvalidRequest(f"the stream state names model {version}, which "
@@ -117,7 +134,7 @@ def handle_chunk(body: bytes, props: "pika.BasicProperties", ctx: Context) -> Re
     else:
         if headers.state is None:
             raise InvalidRequest(f"chunk {headers.seq} without x-serq-state: send back the previous reply's state")
-        state = parse_state(headers.state, headers)
+        state = parse_state(headers.state, headers, accepted_keys(ctx.settings), shared=state_key(ctx.settings)[1])
         tail_len = state.received - state.keep_from
         if len(samples) < tail_len:
             raise InvalidRequest(f"the body must re-send the {tail_len} samples from next_offset {state.keep_from}, "
@@ -130,6 +147,9 @@ def handle_chunk(body: bytes, props: "pika.BasicProperties", ctx: Context) -> Re
             raise InvalidRequest("the stream started with a speaker profile: send the same x-serq-profile "
                                  "with every chunk")
         model = stream_model(ctx, state.model_version, speaker=state.profile_sha256 is not None)
+        if list(model.meta.labels) != state.labels:
+            raise InvalidRequest(f"the stream state's labels are not those of model {model.version}: "
+                                 "start a new stream")
         proc = TimelineProcessor(model, state, samples[:tail_len].copy(), profile=profile)
     new = samples[tail_len:]
     if not np.all(np.isfinite(new)):
@@ -144,7 +164,8 @@ def handle_chunk(body: bytes, props: "pika.BasicProperties", ctx: Context) -> Re
     return Reply.of(TimelineChunkResult(
         stream_id=headers.stream_id, seq=headers.seq, segments=segments, pending=proc.pending(),
         final=headers.final, duration_s=round(proc.duration_s, 3), next_offset=proc.state.keep_from,
-        state=proc.state, model_version=proc.model.version, request_id=ctx.request_id, worker=ctx.worker,
+        state=seal_state(proc.state, state_key(ctx.settings)[0]), model_version=proc.model.version,
+        request_id=ctx.request_id, worker=ctx.worker,
         normalisation="speaker" if proc.state.profile_status == "used" else "none",
         profile_status=proc.state.profile_status,
     ))

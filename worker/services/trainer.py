@@ -31,7 +31,7 @@ import pika
 import pika.exceptions
 from pydantic import ValidationError
 
-from serq.errors import BrokerUnavailable, InvalidRequest, SerqError
+from serq.errors import BrokerUnavailable, InvalidRequest, JobCancelled, SerqError
 from serq.progress import eta
 from serq.schemas import ModelActivated, TrainProgress, TrainRequest, TrainResult
 from serq.schemas.contract import type_name
@@ -147,6 +147,7 @@ class Trainer:
         self._thread: threading.Thread | None = None
         self._in_flight: _Job | None = None  # delivered, not yet answered and acked
         self._stopping = False
+        self._cancel = threading.Event()  # set by stop(): the running job stops at its next step
         self._results: OrderedDict[str, tuple[TrainResult, ModelActivated | None]] = OrderedDict()
 
     # -- lifecycle
@@ -172,11 +173,13 @@ class Trainer:
         log(logger, "stopped")
 
     def stop(self) -> None:
-        """Stop taking jobs; the job in progress finishes, is answered and acked, then :meth:`run` returns.
+        """Stop taking jobs; the job in progress stops at its next step (file or fold) and goes back to
+        the queue unanswered (another trainer, or this one restarted, runs it again), then :meth:`run` returns.
 
         Safe to call from a signal handler or another thread.
         """
         self._stopping = True
+        self._cancel.set()
         conn = self._conn
         if conn is not None:
             try:
@@ -302,10 +305,15 @@ class Trainer:
         report = ProgressThrottle(request.job_id, lambda event: self._on_io(self._progress, job, event))
         try:
             result = run_training(request, self.settings, report=report, roots=self.settings.data_root_paths,
-                                  n_jobs=self.n_jobs)
+                                  n_jobs=self.n_jobs, cancel=self._cancel)
             # Plain or speaker-normalised, an activated model is announced with its artifact: workers
             # put it in the matching slot (the plain model, or the profile path's).
             activated = self._event(result.version) if result.activated else None
+        except JobCancelled:  # stop(): not a failure, so not answered; the broker gives the job to the next trainer
+            log(logger, "job_cancelled", level=logging.WARNING, job_id=request.job_id,
+                seconds=round(time.monotonic() - started, 1))
+            self._on_io(self._requeue, job)
+            return
         except SerqError as exc:  # run_training types its own failures; this is reading the new artifact back
             result, activated = failure(request.job_id, exc, time.monotonic() - started), None
         except Exception as exc:  # a bug must not kill the service nor loop the job: answer and ack it
@@ -315,6 +323,15 @@ class Trainer:
             activated = None
         self._remember(request.job_id, result, activated)
         self._on_io(self._complete, job, result, activated)
+
+    def _requeue(self, job: _Job) -> None:
+        """On the I/O thread: hand a cancelled job back to the queue, then finish stopping."""
+        if job.channel.is_open:
+            job.channel.basic_nack(job.delivery_tag, requeue=True)
+        if self._in_flight is job:
+            self._in_flight = None
+        if self._stopping:
+            self._drain()
 
     def _event(self, version: str) -> ModelActivated:
         from serq.models.registry import Registry

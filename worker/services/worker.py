@@ -43,6 +43,7 @@ from serq.settings import Settings
 from serq.transport.connection import CONNECTION_ERRORS, Backoff, close_quietly, connect
 from serq.transport.topology import declare_classify, declare_models
 from serq.worker.engine.model import LoadedModel
+from serq.worker.engine.sealing import warn_if_unshared
 from serq.worker.handlers import Context, Reply, handler_for, known_types
 from serq.worker.services.logging import log
 from serq.worker.services.metrics import Metrics, serve
@@ -158,6 +159,7 @@ class Worker:
             queue=self.settings.name("classify"), prefetch=self.settings.prefetch,
             model_version=self.holder.current.version,
             metrics_port=server.server_address[1] if server else 0)
+        warn_if_unshared(self.settings)  # timeline stream states: say so if they cannot hop between workers
         backoff = Backoff(self.settings.reconnect_max_s)
         sessions = 0
         try:

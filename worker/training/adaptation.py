@@ -219,7 +219,8 @@ def run_adaptation(request: TrainRequest, settings: Settings, report, n_jobs: in
         raise DatasetError(f"adaptation needs at least {MIN_CLIPS} audio clips, the folder has {len(clips)}")
     report("scanning", 1, 1)
 
-    X, ok, errors = extract_clips(clips, settings.cache_dir, n_jobs=n_jobs, max_seconds=settings.max_seconds,
+    X, ok, errors = extract_clips(clips, settings.cache_dir, n_jobs=n_jobs, max_seconds=settings.train_max_file_seconds,
+                                  max_bytes=settings.train_max_file_bytes,
                                   progress=lambda done, total: report("extracting", done, total))
     skipped = Counter({"unreadable audio": len(errors)} if errors else {})
     if len(X) < MIN_CLIPS:

@@ -3,17 +3,25 @@
 A reader is chosen per file from its name. Labels map onto serq's 8 emotions; a
 label with no counterpart (EmoDB's boredom, say) is skipped and counted, never
 mislabelled.
+
+Only regular files are ever opened (:func:`read_clip`): a FIFO or a device named
+``x.wav`` never blocks or floods the trainer. A manifest row naming a missing or
+non-regular file is a :class:`DatasetError`; a scanned directory lists regular files
+only (:func:`serq.files.audio_files`).
 """
 
 from __future__ import annotations
 
 import csv
+import errno
+import os
 import re
+import stat
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from serq.errors import DatasetError
+from serq.errors import AudioError, DatasetError, TooLarge
 from serq.files import audio_files
 from serq.labels import EMOTIONS
 from serq.text import counts
@@ -113,24 +121,91 @@ def _unmapped_name(path: Path) -> str:
     return parts[2] if len(parts) > 2 else stem
 
 
-def scan(source: str | Path) -> Dataset:
+# --- reading files: regular ones only, bounded ------------------------------------------------------
+
+
+class NotRegular(AudioError):
+    """The path is a FIFO, a device, a socket or a directory: never opened as audio."""
+
+    code = "bad_audio"
+
+
+def shown(path: Path, roots: list[Path] | None) -> str:
+    """``path`` as messages, results, cards and events show it: relative to the data root holding it
+    (a trainer never publishes where its roots are), else as it is."""
+    for root in roots or ():
+        if path == root:
+            return "."
+        if path.is_relative_to(root):
+            return str(path.relative_to(root))
+    return str(path)
+
+
+def regular_problem(path: Path) -> str | None:
+    """Why ``path`` is not a readable regular file (``"missing"``, ``"not a regular file"``...), or ``None``."""
+    try:
+        mode = os.stat(path).st_mode  # follows symlinks: what an open would reach
+    except FileNotFoundError:
+        return "missing"
+    except (OSError, ValueError) as exc:
+        return f"unreadable ({exc.__class__.__name__})"
+    return None if stat.S_ISREG(mode) else "not a regular file"
+
+
+def read_clip(path: Path, max_bytes: int) -> bytes:
+    """A regular file's bytes, at most ``max_bytes``: :class:`TooLarge` beyond, :class:`NotRegular` for
+    a FIFO/device/directory (opened non-blocking and checked on the open descriptor, so a file
+    swapped for a FIFO after the scan cannot block either), :class:`AudioError` if unreadable."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # a FIFO without a writer, opened non-blocking for reading on some systems
+            raise NotRegular(f"{path.name}: not a regular file") from None
+        raise AudioError(f"{path.name}: cannot be opened ({exc.strerror or exc.__class__.__name__})") from None
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fh.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise NotRegular(f"{path.name}: not a regular file")
+        if info.st_size > max_bytes:
+            raise TooLarge(f"{path.name}: {info.st_size} bytes exceeds {max_bytes} (SERQ_TRAIN_MAX_FILE_BYTES)")
+        data = fh.read(max_bytes + 1)
+    if len(data) > max_bytes:  # grew since the fstat
+        raise TooLarge(f"{path.name}: more than {max_bytes} bytes (SERQ_TRAIN_MAX_FILE_BYTES)")
+    return data
+
+
+def inside(real: Path, roots: list[Path]) -> bool:
+    """Whether the resolved path ``real`` is one of ``roots`` or lies under one."""
+    return any(real == root or real.is_relative_to(root) for root in roots)
+
+
+def scan(source: str | Path, *, shown_as: str | None = None, roots: list[Path] | None = None) -> Dataset:
     """Read a directory (recursively, names parsed) or a CSV manifest ``path,label[,speaker]``.
 
-    Raises :class:`DatasetError` if the source is missing or yields no usable clip.
+    Raises :class:`DatasetError` if the source is missing or yields no usable clip, or if a
+    manifest row names a missing or non-regular file, or one outside ``roots`` (when given).
+    Messages name the dataset as ``shown_as`` (default: the path), so a trainer can keep
+    its data roots out of them.
     """
     source = Path(source)
+    name = shown_as or str(source)
     if not source.exists():
-        raise DatasetError(f"dataset not found: {source}")
-    dataset = read_manifest(source) if source.is_file() else _scan_dir(source)
+        raise DatasetError(f"dataset not found: {name}")
+    if source.is_file():
+        dataset = read_manifest(source, shown_as=name, roots=roots)
+    elif source.is_dir():
+        dataset = _scan_dir(source)
+    else:
+        raise DatasetError(f"dataset {name}: neither a directory nor a manifest file")
     if not dataset.clips:
-        raise DatasetError(f"no labelled audio clips in {source} (skipped: {counts(dataset.skipped)})")
+        raise DatasetError(f"no labelled audio clips in {name} (skipped: {counts(dataset.skipped)})")
     return dataset
 
 
 def _scan_dir(root: Path) -> Dataset:
     clips: list[Clip] = []
     skipped: Counter = Counter()
-    for path in audio_files(root):
+    for path in audio_files(root):  # regular files only (is_file): FIFOs and devices are not even listed
         parsed = parse_name(path)
         if parsed is None:
             skipped["unrecognised file name"] += 1
@@ -141,20 +216,42 @@ def _scan_dir(root: Path) -> Dataset:
     return Dataset(clips, skipped)
 
 
-def read_manifest(path: Path) -> Dataset:
-    """CSV with a header ``path,label[,speaker]``; paths relative to the manifest's folder."""
+#: Largest manifest read (a CSV row is ~100 bytes: a million rows).
+MAX_MANIFEST_BYTES = 100 * 1024 * 1024
+
+
+def read_manifest(path: Path, *, shown_as: str | None = None, roots: list[Path] | None = None) -> Dataset:
+    """CSV with a header ``path,label[,speaker]``; paths relative to the manifest's folder.
+
+    Every row with a known label must name an existing regular file inside ``roots`` (when
+    given; checked first, so nothing outside them is even looked at): a :class:`DatasetError`
+    naming the row otherwise, since a manifest that points nowhere is a broken dataset.
+    """
+    name = shown_as or str(path)
     clips: list[Clip] = []
     skipped: Counter = Counter()
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
-            raise DatasetError(f"{path}: a manifest needs a header with 'path' and 'label' (and optionally 'speaker')")
-        for row in reader:
-            label = (row.get("label") or "").strip().lower()
-            if label not in EMOTIONS:
-                skipped[f"unmapped label: {label or '(empty)'}"] += 1
-                continue
-            clip_path = (path.parent / row["path"]).resolve()
-            speaker = (row.get("speaker") or "").strip() or f"file:{clip_path.name}"
-            clips.append(Clip(clip_path, label, f"manifest:{speaker}", "manifest"))
+    try:
+        text = read_clip(path, MAX_MANIFEST_BYTES).decode("utf-8-sig")
+    except (AudioError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"manifest {name}: {exc.__class__.__name__}: not a readable UTF-8 CSV file") from None
+    reader = csv.DictReader(text.splitlines())
+    if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
+        raise DatasetError(f"{name}: a manifest needs a header with 'path' and 'label' (and optionally 'speaker')")
+    for line, row in enumerate(reader, start=2):
+        label = (row.get("label") or "").strip().lower()
+        if label not in EMOTIONS:
+            skipped[f"unmapped label: {label or '(empty)'}"] += 1
+            continue
+        try:
+            clip_path = (path.parent / (row.get("path") or "")).resolve()
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise DatasetError(f"{name}, line {line}: not a usable path ({exc.__class__.__name__})") from None
+        if roots is not None and not inside(clip_path, roots):
+            raise DatasetError(f"{name}, line {line}: the path {str(row.get('path'))[:200]!r} lies outside the "
+                               "data roots")
+        problem = regular_problem(clip_path) if row.get("path") else "empty"
+        if problem:
+            raise DatasetError(f"{name}, line {line}: the path {str(row.get('path'))[:200]!r} is {problem}")
+        speaker = (row.get("speaker") or "").strip() or f"file:{clip_path.name}"
+        clips.append(Clip(clip_path, label, f"manifest:{speaker}", "manifest"))
     return Dataset(clips, skipped)

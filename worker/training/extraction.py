@@ -22,7 +22,10 @@ from serq.errors import AudioError
 from serq.labels import in_canonical_order
 from serq.worker.engine.audio import ANALYSIS_RATE, decode
 from serq.worker.engine.features import FEATURE_NAMES, FEATURE_VERSION, extract
-from serq.worker.training.datasets import Clip, Dataset
+from serq.worker.training.datasets import Clip, Dataset, read_clip
+
+#: Largest training file read when the caller names no limit (``SERQ_TRAIN_MAX_FILE_BYTES``'s default).
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 
 #: ``progress(done, total)``, called from the parent process as results arrive.
 Progress = Callable[[int, int], None]
@@ -71,8 +74,13 @@ def perturb_speed(samples: np.ndarray, speed: float, rate: int = ANALYSIS_RATE) 
     return soxr.resample(samples, int(round(rate * speed)), rate, quality="HQ").astype(np.float32, copy=False)
 
 
-def _extract_one(path: Path, max_seconds: float | None, speed: float = 1.0) -> tuple[str, np.ndarray | None, str | None]:
-    data = path.read_bytes()
+def _extract_one(path: Path, max_seconds: float | None, speed: float = 1.0, max_bytes: int = DEFAULT_MAX_BYTES
+                 ) -> tuple[str | None, np.ndarray | None, str | None]:
+    """``(content sha256, features, None)``, or ``(digest or None, None, why)`` for an unusable file."""
+    try:
+        data = read_clip(path, max_bytes)  # regular files only, at most max_bytes: never blocks, never floods
+    except AudioError as exc:
+        return None, None, f"{exc.code}: {exc}"
     digest = hashlib.sha256(data).hexdigest()
     try:
         audio = decode(data, max_bytes=max(len(data), 1), max_seconds=max_seconds)
@@ -89,8 +97,13 @@ def extract_clips(
     max_seconds: float | None = 60.0,
     progress: Progress | None = None,
     speed: float = 1.0,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
     """Feature matrix for ``clips`` (played ``speed`` times faster when not 1, see :func:`perturb_speed`).
+
+    A file over ``max_bytes`` or ``max_seconds``, or not a regular file, is left out with
+    its reason. ``progress`` is called after every file: a job's time limit and
+    cancellation are checked there (it may raise, which stops the extraction).
 
     Returns:
         ``(X, ok, errors)``: ``X`` shape ``(n_ok, len(FEATURE_NAMES))`` for the clips
@@ -104,7 +117,8 @@ def extract_clips(
     errors: dict[str, str] = {}
     todo: list[int] = []
     for i, clip in enumerate(clips):
-        hit = cache.get(file_digest(clip.path)) if cache else None
+        digest = file_digest(clip.path, max_bytes) if cache else None
+        hit = cache.get(digest) if digest else None
         if hit is not None:
             vectors[i] = hit
         else:
@@ -115,12 +129,12 @@ def extract_clips(
     if todo:
         jobs = 1 if len(todo) < 16 else n_jobs
         results = Parallel(n_jobs=jobs, return_as="generator", batch_size=8)(
-            delayed(_extract_one)(clips[i].path, max_seconds, speed) for i in todo
+            delayed(_extract_one)(clips[i].path, max_seconds, speed, max_bytes) for i in todo
         )
         for i, (digest, vec, error) in zip(todo, results):
             if vec is not None:
                 vectors[i] = vec
-                if cache:
+                if cache and digest:
                     cache.put(digest, vec)
             else:
                 errors[str(clips[i].path)] = error or "unknown error"
@@ -140,6 +154,7 @@ def extract_training_set(
     n_jobs: int = -1,
     max_seconds: float | None = 60.0,
     progress: Progress | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, str], list[np.ndarray]]:
     """:func:`extract_clips` plus one speed-perturbed copy of the matrix per entry of ``speeds``.
 
@@ -152,13 +167,14 @@ def extract_training_set(
     def stage(offset: int) -> Progress | None:
         return (lambda done, _n: progress(offset + done, total)) if progress else None
 
-    X, ok, errors = extract_clips(clips, cache_dir, n_jobs=n_jobs, max_seconds=max_seconds, progress=stage(0))
+    X, ok, errors = extract_clips(clips, cache_dir, n_jobs=n_jobs, max_seconds=max_seconds, progress=stage(0),
+                                  max_bytes=max_bytes)
     original = np.zeros((len(clips), X.shape[1]), np.float32)
     original[ok] = X
     augmented = []
     for i, speed in enumerate(speeds, start=1):
         A, ok_a, _ = extract_clips(clips, cache_dir, n_jobs=n_jobs, max_seconds=max_seconds,
-                                   progress=stage(i * len(clips)), speed=speed)
+                                   progress=stage(i * len(clips)), speed=speed, max_bytes=max_bytes)
         # Align with X's rows; a clip that fails only when perturbed keeps its original row.
         full = original.copy()
         full[ok_a] = A
@@ -199,14 +215,16 @@ def training_set(
     n_jobs: int = -1,
     max_seconds: float | None = 60.0,
     progress: Progress | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> TrainingSet:
     """Extract (cached) ``dataset`` and its speed-perturbed copies into a :class:`TrainingSet`."""
     X, ok, errors, copies = extract_training_set(dataset.clips, cache_dir, speeds, n_jobs=n_jobs,
-                                                 max_seconds=max_seconds, progress=progress)
+                                                 max_seconds=max_seconds, progress=progress, max_bytes=max_bytes)
     clips = [c for c, good in zip(dataset.clips, ok) if good]
     skipped = dict(dataset.skipped)
-    if errors:
-        skipped["unreadable audio"] = skipped.get("unreadable audio", 0) + len(errors)
+    for reason in errors.values():  # by code: "unreadable audio (too_large)", "... (too_long)", "... (bad_audio)"
+        key = f"unreadable audio ({reason.split(':', 1)[0]})"
+        skipped[key] = skipped.get(key, 0) + 1
     return TrainingSet(X=X, y=np.array([c.label for c in clips]), groups=np.array([c.speaker for c in clips]),
                        clips=clips, augmented=dict(zip(speeds, copies)), skipped=skipped)
 
@@ -214,10 +232,17 @@ def training_set(
 _digest_memo: dict[tuple[str, int, int], str] = {}
 
 
-def file_digest(path: Path) -> str:
-    """sha256 of a file's content, memoised per (path, size, mtime) within this process."""
-    st = path.stat()
+def file_digest(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> str | None:
+    """sha256 of a regular file's content, memoised per (path, size, mtime) within this process;
+    ``None`` for a file :func:`read_clip` refuses (its extraction then says why)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
     key = (str(path), st.st_size, st.st_mtime_ns)
     if key not in _digest_memo:
-        _digest_memo[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+        try:
+            _digest_memo[key] = hashlib.sha256(read_clip(path, max_bytes)).hexdigest()
+        except AudioError:
+            return None
     return _digest_memo[key]

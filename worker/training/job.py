@@ -3,10 +3,19 @@
 `serq train --local` and the trainer service both run :func:`run_training`; the
 trainer only adds the broker around it. A failure raises before anything is
 registered or activated, so a failed job never touches the active model.
+
+A job is bounded: files are read only if regular and within
+``SERQ_TRAIN_MAX_FILE_BYTES``/``SERQ_TRAIN_MAX_FILE_SECONDS``, and between two steps
+(every file, every fold) a :class:`JobGuard` stops it at ``SERQ_TRAIN_TIME_LIMIT_S``
+(``time_limit``) or when its ``cancel`` event is set (:class:`~serq.errors.JobCancelled`,
+raised to the caller, which hands the job back to the queue). Paths in what a job
+returns (messages, ``TrainResult.dataset``, the model card and metadata) are relative
+to the data root, never where the roots are.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -14,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serq.errors import DatasetError, SerqError
+from serq.errors import DatasetError, JobCancelled, SerqError, TimeLimit
 from serq.labels import EMOTIONS
 from serq.models.card import model_card
 from serq.models.registry import (
@@ -30,6 +39,7 @@ from serq.schemas import EvaluationReport, Hyperparameters, ModelMetadata, Train
 from serq.settings import Settings
 from serq.worker.engine.features import FEATURE_NAMES, FEATURE_VERSION
 from serq.worker.training.adaptation import class_statistics, run_adaptation
+from serq.worker.training.datasets import inside, scan, shown
 from serq.worker.training.evaluation import evaluate_profiles
 from serq.worker.training.extraction import TrainingSet, training_set
 from serq.worker.training.fit import cross_validate, fit
@@ -60,29 +70,49 @@ def _resolve_dataset(dataset: str, roots: list[Path] | None) -> Path:
         escapes = False
         for candidate in candidates:  # a relative name may live under any of the roots
             real = candidate.resolve()
-            if not _inside(real, roots):
+            if not inside(real, roots):
                 escapes = True
             elif real.exists():
                 return real
         if not escapes:
             raise DatasetError(f"dataset not found: {dataset}")
-        raise DatasetError(f"dataset {dataset!r} is outside the data roots ({':'.join(map(str, roots))})")
+        raise DatasetError(f"dataset {dataset!r} is outside the data roots (SERQ_DATA_ROOTS)")
     if not path.exists():
         raise DatasetError(f"dataset not found: {dataset}")
     return path.resolve()
-
-
-def _inside(real: Path, roots: list[Path]) -> bool:
-    return any(real == root or real.is_relative_to(root) for root in roots)
 
 
 def confine(clips, roots: list[Path] | None) -> None:
     """Refuse clips outside ``roots``: a manifest entry or a symlinked file must not reach out either."""
     if roots is None:
         return
-    outside = [c.path for c in clips if not _inside(Path(c.path).resolve(), roots)]
-    if outside:
-        raise DatasetError(f"{len(outside)} clip(s) of the dataset lie outside the data roots, e.g. {outside[0]}")
+    outside = [c.path for c in clips if not inside(Path(c.path).resolve(), roots)]
+    if outside:  # named by file name only: where it points is outside what a caller may know
+        raise DatasetError(f"{len(outside)} clip(s) of the dataset lie outside the data roots, e.g. {outside[0].name}")
+
+
+class JobGuard:
+    """Stops a job between two steps: past ``time_limit_s`` (:class:`TimeLimit`), or once ``cancel`` is set
+    (:class:`JobCancelled`). :meth:`check` is called before every progress report (every file, every fold)."""
+
+    def __init__(self, time_limit_s: float, cancel: threading.Event | None = None, *, started: float | None = None):
+        self.time_limit_s = time_limit_s
+        self.cancel = cancel
+        self.deadline = (time.monotonic() if started is None else started) + time_limit_s
+
+    def check(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise JobCancelled("the trainer is stopping: the job goes back to the queue")
+        if time.monotonic() > self.deadline:
+            raise TimeLimit(f"the job ran longer than {self.time_limit_s:g} s (SERQ_TRAIN_TIME_LIMIT_S)")
+
+    def guarded(self, report: "Report") -> "Report":
+        """``report`` with :meth:`check` before each call."""
+        def checked(stage: str, done: int, total: int) -> None:
+            self.check()
+            report(stage, done, total)
+
+        return checked
 
 
 def run_training(
@@ -92,14 +122,37 @@ def run_training(
     report: Report | None = None,
     roots: list[Path] | None = None,
     n_jobs: int = -1,
+    cancel: threading.Event | None = None,
 ) -> TrainResult:
-    """Run ``request``; returns a :class:`TrainResult` (``ok=False`` with a typed error on failure)."""
+    """Run ``request``; returns a :class:`TrainResult` (``ok=False`` with a typed error on failure).
+
+    ``cancel``: set it (from any thread, e.g. a SIGTERM handler) to stop the job at its next
+    step; :class:`JobCancelled` is then raised, not returned, since the job did not fail.
+    """
     started = time.monotonic()
-    report = report or (lambda stage, done, total: None)
+    guard = JobGuard(settings.train_time_limit_s, cancel, started=started)
+    report = guard.guarded(report or (lambda stage, done, total: None))
     try:
         return _run(request, settings, report, roots, n_jobs, started)
+    except JobCancelled:
+        raise
     except SerqError as exc:
-        return TrainResult(job_id=request.job_id, ok=False, error=exc.to_dict(), duration_s=time.monotonic() - started)
+        error = {"code": exc.code, "message": scrub(exc.message, settings, roots)}
+        return TrainResult(job_id=request.job_id, ok=False, error=error, duration_s=time.monotonic() - started)
+
+
+def scrub(message: str, settings: Settings, roots: list[Path] | None) -> str:
+    """``message`` without the server's own folders: a data root's path becomes relative to it, the
+    registry's and the cache's become their setting's name (the last line against a leak: the
+    messages of this module name datasets relative to their root already)."""
+    if roots is None:
+        return message
+    for root in sorted(roots, key=lambda r: -len(str(r))):
+        message = message.replace(f"{root}/", "").replace(str(root), ".")
+    for folder, setting in ((settings.model_dir, "$SERQ_MODEL_DIR"), (settings.cache_dir, "$SERQ_CACHE_DIR")):
+        for form in {str(folder), str(Path(folder).expanduser().resolve())}:
+            message = message.replace(form, setting)
+    return message
 
 
 def _run(request: TrainRequest, settings: Settings, report: Report, roots, n_jobs: int, started: float) -> TrainResult:
@@ -110,6 +163,12 @@ def _run(request: TrainRequest, settings: Settings, report: Report, roots, n_job
     labels = list(request.emotions or EMOTIONS)
     report("scanning", 0, 1)
     data = request.data_sources
+    names: list[str] = []
+
+    def open_source(dataset: str):
+        path = resolve_dataset(dataset, roots)
+        names.append(shown(path, roots) if roots is not None else dataset)  # never the roots' own location
+        return scan(path, shown_as=names[-1], roots=roots)
 
     def select(dataset):
         dataset = dataset.restrict(tuple(labels))
@@ -117,13 +176,13 @@ def _run(request: TrainRequest, settings: Settings, report: Report, roots, n_job
         return dataset.only_speakers(request.speakers) if request.speakers else dataset
 
     try:
-        sources = scan_sources(data, lambda name: resolve_dataset(name, roots), select)
+        sources = scan_sources(data, open_source, select)
     except DatasetError as exc:
         if len(data) == 1 and str(exc).startswith("source "):  # one source: the message as before
             raise DatasetError(f"no clips of {', '.join(labels)} in {data[0].dataset}") from None
         raise
     dataset = sources.dataset
-    path = ", ".join(str(resolve_dataset(s.dataset, roots)) for s in data)
+    name = ", ".join(names)
     several = len(data) > 1
     if several and request.speaker_normalisation and any(s.weight != 1 for s in data):
         raise DatasetError("source weights are not supported with speaker_normalisation (every weight must be 1)")
@@ -134,9 +193,10 @@ def _run(request: TrainRequest, settings: Settings, report: Report, roots, n_job
     speeds = list(request.hyperparameters.augment_speeds)
     if request.activate == "if_better":
         speeds += [s for s in registry.active_metadata().hyperparameters.augment_speeds if s not in speeds]
-    training = training_set(dataset, settings.cache_dir, speeds, n_jobs=n_jobs, max_seconds=settings.max_seconds,
+    training = training_set(dataset, settings.cache_dir, speeds, n_jobs=n_jobs,
+                            max_seconds=settings.train_max_file_seconds, max_bytes=settings.train_max_file_bytes,
                             progress=lambda done, total: report("extracting", done, total))
-    summary = dataset.training_summary(training.clips, path)
+    summary = dataset.training_summary(training.clips, name)
     names, weights = sources.rows(training.clips)
     if several:
         summary["sources"] = sources.summary(training.clips)

@@ -18,7 +18,7 @@ import numpy as np
 
 from serq.errors import DatasetError
 from serq.schemas import DataSource
-from serq.worker.training.datasets import Clip, Dataset, scan
+from serq.worker.training.datasets import Clip, Dataset
 
 
 def source_names(sources: list[DataSource]) -> list[str]:
@@ -59,15 +59,16 @@ class Sources:
         return out
 
 
-def scan_sources(sources: list[DataSource], resolve, select) -> Sources:
-    """Scan each source: ``resolve(dataset) -> Path`` (the data-root check), ``select(Dataset) -> Dataset``
-    (emotions, speakers, confinement). A source left with no clip is an error naming it."""
+def scan_sources(sources: list[DataSource], open_source, select) -> Sources:
+    """Scan each source: ``open_source(dataset) -> Dataset`` (the data-root check and the scan),
+    ``select(Dataset) -> Dataset`` (emotions, speakers, confinement). A source left with no clip is an
+    error naming it."""
     clips: list[Clip] = []
     skipped: Counter = Counter()
     source_of: dict[Clip, int] = {}
     names = source_names(sources)
     for i, source in enumerate(sources):
-        dataset = select(scan(resolve(source.dataset)))
+        dataset = select(open_source(source.dataset))
         if not dataset.clips:
             raise DatasetError(f"source {names[i]!r} ({source.dataset}) has no usable clip")
         skipped.update(dataset.skipped)
