@@ -24,10 +24,12 @@ RUN apt-get update \
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --find-links /wheels "serq[worker]"
 # A non-root user owns the writable places: the model registry (a named volume in
-# docker-compose inherits this ownership), the feature cache and numba's JIT cache.
+# docker-compose inherits this ownership), the feature cache, numba's JIT cache, and the
+# folders docker-compose's setup service writes the signing keys and broker definitions to.
 RUN useradd --create-home --uid 10001 --user-group serq \
- && mkdir -p /models /cache /tmp/numba \
- && chown serq:serq /models /cache /tmp/numba
+ && mkdir -p /models /cache /tmp/numba /keys/signing /keys/trusted /definitions \
+ && chown serq:serq /models /cache /tmp/numba /keys/signing /keys/trusted /definitions \
+ && chmod 0700 /keys/signing
 ENV SERQ_MODEL_DIR=/models \
     SERQ_CACHE_DIR=/cache \
     NUMBA_CACHE_DIR=/tmp/numba \

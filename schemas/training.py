@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import uuid
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -146,7 +148,8 @@ class ModelActivated(BaseModel):
     """Fanout on `serq.models`: a model version became active; workers verify and hot-swap it.
 
     The artifact travels inside the event (base64 of the skops file, a few MB at
-    most), so workers on other machines need no shared disk. ``metadata.normalisation``
+    most), so workers on other machines need no shared disk. Workers accept it only
+    when ``signature`` verifies under a key in their ``SERQ_TRUSTED_KEYS``. ``metadata.normalisation``
     picks the slot: ``"speaker"`` replaces the profile path's model, never the plain one.
     """
 
@@ -158,3 +161,14 @@ class ModelActivated(BaseModel):
     metadata: ModelMetadata
     artifact_b64: str = Field(description="base64 of the skops artifact")
     reason: str = Field("", description="why: 'trained', 'activate', 'rollback'")
+    announced_at: datetime | None = Field(None, description="when it was announced (signed: a replay is recognised)")
+    signer: str | None = Field(None, max_length=64,
+                               description="id of the key that signed it (sha256 of the public key, 16 hex)")
+    signature: str | None = Field(None, max_length=200, description="Ed25519 signature (base64) of the announcement: "
+                                  "metadata, kind, reason, announced_at (see docs/deploy.md)")
+
+    @classmethod
+    def announcing(cls, meta: ModelMetadata, artifact: bytes, reason: str = "") -> "ModelActivated":
+        """The (unsigned) event announcing ``meta``'s version with its artifact bytes inside."""
+        return cls(version=meta.version, sha256=meta.sha256, feature_version=meta.feature_version, metadata=meta,
+                   artifact_b64=base64.b64encode(artifact).decode("ascii"), reason=reason)

@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     train_max_file_bytes: int = Field(64 * 1024 * 1024, gt=0, description="trainer: largest training file read, in bytes (larger ones are skipped)")
     train_max_file_seconds: float = Field(60.0, gt=0, description="trainer: longest training clip, in seconds (longer ones are skipped)")
     train_time_limit_s: float = Field(4 * 3600.0, gt=0, description="trainer: a job running longer fails with `time_limit` (checked between files and folds)")
+    signing_key: str = Field("", description="Ed25519 private key (`serq keys generate`) that signs the models this process registers or announces")
+    trusted_keys: str = Field("", description="colon-separated `.pub` files; a worker accepts only models signed by one of them")
+    allow_unsigned_models: bool = Field(False, description="development only: accept unsigned model announcements (logged at start-up)")
+    max_model_bytes: int = Field(64 * 1024 * 1024, gt=0, description="largest model artifact a worker reads or decodes, in bytes")
 
     state_key_previous: SecretStr | None = Field(
         None,
@@ -101,6 +105,10 @@ class Settings(BaseSettings):
         if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
         return value
+
+    @property
+    def trusted_key_paths(self) -> list[Path]:
+        return [Path(p).expanduser() for p in self.trusted_keys.split(":") if p.strip()]
 
     @property
     def data_root_paths(self) -> list[Path]:

@@ -8,6 +8,9 @@
   name prefix and its queues/exchanges are deleted afterwards.
 - ``isolated_env``: SERQ_MODEL_DIR and SERQ_CACHE_DIR in a temp dir, so no test touches
   the user's registry.
+- ``signing_keys`` (autouse): every test signs with a test key pair and trusts only it
+  (SERQ_SIGNING_KEY, SERQ_TRUSTED_KEYS), the way a deployment does: the check stays on.
+  Subprocess workers and trainers inherit it. ``untrusted_keys`` is a second pair.
 - ``cli``: `serq` in this process, with the module's ``env``; ``feature_cache``: one per session;
   ``model_dir`` / ``speaker_version``: a tiny speaker model in a module's worker registry.
 
@@ -104,12 +107,18 @@ def _compose_broker() -> str | None:
         return None
     if subprocess.run(["docker", "info"], capture_output=True, timeout=20).returncode != 0:
         return None
+    from serq.transport.accounts import ACCOUNTS
+
+    # The compose broker has only the least-privilege accounts; tests use the operator's.
+    password = os.environ.get("BROKER_OPERATOR_PASSWORD") or uuid.uuid4().hex
+    env = {var: os.environ.get(var) or uuid.uuid4().hex for var in ACCOUNTS.values()}
+    env = dict(os.environ) | env | {"BROKER_OPERATOR_PASSWORD": password}
     up = subprocess.run(["docker", "compose", "-f", str(REPO / "docker-compose.yml"), "up", "-d", "--wait", "rabbitmq"],
-                        capture_output=True, text=True, timeout=300)
+                        capture_output=True, text=True, timeout=300, env=env)
     if up.returncode != 0:
         pytest.fail(f"docker compose could not start rabbitmq: {up.stderr[-2000:]}")
     port = os.environ.get("BROKER_PORT", "5672")
-    url = f"amqp://{os.environ.get('BROKER_USER', 'serq')}:{os.environ.get('BROKER_PASSWORD', 'serq')}@127.0.0.1:{port}/%2F"
+    url = f"amqp://serq-operator:{password}@127.0.0.1:{port}/%2F"
     for _ in range(60):
         if _broker_reachable(url):
             os.environ["SERQ_AMQP_URL"] = url  # subprocesses (workers, trainers) use it too
@@ -135,6 +144,43 @@ def _delete_prefixed(url: str, name: str) -> None:
         delete_deployment(conn, name)
     finally:
         conn.close()
+
+
+@pytest.fixture(scope="session")
+def test_keys(tmp_path_factory) -> Path:
+    """A key pair of this test session (``serq keys generate``): the folder holding signing.key/.pub."""
+    from serq.models.signing import generate_keys
+
+    folder = tmp_path_factory.mktemp("keys")
+    generate_keys(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def untrusted_keys(tmp_path_factory) -> Path:
+    """A second pair, trusted by nobody: what an attacker signs with."""
+    from serq.models.signing import generate_keys
+
+    folder = tmp_path_factory.mktemp("untrusted-keys")
+    generate_keys(folder)
+    return folder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def signing_keys(test_keys):
+    """Sign with the session's test key and trust only it (unsigned models stay refused).
+
+    Session-wide, so module fixtures that train and register models sign too.
+    """
+    from serq.settings import get_settings
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SERQ_SIGNING_KEY", str(test_keys / "signing.key"))
+        mp.setenv("SERQ_TRUSTED_KEYS", str(test_keys / "signing.pub"))
+        mp.delenv("SERQ_ALLOW_UNSIGNED_MODELS", raising=False)
+        get_settings.cache_clear()
+        yield test_keys
+    get_settings.cache_clear()
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shlex
 import shutil
 import subprocess
@@ -25,12 +26,16 @@ import pika
 import pytest
 import yaml
 
+from serq.transport.accounts import ACCOUNTS
+
 from helpers.dockerfile import stages as _stages
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
 BIN = Path(sys.executable).parent
+#: The broker accounts' passwords the compose file requires (random per test session).
+BROKER_PASSWORDS = {var: secrets.token_hex(12) for var in ACCOUNTS.values()}
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +79,7 @@ def test_the_schema_check_rejects_a_broken_file(tmp_path):
 
 
 def test_services(compose):
-    assert set(compose["services"]) == {"rabbitmq", "worker", "trainer"}
+    assert set(compose["services"]) == {"setup", "rabbitmq", "worker", "trainer"}
     rabbit = compose["services"]["rabbitmq"]
     assert "management" in rabbit["image"]
     assert rabbit["healthcheck"]["test"][-3:] == ["rabbitmq-diagnostics", "-q", "ping"]
@@ -107,6 +112,27 @@ def test_models_volume_is_shared_and_the_dataset_is_read_only(compose):
     assert "/data" not in worker
     assert compose["services"]["trainer"]["environment"]["SERQ_DATA_ROOTS"] == "/data"
     assert compose["services"]["trainer"]["command"] == ["serq", "trainer"]
+
+
+def test_keys_and_least_privilege_accounts(compose):
+    """Each service its own broker account; the private key only where models are signed."""
+    services = compose["services"]
+    setup = services["setup"]
+    assert "serq keys generate /keys/signing" in setup["command"][-1]
+    assert "serq broker definitions --out /definitions/definitions.json" in setup["command"][-1]
+    assert all(f"${{{var}:?" in setup["environment"][var] for var in ACCOUNTS.values())  # required, no default
+    assert services["rabbitmq"]["depends_on"]["setup"]["condition"] == "service_completed_successfully"
+    rabbit = _mounts(services["rabbitmq"])
+    assert rabbit["/etc/rabbitmq/definitions"] == "broker-definitions:ro"
+    conf = (REPO / rabbit["/etc/rabbitmq/conf.d/20-serq.conf"].removeprefix("./").removesuffix(":ro")).read_text()
+    assert "load_definitions = /etc/rabbitmq/definitions/definitions.json" in conf
+    for name, account in (("worker", "serq-worker"), ("trainer", "serq-trainer")):
+        env = services[name]["environment"]
+        assert env["SERQ_AMQP_URL"].startswith(f"amqp://{account}:")
+        assert env["SERQ_TRUSTED_KEYS"] == "/keys/trusted/signing.pub"
+    assert services["trainer"]["environment"]["SERQ_SIGNING_KEY"] == "/keys/signing/signing.key"
+    assert "/keys/signing" not in _mounts(services["worker"])
+    assert "SERQ_SIGNING_KEY" not in services["worker"]["environment"]
 
 
 def test_the_services_commands_exist():
@@ -242,7 +268,8 @@ def docker_compose_command(compose_data) -> str:
     compose file would otherwise take (a local SERQ_AMQP_URL would point the services at
     themselves)."""
     unset = " ".join(f"-u {shlex.quote(k)}" for k in sorted(os.environ) if k.startswith("SERQ_"))
-    return (f"env {unset} SERQ_DATA={shlex.quote(str(compose_data))} BROKER_PORT=0 BROKER_UI_PORT=0 "
+    passwords = " ".join(f"{var}={pw}" for var, pw in BROKER_PASSWORDS.items())
+    return (f"env {unset} SERQ_DATA={shlex.quote(str(compose_data))} BROKER_PORT=0 BROKER_UI_PORT=0 {passwords} "
             "docker compose")
 
 
@@ -301,18 +328,18 @@ def test_compose_up_serves_classifies_and_hot_swaps(request):
     from serq.schemas import TrainResult
 
     services = request.getfixturevalue("docker_services")  # `docker compose up --build --wait`
-    compose = yaml.safe_load(COMPOSE.read_text())
-    user = compose["services"]["rabbitmq"]["environment"]["RABBITMQ_DEFAULT_USER"].split(":-")[-1].rstrip("}")
-    password = compose["services"]["rabbitmq"]["environment"]["RABBITMQ_DEFAULT_PASS"].split(":-")[-1].rstrip("}")
-    url = f"amqp://{user}:{password}@127.0.0.1:{services.port_for('rabbitmq', 5672)}/%2F"
+    port = services.port_for("rabbitmq", 5672)
+    # Classify and train as a client would: the least-privilege client account.
+    url = f"amqp://serq-client:{BROKER_PASSWORDS['BROKER_CLIENT_PASSWORD']}@127.0.0.1:{port}/%2F"
     # The broker is healthy, two workers and a trainer run; both workers consume classify and
     # the trainer consumes train.
     containers = _containers(request)
     assert [c.get("Health") for c in containers if c["Service"] == "rabbitmq"] == ["healthy"], containers
     running = [c["Service"] for c in containers if c.get("State") == "running"]
     assert sorted(running) == ["rabbitmq", "trainer", "worker", "worker"], containers
-    services.wait_until_responsive(lambda: _consumers(url, "serq.classify") == 2, timeout=180, pause=1)
-    services.wait_until_responsive(lambda: _consumers(url, "serq.train") == 1, timeout=180, pause=1)
+    operator = f"amqp://serq-operator:{BROKER_PASSWORDS['BROKER_OPERATOR_PASSWORD']}@127.0.0.1:{port}/%2F"
+    services.wait_until_responsive(lambda: _consumers(operator, "serq.classify") == 2, timeout=180, pause=1)
+    services.wait_until_responsive(lambda: _consumers(operator, "serq.train") == 1, timeout=180, pause=1)
 
     clips = [ravdess_clip(actor, emotion, intensity=2) for actor in (7, 8) for emotion in (3, 4, 5, 6)]
     default = default_metadata().version
@@ -352,3 +379,14 @@ def test_the_engine_check_names_its_reason(monkeypatch):
     """Without docker the compose test skips with a reason that says what is missing."""
     monkeypatch.setenv("PATH", "/nonexistent")
     assert docker_engine() == "no `docker` command"
+
+
+def test_the_host_url_in_the_docs_is_the_compose_client_account(compose):
+    # From the host, the client default (guest:guest) does not exist on the compose broker: the docs
+    # name the client account and the port compose publishes.
+    docs = (REPO / "docs" / "deploy.md").read_text()
+    line = next(x for x in docs.splitlines() if "export SERQ_AMQP_URL=" in x and "serq-client" in x)
+    published = compose["services"]["rabbitmq"]["ports"][0]  # "127.0.0.1:${BROKER_PORT:-5672}:5672"
+    host_port = published.rsplit(":", 1)[0].split(":", 1)[1]
+    assert f"@127.0.0.1:{host_port}/" in line, (line, published)
+    assert "${BROKER_CLIENT_PASSWORD}" in line and "BROKER_CLIENT_PASSWORD" in ACCOUNTS.values()

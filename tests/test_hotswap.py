@@ -24,6 +24,7 @@ from serq.transport.announce import activation_event, publish_event
 from conftest import ravdess_clip
 from helpers import REPO
 from helpers.corpus import make_subset
+from helpers.signing import signed
 
 pytestmark = [pytest.mark.broker, pytest.mark.corpus, pytest.mark.slow]
 
@@ -88,12 +89,12 @@ def test_a_retrain_hot_swaps_into_every_worker_and_no_request_fails(
     try:
         stream.wait_until("both workers serve the default model", lambda: stream.every_worker_on(default, names, 0))
 
-        # A tampered announcement (its bytes do not match its checksum) is refused by both workers.
+        # A tampered announcement (signed, but its bytes do not match the signed checksum) is refused by both.
         registry = Registry(tmp_path / "models")
         meta = default_metadata().model_copy(update={"version": "tampered-1"})
         artifact = bytearray(registry.artifact_bytes(default))
         artifact[len(artifact) // 2] ^= 0xFF
-        publish_event(activation_event(meta, bytes(artifact), "tamper test"),
+        publish_event(signed(activation_event(meta, bytes(artifact), "tamper test")),
                       settings=Settings(amqp_url=amqp_url, prefix=prefix))
         for proc in workers:
             stream.wait_until("the tampered model is refused",

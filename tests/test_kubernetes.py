@@ -41,11 +41,7 @@ EXPECTED = {
     ("Secret", "serq-worker-broker"), ("Secret", "serq-trainer-broker"), ("Secret", "serq-keda-broker"),
     ("Secret", "serq-signing-key"), ("Secret", "serq-trusted-keys"), ("Secret", "serq-state-key"),
 }
-#: Env names of issue 13 (signed models, sealed stream state) that the manifests carry while
-#: serq/settings.py may not have them yet. Once a name is a setting it is checked like every other.
-PENDING_SETTINGS = {"SERQ_SIGNING_KEY", "SERQ_TRUSTED_KEYS", "SERQ_STATE_KEY"}
 SETTINGS = {f"SERQ_{name.upper()}" for name in Settings.model_fields}
-NOT_YET_SETTINGS = PENDING_SETTINGS - SETTINGS
 
 
 def load_documents() -> list[tuple[Path, dict]]:
@@ -269,7 +265,7 @@ def test_every_serq_env_name_is_a_setting(objects):
     seen = set()
     for name in ("serq-worker", "serq-trainer"):
         names = {n for n in env_of(container(objects, name)) if n.startswith("SERQ_")}
-        assert names - SETTINGS - NOT_YET_SETTINGS == set(), name
+        assert names - SETTINGS == set(), name
         seen |= names
     assert {"SERQ_AMQP_URL", "SERQ_PREFIX", "SERQ_MODEL_DIR", "SERQ_METRICS_PORT", "SERQ_DATA_ROOTS"} <= seen
 
@@ -279,7 +275,7 @@ def test_the_env_values_are_accepted_by_the_settings(objects, deployment, monkey
     for name in list(os.environ):
         if name.startswith("SERQ_"):
             monkeypatch.delenv(name)
-    values = {k: v for k, v in literal_env(container(objects, deployment)).items() if k not in NOT_YET_SETTINGS}
+    values = {k: v for k, v in literal_env(container(objects, deployment)).items()}
     for name, value in values.items():
         monkeypatch.setenv(name, value)
     settings = Settings()  # raises on a value the code refuses

@@ -76,25 +76,22 @@ def test_speaker_normalised_training_registers_a_speaker_model_beside_the_plain_
 
 
 def test_a_speaker_model_never_replaces_the_plain_model(trained, workdir):
-    import base64
-
     from serq.errors import ModelError
     from serq.models.registry import Registry
-    from serq.schemas import ModelActivated
+    from serq.models.signing import Signer
     from serq.settings import Settings
-    from serq.worker.services.worker import Worker, verify_event
+    from serq.worker.services.worker import Worker
 
     registry = Registry(workdir / "models")
     with pytest.raises(ModelError, match="speaker profiles"):
         registry.activate(trained["version"])
     assert registry.active_version() is None
-    meta = registry.metadata(trained["version"])
-    event = ModelActivated(version=meta.version, sha256=meta.sha256, feature_version=meta.feature_version,
-                           metadata=meta, artifact_b64=base64.b64encode(registry.artifact_bytes(meta.version)).decode())
-    # Announced on <p>.models, it is verified and goes to the profile path's slot, never the plain one.
-    worker = Worker(Settings(model_dir=workdir / "models"))
+    settings = Settings(model_dir=workdir / "models")
+    event = registry.announcement(trained["version"], "trained", Signer.from_settings(settings))
+    # Announced on <p>.models (signed), it is verified and goes to the profile path's slot, never the plain one.
+    worker = Worker(settings)
     plain = worker.holder.current
-    worker._install(verify_event(event), "test")
+    worker._activate(event.model_dump_json().encode())
     assert worker.holder.current is plain and plain.meta.normalisation == "none"
     assert worker.speaker_model.version == trained["version"]
 

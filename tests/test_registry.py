@@ -22,6 +22,7 @@ from serq.models.registry import (
     load_artifact,
     load_default,
     new_version,
+    read_metadata,
     serialise,
     sha256_bytes,
 )
@@ -30,6 +31,7 @@ from serq.worker.engine.features import FEATURE_NAMES, FEATURE_VERSION
 from serq.worker.training.fit import fit
 
 from helpers.models import LABELS, Sneaky
+from helpers.signing import signed, trust
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -246,6 +248,86 @@ def test_an_announced_speaker_model_is_verified_and_needs_its_prior():
 
     meta = read_metadata(DEFAULT_SPEAKER_DIR)
     data = (DEFAULT_SPEAKER_DIR / meta.artifact).read_bytes()
-    assert verify_event(activation_event(meta, data)).meta.normalisation == "speaker"
+    assert verify_event(signed(activation_event(meta, data)), trust(), 1 << 26).meta.normalisation == "speaker"
     with pytest.raises(ModelError, match="speaker prior"):
-        verify_event(activation_event(meta.model_copy(update={"speaker_prior": None}), data))
+        verify_event(signed(activation_event(meta.model_copy(update={"speaker_prior": None}), data)), trust(), 1 << 26)
+
+
+# ---------------------------------------------------------------- signatures, pins, the lock
+
+
+def test_register_model_signs_and_a_trusted_load_verifies_before_reading(isolated_env):
+    from serq.models.registry import register_model
+    from serq.models.signing import SIGNATURE
+    from serq.settings import get_settings
+
+    settings = get_settings()
+    meta = register_model(fitted(1), settings, labels=LABELS, hyperparameters=Hyperparameters(hidden_layers=[8]),
+                          training_data={"clips": 40}, activate=True)
+    registry = Registry(settings.model_dir)
+    assert registry.active_version() == meta.version and registry.history() == [meta.version]
+    folder = registry.folder(meta.version)
+    assert (folder / SIGNATURE).is_file()
+    assert registry.load_active(trust()).version == meta.version
+    # metadata changed after signing no longer verifies
+    changed = read_metadata(folder).model_copy(update={"notes": "edited"})
+    (folder / METADATA).write_text(changed.model_dump_json())
+    with pytest.raises(ModelError, match="not signed by a trusted key"):
+        registry.load(meta.version, trust())
+    (folder / SIGNATURE).unlink()
+    with pytest.raises(ModelError, match="is not signed"):
+        registry.load(meta.version, trust())
+    assert registry.load(meta.version).version == meta.version  # without a Trust (local CLI use): as before
+
+
+def test_a_shipped_model_is_trusted_only_as_pinned(tmp_path):
+    import shutil
+
+    from serq.models.registry import load_shipped
+
+    assert load_shipped(DEFAULT_DIR).version == default_metadata().version
+    copy = tmp_path / "default"  # the same folder name: the same pins apply
+    shutil.copytree(DEFAULT_DIR, copy)
+    meta = read_metadata(copy)
+    (copy / METADATA).write_text(meta.model_copy(update={"notes": "swapped"}).model_dump_json(indent=2))
+    with pytest.raises(ModelError, match="pinned at installation"):
+        load_shipped(copy)
+
+
+def test_a_fifo_in_place_of_an_artifact_is_refused_without_blocking(registry):
+    import os
+
+    a = make_version(registry, 1)
+    artifact = registry.folder(a.version) / ARTIFACT
+    artifact.unlink()
+    os.mkfifo(artifact)
+    with pytest.raises(ModelError, match="not a regular file"):
+        registry.load(a.version)
+
+
+ACTIVATE_LOOP = """
+import sys, time
+from pathlib import Path
+from serq.models.registry import Registry
+root, go, n, versions = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
+while not go.exists():
+    time.sleep(0.001)
+registry = Registry(root)
+for i in range(n):
+    registry.activate(versions[i % len(versions)])
+"""
+
+
+def test_concurrent_activations_from_two_processes_lose_no_history_entry(registry, tmp_path):
+    import subprocess
+    import sys
+
+    versions = [make_version(registry, seed).version for seed in (1, 2, 3)]
+    go, n = tmp_path / "go", 40
+    procs = [subprocess.Popen([sys.executable, "-c", ACTIVATE_LOOP, str(registry.root), str(go), str(n), *order])
+             for order in (versions, versions[::-1])]
+    go.touch()  # both start at once
+    assert [p.wait(300) for p in procs] == [0, 0]
+    history = registry.history()
+    assert len(history) == 2 * n, f"{2 * n - len(history)} of {2 * n} activations lost"
+    assert registry.active_version() == history[-1]

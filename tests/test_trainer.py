@@ -261,6 +261,11 @@ def test_a_job_reports_progress_registers_activates_and_announces(tap, start_tra
     assert event.version == result.version and event.reason == "trained"
     assert event.sha256 == sha256_bytes(data) == registry.metadata(result.version).sha256
     assert data == registry.artifact_bytes(result.version)
+    from serq.models.signing import check_event_signature
+
+    from helpers.signing import trust
+
+    assert check_event_signature(event, trust()) == event.signer  # signed with SERQ_SIGNING_KEY
 
     # The same data again: every feature vector comes from the shared cache.
     cid = tap.send(job("second"))

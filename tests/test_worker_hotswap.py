@@ -14,10 +14,11 @@ from serq.client import Client
 from serq.models.registry import Registry, load_default
 from serq.schemas import Hyperparameters, TrainRequest
 from serq.settings import Settings
-from serq.transport.announce import activation_event, publish_activation, publish_event
+from serq.transport.announce import activation_event, publish_event
 
 from conftest import ravdess_clip
 from helpers.broker import free_port
+from helpers.signing import signed
 
 pytestmark = [pytest.mark.broker, pytest.mark.corpus, pytest.mark.slow]
 
@@ -55,10 +56,10 @@ def test_tampered_announcements_are_refused_and_a_good_one_swaps_mid_stream(
     settings = Settings(amqp_url=amqp_url, prefix=prefix)
     clip = ravdess_clip(7, 5, intensity=2)
 
-    # 1. the artifact's bytes changed in transit: its sha256 no longer matches
+    # 1. the artifact's bytes changed in transit (the signed metadata is intact): its sha256 no longer matches
     flipped = bytearray(artifact)
     flipped[len(flipped) // 2] ^= 0xFF
-    tampered = activation_event(meta, bytes(flipped), "tamper test")
+    tampered = signed(activation_event(meta, bytes(flipped), "tamper test"))
     publish_event(tampered, settings=settings)
     _wait_for(proc.log_path, "checksum mismatch")
     # 2. an event whose header disagrees with its own metadata
@@ -66,7 +67,7 @@ def test_tampered_announcements_are_refused_and_a_good_one_swaps_mid_stream(
     publish_event(mismatched, settings=settings)
     _wait_for(proc.log_path, "disagree with its metadata")
     # 3. not base64 at all
-    publish_event(activation_event(meta, artifact).model_copy(update={"artifact_b64": "%%%"}), settings=settings)
+    publish_event(signed(activation_event(meta, artifact)).model_copy(update={"artifact_b64": "%%%"}), settings=settings)
     _wait_for(proc.log_path, "not valid base64")
 
     with Client(amqp_url, prefix) as client:
@@ -78,7 +79,7 @@ def test_tampered_announcements_are_refused_and_a_good_one_swaps_mid_stream(
         def stream():
             for i in range(40):
                 if i == 12:
-                    publish_activation(meta, artifact, reason="trained", settings=settings)
+                    publish_event(signed(activation_event(meta, artifact, "trained")), settings=settings)
                 yield clip
 
         outcomes = list(client.classify_many(stream(), max_in_flight=4, timeout=120))

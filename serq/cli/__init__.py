@@ -28,6 +28,8 @@ COMMAND_MODULES = (
     "serq.cli.commands.models",
     "serq.cli.commands.profiles",
     "serq.cli.commands.trainer",
+    "serq.cli.commands.keys",
+    "serq.cli.commands.broker",
     "serq.cli.commands.data",
     "serq.cli.commands.schemas",
     "serq.cli.commands.bot",

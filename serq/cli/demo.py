@@ -4,7 +4,8 @@
    RabbitMQ node (local ``rabbitmq-server``: own node name, port from the URL, data in
    a temp dir, no plugins), else ``docker compose up rabbitmq`` (own project name),
    else :class:`NoBroker` naming the one command that gets one.
-2. A worker and a trainer as subprocesses, on a private ``SERQ_PREFIX``
+2. A worker and a trainer as subprocesses, with a signing key pair of their own (the trainer
+   signs, the worker trusts only that key), on a private ``SERQ_PREFIX``
    (``demo-<random>``) and a temp ``SERQ_MODEL_DIR``: nothing they do touches another
    deployment on the same broker.
 3. The bot's script over ``samples/``: play, spectrum and classify each clip, the
@@ -38,7 +39,9 @@ import soundfile as sf
 
 from serq.cli.output import expand_paths
 from serq.errors import SerqError
+from serq.models.signing import generate_keys
 from serq.settings import Settings, get_settings, redact_url
+from serq.transport.accounts import ACCOUNTS
 from serq.transport.connection import connect
 from serq.transport.topology import delete_deployment
 
@@ -221,8 +224,10 @@ class ComposeBroker:
     def start(self) -> str:
         parts = urlsplit(self.url)
         port = parts.port or 5672
-        user, password = "serq-demo", secrets.token_urlsafe(16)  # guest may not log in over a network
-        env = dict(os.environ, BROKER_USER=user, BROKER_PASSWORD=password, BROKER_PORT=str(port), BROKER_UI_PORT="0")
+        # The compose broker imports the least-privilege accounts; the demo runs everything as the operator.
+        passwords = {var: secrets.token_hex(16) for var in ACCOUNTS.values()}
+        user, password = "serq-operator", passwords["BROKER_OPERATOR_PASSWORD"]
+        env = dict(os.environ, **passwords, BROKER_PORT=str(port), BROKER_UI_PORT="0")
         say(f"no broker at {redact_url(self.url)}: starting RabbitMQ with docker compose (project {self.project})")
         self.started = True
         proc = self._run("up", "-d", "--wait", "rabbitmq", env=env)
@@ -393,7 +398,10 @@ def run(*, samples_dir: Path | None = None, train: bool = False, play: bool = Tr
                                                "model_dir": workdir / "models"})
             stack.callback(delete_names, settings)
             env = dict(os.environ)
+            # Its own model signing key: the trainer signs what it activates, the worker trusts only that.
+            key, pub = generate_keys(workdir / "keys")
             env.update({
+                "SERQ_SIGNING_KEY": str(key), "SERQ_TRUSTED_KEYS": str(pub),
                 "SERQ_AMQP_URL": url, "SERQ_PREFIX": settings.prefix, "SERQ_MODEL_DIR": str(settings.model_dir),
                 "SERQ_METRICS_PORT": "0", "SERQ_RAVDESS_DIR": str(ravdess), "SERQ_DATA_ROOTS": str(ravdess),
                 "SERQ_CACHE_DIR": str(base.cache_dir),  # warm features (and numba's cache, if set) outlive the demo

@@ -1,14 +1,14 @@
 """Announcing a model activation on ``<prefix>.models`` (the worker side of hot-swap listens).
 
-The trainer calls :func:`publish_activation` after it activates a version;
-``serq models activate|rollback`` read the registry and call it too. Both go through
-the same event, :class:`serq.schemas.ModelActivated`, which carries the artifact
-itself (base64), so workers on other machines need no shared disk.
+The trainer and ``serq models activate|rollback`` build a signed event with
+:meth:`serq.models.registry.Registry.announcement` and publish it with :func:`publish_event`.
+The event, :class:`serq.schemas.ModelActivated`, carries the artifact itself (base64), so
+workers on other machines need no shared disk; this module only moves it (signing is the
+models layer's, which the transport does not import).
 """
 
 from __future__ import annotations
 
-import base64
 from typing import TYPE_CHECKING
 
 import pika
@@ -24,9 +24,8 @@ if TYPE_CHECKING:
 
 
 def activation_event(meta: ModelMetadata, artifact: bytes, reason: str = "") -> ModelActivated:
-    """The event announcing ``meta``'s version with its artifact bytes inside."""
-    return ModelActivated(version=meta.version, sha256=meta.sha256, feature_version=meta.feature_version,
-                          metadata=meta, artifact_b64=base64.b64encode(artifact).decode("ascii"), reason=reason)
+    """The (unsigned) event announcing ``meta``'s version with its artifact bytes inside."""
+    return ModelActivated.announcing(meta, artifact, reason)
 
 
 def publish_event(event: ModelActivated, *, settings: Settings | None = None,
@@ -45,11 +44,3 @@ def publish_event(event: ModelActivated, *, settings: Settings | None = None,
         ch.basic_publish(declare_models(ch, settings), "", body, props)
     finally:
         conn.close()
-
-
-def publish_activation(meta: ModelMetadata, artifact: bytes, *, reason: str = "", settings: Settings | None = None,
-                       channel: "BlockingChannel | None" = None) -> ModelActivated:
-    """Announce that ``meta``'s version is active; returns the event sent."""
-    event = activation_event(meta, artifact, reason)
-    publish_event(event, settings=settings, channel=channel)
-    return event

@@ -6,8 +6,10 @@ tests/test_worker_hotswap.py; here the worker process meets the broken file at s
 
 from __future__ import annotations
 
+import os
 import re
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +21,7 @@ from serq.models.registry import (
     default_metadata,
     sha256_bytes,
 )
+from serq.models.signing import SIGNATURE, Signer, signature_record
 
 from .conftest import record
 from .payloads import encode, tone
@@ -37,7 +40,7 @@ def sneaky_artifact() -> bytes:
     return sio.dumps(Sneaky().fit(np.zeros((4, 2)), np.array(LABELS)))
 
 
-def broken_registry(root, kind: str) -> str:
+def broken_registry(root, kind: str, untrusted_key: Path | None = None) -> str:
     """``root`` = a registry whose ACTIVE version is broken in one way; returns the words the refusal names."""
     meta = default_metadata()
     artifact = (DEFAULT_DIR / meta.artifact).read_bytes()
@@ -56,27 +59,35 @@ def broken_registry(root, kind: str) -> str:
         artifact, words = artifact[: len(artifact) // 2], "not a readable skops file"
     elif kind == "metadata":
         words = "invalid model metadata"
+    elif kind == "unsigned":  # a sound copy of the default that nobody signed
+        words = "is not signed"
+    elif kind == "untrusted":  # signed, but by a key the worker does not trust
+        words = "not signed by a trusted key"
     else:
         raise ValueError(kind)
     fields["sha256"] = sha256_bytes(artifact) if kind != "checksum" else meta.sha256
     folder = root / "versions" / version
     folder.mkdir(parents=True)
     (folder / ARTIFACT).write_bytes(artifact)
-    text = meta.model_copy(update=fields).model_dump_json(indent=2)
+    final = meta.model_copy(update=fields)
+    text = final.model_dump_json(indent=2)
     (folder / METADATA).write_text(text[: len(text) // 2] if kind == "metadata" else text)
+    if kind not in ("unsigned", "metadata"):  # signed as registered: the damage is what is refused
+        key = untrusted_key if kind == "untrusted" else Path(os.environ["SERQ_SIGNING_KEY"])
+        (folder / SIGNATURE).write_bytes(signature_record(final, Signer.load(key)))
     (root / "ACTIVE").write_text(version + "\n")
     return words
 
 
-KINDS = ["checksum", "feature-version", "unexpected-type", "truncated", "metadata"]
+KINDS = ["checksum", "feature-version", "unexpected-type", "truncated", "metadata", "unsigned", "untrusted"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_every_kind_of_broken_active_model_is_refused_and_the_default_serves(kind, tmp_path, caplog):
+def test_every_kind_of_broken_active_model_is_refused_and_the_default_serves(kind, tmp_path, caplog, untrusted_keys):
     from serq.settings import Settings
     from serq.worker.services.worker import Worker
 
-    words = broken_registry(tmp_path / "models", kind)
+    words = broken_registry(tmp_path / "models", kind, untrusted_keys / "signing.key")
     with caplog.at_level("ERROR", logger="serq.worker"):
         worker = Worker(Settings(model_dir=tmp_path / "models", metrics_port=0))
     assert worker.holder.current.version == default_metadata().version

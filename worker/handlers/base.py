@@ -60,7 +60,7 @@ class Context:
     worker: str
     request_id: str
     headers: dict = field(default_factory=dict)
-    #: The speaker-normalised model announced to this worker, if any (else the registry's).
+    #: The speaker-normalised model the worker serves (announced, else the registry's or the shipped one).
     speaker_model: "LoadedModel | None" = None
 
 

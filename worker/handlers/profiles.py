@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from serq.models.registry import load_speaker_model
 from serq.schemas.profiles import PROFILE_HEADER
 from serq.worker.engine import profiles
 from serq.worker.handlers.base import Context, text
@@ -26,8 +25,9 @@ def header_profile(headers: dict) -> "SpeakerProfile | None":
 
 
 def speaker_model(ctx: Context) -> "LoadedModel | None":
-    """The profile path's model for this request: the one announced to the worker, else the registry's."""
-    return ctx.speaker_model or load_speaker_model(ctx.settings.model_dir)
+    """The profile path's model for this request, as the worker verified it (announced, else the registry's
+    or the shipped one it started with); ``None``: none is usable."""
+    return ctx.speaker_model
 
 
 def profile_args(ctx: Context) -> dict:

@@ -40,7 +40,8 @@ class Metrics:
         self.in_flight = Gauge("serq_in_flight", "requests delivered and not yet acked", registry=r)
         self.model = Gauge("serq_model_info", "the model serving requests (value 1)", ["version"], registry=r)
         self.swaps = Counter("serq_model_swaps_total", "models hot-swapped in", registry=r)
-        self.refused = Counter("serq_model_refused_total", "model activations refused (checksum, feature version...)",
+        self.refused = Counter("serq_model_refused_total",
+                               "models refused (unsigned, untrusted key, replay, checksum, feature version...)",
                                registry=r)
         self.connected = Gauge("serq_connected", "1 while connected to the broker", registry=r)
         self.reconnects = Counter("serq_reconnects_total", "connections re-established after a loss", registry=r)

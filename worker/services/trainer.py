@@ -37,7 +37,9 @@ from serq.schemas import ModelActivated, TrainProgress, TrainRequest, TrainResul
 from serq.schemas.contract import type_name
 from serq.schemas.training import request_error
 from serq.settings import Settings
-from serq.transport.announce import activation_event, publish_event
+from serq.models.registry import Registry
+from serq.models.signing import Signer
+from serq.transport.announce import publish_event
 from serq.transport.connection import CONNECTION_ERRORS, Backoff, connect
 from serq.transport.topology import declare_models, declare_train
 from serq.worker.services.logging import log
@@ -149,6 +151,7 @@ class Trainer:
         self._stopping = False
         self._cancel = threading.Event()  # set by stop(): the running job stops at its next step
         self._results: OrderedDict[str, tuple[TrainResult, ModelActivated | None]] = OrderedDict()
+        self.signer = Signer.from_settings(settings)  # a bad SERQ_SIGNING_KEY stops the trainer at start
 
     # -- lifecycle
 
@@ -156,6 +159,9 @@ class Trainer:
         """Serve until stopped; reconnect with backoff when the broker goes away."""
         import serq.worker.training.job  # noqa: F401  (scikit-learn, librosa: seconds the first job should not pay)
 
+        if self.signer is None:
+            log(logger, "no SERQ_SIGNING_KEY: models are registered and announced unsigned, and workers refuse them",
+                level=logging.WARNING)
         backoff = Backoff(cap=self.settings.reconnect_max_s)
         while not self._stopping:
             try:
@@ -334,10 +340,7 @@ class Trainer:
             self._drain()
 
     def _event(self, version: str) -> ModelActivated:
-        from serq.models.registry import Registry
-
-        registry = Registry(self.settings.model_dir)
-        return activation_event(registry.metadata(version), registry.artifact_bytes(version), "trained")
+        return Registry(self.settings.model_dir).announcement(version, "trained", self.signer)
 
     def _on_io(self, fn, *args) -> None:
         """Run ``fn(*args)`` on the connection's I/O thread; dropped if the connection is gone."""

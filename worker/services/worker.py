@@ -10,6 +10,12 @@ Threads and their jobs:
 - one **model thread** verifies and loads a model announced on ``<prefix>.models``,
   beside the serving one, then swaps the reference between two requests.
 
+A model is accepted only when signed by a key in ``SERQ_TRUSTED_KEYS`` (the shipped
+ones: by their pinned sha256), checked before its artifact is decoded; a trained
+model older than the one served, or an announcement no newer than the last one
+accepted (a replay), is refused. A refusal is logged and counted
+(``serq_model_refused_total``); the worker keeps serving what it had.
+
 A request is acked only after its reply is confirmed by the broker, so a worker
 that dies mid-request loses nothing: the broker redelivers it (and after
 ``SERQ_DELIVERY_LIMIT`` deliveries dead-letters it, so a clip that kills workers
@@ -29,6 +35,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
 from functools import partial
 
 import pika
@@ -36,7 +43,15 @@ import pika.exceptions
 from pydantic import ValidationError
 
 from serq.errors import InvalidRequest, ModelError, SerqError, TooLarge
-from serq.models.registry import Registry, load_artifact, load_default
+from serq.models.registry import (
+    MAX_METADATA_BYTES,
+    Registry,
+    load_artifact,
+    load_default,
+    load_speaker_model,
+    speaker_version,
+)
+from serq.models.signing import BACKWARD_REASONS, Trust, as_utc, check_event_signature, kind
 from serq.schemas import ErrorInfo, ErrorReply, ModelActivated
 from serq.schemas.contract import CLASSIFY
 from serq.settings import Settings
@@ -68,8 +83,27 @@ class ModelHolder:
         return old
 
 
-def verify_event(event: ModelActivated) -> LoadedModel:
-    """Decode and verify an activation event's artifact; :class:`ModelError` if anything disagrees."""
+#: How far the announcer's clock may be off: an announcement up to this much older than the
+#: worker's start is still accepted, none further ahead than this in the future.
+CLOCK_SKEW = timedelta(seconds=60)
+
+
+def base64_length(n: int) -> int:
+    return 4 * ((n + 2) // 3)
+
+
+def max_event_bytes(max_model_bytes: int) -> int:
+    """Largest ``ModelActivated`` body read at all: the base64 artifact plus room for its metadata."""
+    return base64_length(max_model_bytes) + 2 * MAX_METADATA_BYTES
+
+
+def verify_event(event: ModelActivated, trust: Trust, max_bytes: int) -> LoadedModel:
+    """Verify an activation event and load its artifact; :class:`ModelError` if anything disagrees.
+
+    Order matters: the sizes and the signature are checked before the artifact is even
+    base64-decoded, and its sha256 before skops reads it, so an untrusted event costs
+    no more memory than its own bytes.
+    """
     meta = event.metadata
     if meta.normalisation == "speaker" and meta.speaker_prior is None:
         raise ModelError(f"model {event.version} expects speaker profiles but carries no speaker prior")
@@ -77,11 +111,34 @@ def verify_event(event: ModelActivated) -> LoadedModel:
         raise ModelError(
             f"model {event.version}: the event's version/sha256/feature version disagree with its metadata"
         )
+    if len(event.artifact_b64) > base64_length(max_bytes):
+        raise ModelError(f"model {event.version}: artifact over {max_bytes} bytes (SERQ_MAX_MODEL_BYTES)")
+    check_event_signature(event, trust)
     try:
         data = base64.b64decode(event.artifact_b64, validate=True)
     except (binascii.Error, ValueError):
         raise ModelError(f"model {event.version}: artifact is not valid base64") from None
     return load_artifact(data, meta)  # checks the sha256, the feature layout and the types inside
+
+
+def check_order(event: ModelActivated, serving: LoadedModel | None, floor: datetime, now: datetime) -> None:
+    """Refuse a replayed announcement, one from the future, and a trained model older than the one served.
+
+    ``floor``: the time of the last announcement accepted for this slot (at start: the
+    worker's start less :data:`CLOCK_SKEW`). Only an operator's signed ``rollback`` or
+    ``activate`` may go back to an older version.
+    """
+    if event.announced_at is not None:
+        announced = as_utc(event.announced_at)
+        if announced <= floor:
+            raise ModelError(f"model {event.version}: announced at {announced.isoformat()}, not after the "
+                             f"last accepted ({floor.isoformat()}): a replayed or stale announcement")
+        if announced > now + CLOCK_SKEW:
+            raise ModelError(f"model {event.version}: announced in the future ({announced.isoformat()})")
+    if (serving is not None and as_utc(event.metadata.created) < as_utc(serving.meta.created)
+            and event.reason not in BACKWARD_REASONS):
+        raise ModelError(f"model {event.version} is older than the served {serving.version} and the announcement "
+                         f"is no rollback (reason {event.reason!r})")
 
 
 def default_worker_id() -> str:
@@ -95,10 +152,14 @@ class Worker:
         self.settings = settings
         self.registry = Registry(settings.model_dir)
         self.metrics = metrics or Metrics()
+        self.trust = Trust.from_settings(settings)
+        # Announcements must be newer than this, per slot (plain/speaker): a replay is not.
+        started = datetime.now(timezone.utc)
+        self._floor = {"plain": started - CLOCK_SKEW, "speaker": started - CLOCK_SKEW}
         self.holder = ModelHolder(model or self._initial_model())
-        # The profile path's model once one is announced on <p>.models; until then the registry's
-        # SPEAKER_ACTIVE (or the shipped one) serves, read per request (serq.worker.training.speaker).
-        self.speaker_model: LoadedModel | None = None
+        # The profile path's model: the registry's SPEAKER_ACTIVE (or the shipped one) verified at
+        # start, replaced by an announced one (or the registry's after a reconnect).
+        self.speaker_model: LoadedModel | None = self._initial_speaker_model()
         self.metrics.set_model(self.holder.current.version)
         self.worker_id = settings.worker_id or default_worker_id()
         self._compute = ThreadPoolExecutor(1, thread_name_prefix="serq-compute")
@@ -107,16 +168,36 @@ class Worker:
         self._in_flight = 0  # touched on the I/O thread only
         self._results = settings.name("results")
 
+    def _disk_trust(self) -> Trust | None:
+        """What a model read from the registry at start must be signed by: ``None`` (the registry as it
+        is) when no key is configured, since then nothing can be verified and nothing more is accepted."""
+        return self.trust if self.trust.can_verify or self.trust.allow_unsigned else None
+
     def _initial_model(self) -> LoadedModel:
-        """The registry's active model; a broken one (tampered, truncated, other features) must not keep
-        the service down: the shipped default serves instead, with an ERROR log and ``serq_model_refused_total``."""
+        """The registry's active model; a broken or unsigned one (tampered, truncated, other features) must
+        not keep the service down: the shipped default serves instead, with an ERROR log and
+        ``serq_model_refused_total``."""
         try:
-            return self.registry.load_active()
+            return self.registry.load_active(self._disk_trust(), self.settings.max_model_bytes)
         except ModelError as exc:
             self.metrics.refused.inc()
             log(logger, "active model refused; serving the shipped default", level=logging.ERROR,
                 refused=self.registry.active_version() or "?", reason=str(exc))
             return load_default()
+
+    def _initial_speaker_model(self) -> LoadedModel | None:
+        return load_speaker_model(self.settings.model_dir, self._disk_trust())
+
+    def _announce_policy(self) -> None:
+        """Say at start-up which announcements this worker will accept."""
+        if self.trust.allow_unsigned:
+            log(logger, "SERQ_ALLOW_UNSIGNED_MODELS=true: unsigned models are accepted (development only)",
+                level=logging.WARNING, trusted_keys=sorted(self.trust.keys))
+        elif not self.trust.can_verify:
+            log(logger, "no trusted keys (SERQ_TRUSTED_KEYS): serving the model it started with; every model "
+                "announcement will be refused", level=logging.WARNING, model_version=self.holder.current.version)
+        else:
+            log(logger, "accepting models signed by", trusted_keys=sorted(self.trust.keys))
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -159,6 +240,7 @@ class Worker:
             queue=self.settings.name("classify"), prefetch=self.settings.prefetch,
             model_version=self.holder.current.version,
             metrics_port=server.server_address[1] if server else 0)
+        self._announce_policy()
         warn_if_unshared(self.settings)  # timeline stream states: say so if they cannot hop between workers
         backoff = Backoff(self.settings.reconnect_max_s)
         sessions = 0
@@ -311,19 +393,34 @@ class Worker:
 
     def _activate(self, body: bytes) -> None:
         try:
+            self._verify_and_install(body)
+        except Exception as exc:  # a bug the event revealed: refuse it, never lose the model thread silently
+            log(logger, "internal error while verifying a model event", level=logging.ERROR, exc_info=exc)
+            self._refuse("?", f"internal error ({exc.__class__.__name__})")
+
+    def _verify_and_install(self, body: bytes) -> None:
+        limit = max_event_bytes(self.settings.max_model_bytes)
+        if len(body) > limit:  # before parsing: an event this big is refused unread
+            self._refuse("?", f"event of {len(body)} bytes exceeds {limit} (SERQ_MAX_MODEL_BYTES)")
+            return
+        try:
             event = ModelActivated.model_validate_json(body)
         except ValidationError as exc:
             self._refuse("?", f"not a ModelActivated event ({exc.error_count()} validation errors)")
             return
-        serving = self.speaker_model if event.metadata.normalisation == "speaker" else self.holder.current
+        slot = kind(event.metadata)
+        serving = self.speaker_model if slot == "speaker" else self.holder.current
         if serving is not None and (event.version, event.sha256) == (serving.version, serving.meta.sha256):
             log(logger, "model already serving", model_version=event.version)
             return
         try:
-            model = verify_event(event)
+            check_order(event, serving, self._floor[slot], datetime.now(timezone.utc))
+            model = verify_event(event, self.trust, self.settings.max_model_bytes)
         except ModelError as exc:
             self._refuse(event.version, str(exc))
             return
+        if event.announced_at is not None:
+            self._floor[slot] = as_utc(event.announced_at)
         self._install(model, event.reason or "activated")
 
     def _install(self, model: LoadedModel, reason: str) -> None:
@@ -331,7 +428,7 @@ class Worker:
             old, self.speaker_model = self.speaker_model, model  # one reference write: atomic for readers
             self.metrics.swaps.inc()
             log(logger, "speaker model swapped", model_version=model.version,
-                previous=old.version if old else "registry", reason=reason)
+                previous=old.version if old else "none", reason=reason)
             return
         old = self.holder.swap(model)
         self.metrics.set_model(model.version)
@@ -344,17 +441,20 @@ class Worker:
             model_version=self.holder.current.version, reason=reason)
 
     def _sync_registry(self) -> None:
-        """After a reconnect: catch up with an activation missed while away (shared registry only)."""
-        from serq.models.registry import speaker_version
+        """After a reconnect: catch up with an activation missed while away (shared registry only).
 
+        What the registry points at must be signed by a trusted key, like an announcement.
+        """
         version = None
         try:
             version = self.registry.active_version()
             if version and version != self.holder.current.version:
-                self._install(self.registry.load(version), "registry (missed while disconnected)")
+                self._install(self.registry.load(version, self.trust, self.settings.max_model_bytes),
+                              "registry (missed while disconnected)")
             version = speaker_version(self.registry)
-            if version and self.speaker_model is not None and version != self.speaker_model.version:
-                self._install(self.registry.load(version), "registry (missed while disconnected)")
+            if version and (self.speaker_model is None or version != self.speaker_model.version):
+                self._install(self.registry.load(version, self.trust, self.settings.max_model_bytes),
+                              "registry (missed while disconnected)")
         except ModelError as exc:
             self._refuse(version or "?", str(exc))
 

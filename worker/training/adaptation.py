@@ -37,7 +37,7 @@ import soundfile as sf
 from serq.errors import DatasetError, ModelError
 from serq.files import audio_files
 from serq.models.card import model_card
-from serq.models.registry import Registry, new_version, serialise, sha256_bytes
+from serq.models.registry import Registry, new_version, register_artifact, serialise, sha256_bytes
 from serq.schemas import ClassStatistics, DomainAdaptation, ModelMetadata, TrainRequest, TrainResult
 from serq.settings import Settings
 from serq.worker.training.datasets import Clip
@@ -245,10 +245,9 @@ def run_adaptation(request: TrainRequest, settings: Settings, report, n_jobs: in
         "adaptation": adaptation, "metrics": None,  # the source's figures belong to the source's domain
         "notes": f"Adapted from {source.version} to unlabelled clips ({method} statistics).",
     })
-    meta = registry.register(data, meta, model_card(meta, extra=adaptation_card(adaptation, source.meta)))
     activated, reason = _decide(request.activate)
-    if activated:
-        registry.activate(meta.version)
+    meta = register_artifact(settings, data, meta, model_card(meta, extra=adaptation_card(adaptation, source.meta)),
+                             activate=activated)  # signed like every registered model
     report("registering", 1, 1)
     summary = adaptation.model_dump(mode="json")
     return TrainResult(job_id=request.job_id, ok=True, version=meta.version, activated=activated,

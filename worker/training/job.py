@@ -18,33 +18,22 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from serq.errors import DatasetError, JobCancelled, SerqError, TimeLimit
 from serq.labels import EMOTIONS
-from serq.models.card import model_card
-from serq.models.registry import (
-    Registry,
-    activate_speaker,
-    current_speaker_metadata,
-    feature_names_sha256,
-    new_version,
-    serialise,
-    sha256_bytes,
-)
-from serq.schemas import EvaluationReport, Hyperparameters, ModelMetadata, TrainRequest, TrainResult
+from serq.models.registry import Registry, activate_speaker, current_speaker_metadata, register_model
+from serq.schemas import EvaluationReport, Hyperparameters, TrainRequest, TrainResult
 from serq.settings import Settings
-from serq.worker.engine.features import FEATURE_NAMES, FEATURE_VERSION
 from serq.worker.training.adaptation import class_statistics, run_adaptation
 from serq.worker.training.datasets import inside, scan, shown
 from serq.worker.training.evaluation import evaluate_profiles
 from serq.worker.training.extraction import TrainingSet, training_set
 from serq.worker.training.fit import cross_validate, fit
 from serq.worker.training.sources import scan_sources
-from serq.worker.training.speaker import CARD_NOTE, ProfileRecipe, fit_speaker_model, speaker_metadata
+from serq.worker.training.speaker import CARD_NOTE, ProfileRecipe, fit_speaker_model
 
 #: ``report(stage, done, total)``; ETA is derived by the caller.
 Report = Callable[[str, int, int], None]
@@ -220,21 +209,9 @@ def _run(request: TrainRequest, settings: Settings, report: Report, roots, n_job
     report("fitting", 1, 1)
 
     report("registering", 0, 1)
-    artifact = serialise(model)
-    digest = sha256_bytes(artifact)
-    meta = ModelMetadata(
-        version=new_version(digest),
-        created=datetime.now(timezone.utc),
-        feature_version=FEATURE_VERSION,
-        feature_names_sha256=feature_names_sha256(FEATURE_NAMES),
-        labels=labels,
-        sha256=digest,
-        hyperparameters=request.hyperparameters,
-        training_data=summary,
-        metrics=metrics,
-        class_statistics=class_statistics(model, training.X, training.y),  # for `serq adapt`
-    )
-    meta = registry.register(artifact, meta, model_card(meta))
+    meta = register_model(model, settings, labels=labels, hyperparameters=request.hyperparameters,
+                          training_data=summary, metrics=metrics,
+                          class_statistics=class_statistics(model, training.X, training.y))  # for `serq adapt`
     activated, reason = _decide(request.activate, metrics, baseline)
     if activated:
         registry.activate(meta.version)
@@ -275,10 +252,8 @@ def _run_speaker(request: TrainRequest, settings: Settings, report: Report, trai
                                      training.copies(request.hyperparameters.augment_speeds))
     report("fitting", 1, 1)
     report("registering", 0, 1)
-    data = serialise(model)
-    digest = sha256_bytes(data)
-    meta = speaker_metadata(new_version(digest), digest, labels, request.hyperparameters, prior, summary, metrics)
-    meta = registry.register(data, meta, model_card(meta, extra=CARD_NOTE))
+    meta = register_model(model, settings, labels=labels, hyperparameters=request.hyperparameters,
+                          training_data=summary, metrics=metrics, speaker_prior=prior, card_extra=CARD_NOTE)
     activated, reason = _decide(request.activate, metrics, baseline)
     if activated:
         activate_speaker(registry, meta.version)

@@ -10,30 +10,20 @@ does the same for the speaker-normalised model (:func:`build_default_speaker`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 
-from serq.models.card import metrics_table, model_card
-from serq.models.registry import (
-    DEFAULT_DIR,
-    DEFAULT_SPEAKER_DIR,
-    feature_names_sha256,
-    forget_speaker_models,
-    serialise,
-    sha256_bytes,
-    weights_digest,
-    write_folder,
-)
+from serq.models.card import metrics_table
+from serq.models.registry import DEFAULT_DIR, DEFAULT_SPEAKER_DIR, ship_model, weights_digest
 from serq.progress import progress_printer
 from serq.schemas import EvaluationReport, Hyperparameters, ModelMetadata
 from serq.settings import get_settings
-from serq.worker.engine.features import FEATURE_NAMES, FEATURE_VERSION
+from serq.worker.engine.features import FEATURE_VERSION
 from serq.worker.training.adaptation import class_statistics
 from serq.worker.training.datasets import scan
 from serq.worker.training.evaluation import evaluate_modes
 from serq.worker.training.extraction import training_set
 from serq.worker.training.fit import cross_validate, fit
-from serq.worker.training.speaker import CARD_NOTE, ProfileRecipe, fit_speaker_model, speaker_metadata
+from serq.worker.training.speaker import CARD_NOTE, ProfileRecipe, fit_speaker_model
 
 #: The default model's version names its feature layout and recipe, not a timestamp,
 #: so a rebuild from the same data gives the same version.
@@ -53,24 +43,11 @@ def build_default(data: str | Path, out: str | Path | None = None, *, n_jobs: in
                              k=5, progress=progress_printer("cross-validating"), skipped=training.skipped,
                              augmented=copies)
     model = fit(training.X, training.y, hp, copies)
-    data_bytes = serialise(model)
-    digest = sha256_bytes(data_bytes)
     summary = dataset.training_summary(training.clips, "RAVDESS speech (Zenodo record 1188976), 16 kHz FLAC")
-    meta = ModelMetadata(
-        version=f"{DEFAULT_VERSION_PREFIX}-{FEATURE_VERSION}-{weights_digest(model)[:8]}",
-        created=datetime.now(timezone.utc).replace(microsecond=0),
-        feature_version=FEATURE_VERSION,
-        feature_names_sha256=feature_names_sha256(FEATURE_NAMES),
-        labels=training.labels,
-        sha256=digest,
-        hyperparameters=hp,
-        training_data=summary,
-        metrics=metrics,
-        notes="The default model shipped with serq.",
-        class_statistics=class_statistics(model, training.X, training.y),  # for `serq adapt`
-    )
-    write_folder(out, data_bytes, meta, model_card(meta, extra=REBUILD_NOTE))
-    return meta
+    return ship_model(model, out, version=f"{DEFAULT_VERSION_PREFIX}-{FEATURE_VERSION}-{weights_digest(model)[:8]}",
+                      labels=training.labels, hyperparameters=hp, training_data=summary, metrics=metrics,
+                      notes="The default model shipped with serq.", card_extra=REBUILD_NOTE,
+                      class_statistics=class_statistics(model, training.X, training.y))  # for `serq adapt`
 
 
 REBUILD_NOTE = """## Rebuilding
@@ -98,12 +75,8 @@ def build_default_speaker(data: str | Path, out: str | Path | None = None, *, re
                                  modes=[f"enroll:{recipe.enrol_clips}", "online"], recipe=recipe, k=folds,
                                  progress=progress("cross-validating"), skipped=training.skipped, augmented=copies)
     model, prior = fit_speaker_model(training.X, training.y, training.groups, hp, recipe, copies)
-    data_bytes = serialise(model)
-    digest = sha256_bytes(data_bytes)
     summary = dataset.training_summary(training.clips, "RAVDESS speech (Zenodo record 1188976), 16 kHz FLAC")
     enrol = evaluations[f"enroll:{recipe.enrol_clips}"]
-    meta = speaker_metadata(f"speaker-ravdess-{FEATURE_VERSION}-{weights_digest(model)[:8]}", digest, labels, hp, prior, summary,
-                     enrol["speaker_profiles"], notes="The speaker-normalised model shipped with serq.")
     extra = [CARD_NOTE, "", "## Beside the plain model (same folds, same clips)"]
     for mode, reports in evaluations.items():
         for name in ("plain", "plain_same_clips", "speaker_profiles"):
@@ -111,6 +84,8 @@ def build_default_speaker(data: str | Path, out: str | Path | None = None, *, re
     extra += ["", "## Rebuilding", "`serq profiles build-model --data ../shared/data/ravdess` rebuilds it "
               "from the same clips with the same seeds: the same weights, metrics and version (named by "
               "a hash of the weights) given the same library versions and machine type."]
-    write_folder(out, data_bytes, meta, model_card(meta, extra="\n".join(extra)))
-    forget_speaker_models()
+    meta = ship_model(model, out, version=f"speaker-ravdess-{FEATURE_VERSION}-{weights_digest(model)[:8]}",
+                      labels=labels, hyperparameters=hp, training_data=summary, metrics=enrol["speaker_profiles"],
+                      speaker_prior=prior, notes="The speaker-normalised model shipped with serq.",
+                      card_extra="\n".join(extra))
     return meta, evaluations

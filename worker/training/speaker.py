@@ -15,15 +15,13 @@ shipped ``serq/models/default_speaker``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 import numpy as np
 
-from serq.models.registry import feature_names_sha256
-from serq.schemas import EvaluationReport, Hyperparameters, ModelMetadata, SpeakerPrior
+from serq.schemas import Hyperparameters, SpeakerPrior
 from serq.schemas.profiles import Enrolment
 from serq.worker.engine import profiles
-from serq.worker.engine.features import FEATURE_NAMES, FEATURE_VERSION
+from serq.worker.engine.features import FEATURE_VERSION
 from serq.worker.training.fit import fit
 
 #: Labels a dataset uses for speech "talking normally": enrolment prefers them.
@@ -100,17 +98,6 @@ def fit_speaker_model(X, y, groups, hp: Hyperparameters | None, recipe: ProfileR
     X, y, groups = with_copies(X, np.asarray(y), np.asarray(groups), augmented)
     inputs, labels, prior = speaker_training_set(X, y, groups, recipe)
     return fit(inputs, labels, hp), prior
-
-
-def speaker_metadata(version: str, digest: str, labels: list[str], hp: Hyperparameters, prior: SpeakerPrior,
-                     summary: dict, metrics: EvaluationReport, notes: str = "") -> ModelMetadata:
-    """The metadata of a speaker-normalised model: ``normalisation="speaker"`` and the prior it expects."""
-    return ModelMetadata(
-        version=version, created=datetime.now(timezone.utc).replace(microsecond=0),
-        feature_version=FEATURE_VERSION, feature_names_sha256=feature_names_sha256(FEATURE_NAMES),
-        labels=labels, sha256=digest, hyperparameters=hp, normalisation="speaker", speaker_prior=prior,
-        training_data=summary, metrics=metrics, notes=notes,
-    )
 
 
 CARD_NOTE = """## Speaker profiles

@@ -89,28 +89,21 @@ def announce_options(parser) -> None:
     parser.add_argument("--no-publish", action="store_true", help="only change the registry; do not tell running workers")
 
 
-def announce(meta, args, verb: str, reason: str, artifact: bytes | None = None) -> int:
-    """Report a registry change, and publish it on <prefix>.models (hot-swap) unless --no-publish.
-
-    ``artifact``: the model's bytes when they are not in the registry under ``meta.version``
-    (the shipped speaker model).
-    """
-
+def announce(meta, args, verb: str, reason: str) -> int:
+    """Report a registry change, and publish it, signed, on <prefix>.models (hot-swap) unless --no-publish."""
     from serq.cli.output import print_json
 
     published, note = False, "not published (--no-publish)"
     if not args.no_publish:
         from serq.client.errors import BrokerUnavailable
         from serq.settings import get_settings
-        from serq.transport.announce import publish_activation
 
         settings = get_settings()
         try:
-            if artifact is None:
-                announce_version(meta.version, reason=reason, settings=settings)
-            else:
-                publish_activation(meta, artifact, reason=reason, settings=settings)
+            event = announce_version(meta.version, reason=reason, settings=settings)
             published, note = True, f"published on {settings.name('models')}"
+            if event.signature is None:
+                note += " UNSIGNED (no SERQ_SIGNING_KEY): workers refuse it unless SERQ_ALLOW_UNSIGNED_MODELS=true"
         except BrokerUnavailable as exc:
             # The registry change stands: workers sharing SERQ_MODEL_DIR load it when they (re)start.
             note = f"not published: {exc}; running workers keep their model until they restart"
@@ -118,7 +111,7 @@ def announce(meta, args, verb: str, reason: str, artifact: bytes | None = None) 
         print_json({"version": meta.version, "active": True, "published": published})
     else:
         print(f"{verb} {meta.version}")
-        print(note, file=sys.stdout if published else sys.stderr)
+        print(note, file=sys.stdout if published and "UNSIGNED" not in note else sys.stderr)
     return 0
 
 
@@ -145,12 +138,14 @@ def run_build_default(args: argparse.Namespace) -> int:
 
 
 def announce_version(version: str, *, reason: str = "activate", settings=None):
-    """Announce a registry version (``SERQ_MODEL_DIR``, or the shipped default) to every running worker."""
+    """Announce a registry version (``SERQ_MODEL_DIR``, or a shipped one) to every running worker,
+    signed with SERQ_SIGNING_KEY (unsigned without one: workers then refuse it). Returns the event."""
     from serq.models.registry import Registry
+    from serq.models.signing import Signer
     from serq.settings import get_settings
-    from serq.transport.announce import publish_activation
+    from serq.transport.announce import publish_event
 
     settings = settings or get_settings()
-    registry = Registry(settings.model_dir)
-    return publish_activation(registry.metadata(version), registry.artifact_bytes(version), reason=reason,
-                              settings=settings)
+    event = Registry(settings.model_dir).announcement(version, reason, Signer.from_settings(settings))
+    publish_event(event, settings=settings)
+    return event

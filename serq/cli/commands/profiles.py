@@ -135,21 +135,17 @@ def run_delete(args: argparse.Namespace) -> int:
 def run_activate(args: argparse.Namespace) -> int:
     """Point the profile path at VERSION (or the shipped model) and announce it, like `serq models activate`."""
     from serq.cli.commands.models import announce
-    from serq.models.registry import (
-        DEFAULT_SPEAKER_DIR,
-        SPEAKER_POINTER,
-        Registry,
-        activate_speaker,
-        read_metadata,
-    )
+    from serq.models.registry import Registry, activate_speaker, shipped_speaker_metadata
     from serq.settings import get_settings
 
     registry = Registry(get_settings().model_dir)
     if args.version == "default":
-        (registry.root / SPEAKER_POINTER).unlink(missing_ok=True)
-        meta = read_metadata(DEFAULT_SPEAKER_DIR)
-        return announce(meta, args, "the profile path serves the shipped", "activate",
-                        artifact=(DEFAULT_SPEAKER_DIR / meta.artifact).read_bytes())
+        shipped = shipped_speaker_metadata()
+        if shipped is None:
+            print("serq profiles: this installation ships no speaker model", file=sys.stderr)
+            return 1
+        return announce(activate_speaker(registry, shipped.version), args, "the profile path serves the shipped",
+                        "activate")
     return announce(activate_speaker(registry, args.version), args, "the profile path serves", "activate")
 
 

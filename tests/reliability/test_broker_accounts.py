@@ -1,0 +1,112 @@
+"""Least-privilege broker accounts (``serq broker definitions``) imported into a PRIVATE RabbitMQ node.
+
+The node is this test's own (free ports, private data dir; the shared broker's users are
+never touched). A real worker runs as ``serq-worker`` and a client as ``serq-client``:
+classification works end to end, while the client account is refused on ``<p>.models``
+(and on consuming ``<p>.classify``), the worker account may not publish models either,
+and the trainer account may.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import tempfile
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+import pika
+import pika.exceptions
+import pytest
+
+from serq.client import Client
+from serq.settings import Settings
+from serq.transport.accounts import ACCOUNTS
+from serq.transport.topology import declare_models, declare_train
+
+from .conftest import record
+
+pytestmark = [pytest.mark.slow]
+
+
+@pytest.fixture
+def accounts(private_broker, prefix, monkeypatch):
+    """The definitions for this test's prefix, imported into the private node; ``account -> URL``."""
+    from serq.cli import main
+    from serq.settings import get_settings
+
+    passwords = {name: secrets.token_urlsafe(12) for name in ACCOUNTS}
+    for name, var in ACCOUNTS.items():
+        monkeypatch.setenv(var, passwords[name])
+    monkeypatch.setenv("SERQ_PREFIX", prefix)
+    get_settings.cache_clear()
+    # rabbitmqctl may run as the rabbitmq user (Debian's wrapper): a folder it can read
+    folder = Path(tempfile.mkdtemp(prefix="serq-definitions-"))
+    try:
+        path = folder / "definitions.json"
+        assert main(["broker", "definitions", "--out", str(path)]) == 0
+        text = path.read_text()
+        assert not any(p in text for p in passwords.values()), "a password in clear in the definitions"
+        folder.chmod(0o755)
+        path.chmod(0o644)
+        private_broker.ctl("import_definitions", str(path))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    get_settings.cache_clear()
+    node = urlsplit(private_broker.url)
+    return {name: f"amqp://{name}:{quote(pw, safe='')}@{node.hostname}:{node.port}/%2F"
+            for name, pw in passwords.items()}
+
+
+def publish(url: str, prefix: str, exchange: str, routing_key: str = "") -> None:
+    """One confirmed publish as the URL's account; raises ChannelClosedByBroker when refused."""
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        ch.basic_publish(exchange, routing_key, b"{}", pika.BasicProperties(content_type="application/json"))
+    finally:
+        if conn.is_open:
+            conn.close()
+
+
+def refused(fn) -> str:
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as info:
+        fn()
+    assert info.value.reply_code == 403, info.value
+    return info.value.reply_text
+
+
+def test_client_account_is_refused_on_the_models_exchange(accounts, start_worker, prefix, short_clips):
+    worker = start_worker({"SERQ_AMQP_URL": accounts["serq-worker"]})
+    settings = Settings(amqp_url=accounts["serq-client"], prefix=prefix)
+    with Client(settings=settings) as client:
+        outcomes = [o for _, o in client.classify_many(short_clips[:8], max_in_flight=4, timeout=120)]
+    assert all(getattr(o, "model_version", None) for o in outcomes), outcomes
+
+    models = f"{prefix}.models"
+    client_models = refused(lambda: publish(accounts["serq-client"], prefix, models))
+    assert f"access to exchange '{models}'" in client_models and "serq-client" in client_models
+    refused(lambda: publish(accounts["serq-worker"], prefix, models))  # workers only listen
+    publish(accounts["serq-trainer"], prefix, models)  # the trainer announces
+    publish(accounts["serq-operator"], prefix, models)  # and so may an operator
+
+    # a client may queue a training job (the trainer declared its queue, as at a deployment's start:
+    # creating a queue with a dead-letter exchange needs read access to it, which clients lack),
+    # and may not read other callers' requests
+    trainer = pika.BlockingConnection(pika.URLParameters(accounts["serq-trainer"]))
+    declare_train(trainer.channel(), settings)
+    trainer.close()
+    conn = pika.BlockingConnection(pika.URLParameters(accounts["serq-client"]))
+    try:
+        declare_train(conn.channel(), settings)
+        publish(accounts["serq-client"], prefix, "", f"{prefix}.train")
+        refused(lambda: conn.channel().basic_get(f"{prefix}.classify"))
+        refused(lambda: declare_models(conn.channel(), settings))
+    finally:
+        if conn.is_open:
+            conn.close()
+    record("client account publishing to <p>.models (least-privilege definitions, private node)", len(outcomes),
+           outcomes, "pytest tests/reliability/test_broker_accounts.py",
+           models_publish="refused 403 (client, worker), accepted (trainer, operator)")
+    assert worker.poll() is None
