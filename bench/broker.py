@@ -372,9 +372,9 @@ def run(n_clips: int = 60, in_flight: int = 8, rate: float = 100.0, seconds: flo
 
 
 def _cleanup(settings, prefix: str) -> None:
-    import pika
+    from serq.transport.connection import connect
 
-    conn = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
+    conn = connect(settings, "serq-bench-cleanup")  # any node of SERQ_AMQP_URL
     ch = conn.channel()
     for suffix in ("classify", "dead", "train"):
         ch.queue_delete(f"{prefix}.{suffix}")

@@ -42,9 +42,9 @@ from serq.client.wire import (
     timeout_error,
 )
 from serq.schemas import ErrorReply, PredictionResult
-from serq.schemas.contract import parse_reply
+from serq.schemas.contract import PRIVATE_HEADER, parse_reply
 from serq.settings import Settings, get_settings
-from serq.transport.connection import CONNECTION_ERRORS, Backoff, close_quietly, connect
+from serq.transport.connection import CONNECTION_ERRORS, close_quietly, connect, connect_retrying, serve_forever
 from serq.transport.topology import declare_classify, declare_results
 
 logger = logging.getLogger("serq.client")
@@ -71,12 +71,14 @@ class Client:
         self._pending: dict[str, Request] = {}
         self._conn: pika.BlockingConnection | None = None
         self._ch = None
+        #: Replies dropped because their request was already answered (at-least-once delivery) or abandoned.
+        self.duplicates_dropped = 0
         self._connect()
 
     # --- connection ----------------------------------------------------------------------------
 
-    def _connect(self) -> None:
-        conn = connect(self.settings, f"serq-client {self.settings.prefix}")
+    def _connect(self, conn: pika.BlockingConnection | None = None) -> None:
+        conn = conn or connect(self.settings, f"serq-client {self.settings.prefix}")
         try:
             ch = conn.channel()
             ch.confirm_delivery()
@@ -90,14 +92,10 @@ class Client:
     def _reconnect(self, deadline: float) -> None:
         """Reconnect with backoff until ``deadline``, then re-send every unanswered request."""
         self._drop_connection()
-        backoff = Backoff(self.settings.reconnect_max_s)
-        while True:
-            try:
-                self._connect()
-                break
-            except BrokerUnavailable as exc:
-                if not backoff.sleep(deadline):
-                    raise ConnectionLost(f"lost the connection to RabbitMQ and could not reconnect: {exc}") from None
+        try:
+            self._connect(connect_retrying(self.settings, f"serq-client {self.settings.prefix}", deadline=deadline))
+        except BrokerUnavailable as exc:
+            raise ConnectionLost(f"lost the connection to RabbitMQ and could not reconnect: {exc}") from None
         logger.info("reconnected; re-sending %d unanswered request(s)", len(self._pending))
         for pending in list(self._pending.values()):
             if pending.reply is None:
@@ -124,6 +122,7 @@ class Client:
     def _on_reply(self, ch, method, props, body: bytes) -> None:
         if accept_reply(self._pending, props.correlation_id, props.type, body) is None:
             logger.debug("dropped a duplicate or late reply %s", props.correlation_id)
+            self.duplicates_dropped += 1
 
     def _publish(self, pending: Request) -> None:
         props = properties(pending)
@@ -158,13 +157,16 @@ class Client:
         return outcome(pending)
 
     def classify(self, source: Source, *, timeout: float | None = None, filename: str | None = None,
-                 headers: dict | None = None) -> ClassifyResult:
+                 headers: dict | None = None, private: bool = False) -> ClassifyResult:
         """Classify one clip (a path or the file's bytes) through the broker.
 
         ``headers``: extra AMQP headers, e.g. ``x-serq-profile`` (see :mod:`serq.client.profiles`).
+        ``private``: no copy of the reply goes to followers on ``<prefix>.results`` (header ``x-serq-private``).
         Raises :class:`ServiceError` (``.code``: ``too_long``, ``unsupported_format``...),
         :class:`Timeout`, :class:`ConnectionLost`, or :class:`ClientError` ``not_found``.
         """
+        if private:
+            headers = {**(headers or {}), PRIVATE_HEADER: True}
         return self.call(source, timeout=timeout, filename=filename, headers=headers)
 
     def call(self, source: Source, *, type: str | None = None, headers: dict | None = None,
@@ -247,41 +249,29 @@ class Subscription:
         self.settings, self.keys, self.callback = settings, keys, callback
         self._stop = threading.Event()
         self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="serq-subscription", daemon=True)
+        self._name = f"serq-subscriber {settings.prefix}"
+        first = connect(settings, self._name)  # the first attempt fails loudly in subscribe()
+        self._thread = threading.Thread(target=self._run, args=(first,), name="serq-subscription", daemon=True)
         self._thread.start()
         self._ready.wait()
-        if self._error is not None:
-            raise self._error
 
-    def _run(self) -> None:
-        backoff = Backoff(self.settings.reconnect_max_s)
+    def _run(self, first: pika.BlockingConnection) -> None:
+        try:
+            serve_forever(self.settings, self._name, self._session, stop=self._stop, first=first)
+        finally:
+            self._ready.set()
+
+    def _session(self, conn: pika.BlockingConnection, ready) -> None:
+        ch = conn.channel()
+        exchange = declare_results(ch, self.settings)
+        queue = ch.queue_declare("", exclusive=True, auto_delete=True).method.queue
+        for key in self.keys:
+            ch.queue_bind(queue, exchange, routing_key=key)
+        ch.basic_consume(queue, self._on_message, auto_ack=True)
+        ready()
+        self._ready.set()
         while not self._stop.is_set():
-            try:
-                conn = connect(self.settings, f"serq-subscriber {self.settings.prefix}")
-            except BrokerUnavailable as exc:
-                if not self._ready.is_set():  # the first attempt fails loudly in subscribe()
-                    self._error = exc
-                    self._ready.set()
-                    return
-                self._stop.wait(backoff.next_delay())
-                continue
-            try:
-                ch = conn.channel()
-                exchange = declare_results(ch, self.settings)
-                queue = ch.queue_declare("", exclusive=True, auto_delete=True).method.queue
-                for key in self.keys:
-                    ch.queue_bind(queue, exchange, routing_key=key)
-                ch.basic_consume(queue, self._on_message, auto_ack=True)
-                backoff.reset()
-                self._ready.set()
-                while not self._stop.is_set():
-                    conn.process_data_events(time_limit=0.2)
-            except CONNECTION_ERRORS as exc:
-                logger.warning("subscription lost its connection (%s); reconnecting", exc.__class__.__name__)
-                self._stop.wait(backoff.next_delay())
-            finally:
-                close_quietly(conn)
+            conn.process_data_events(time_limit=0.2)
 
     def _on_message(self, ch, method, props, body: bytes) -> None:
         try:

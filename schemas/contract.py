@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from serq.schemas.engine import ErrorReply, PredictionResult
 from serq.schemas.profiles import ENROLL, PROFILE_HEADER, EnrollHeaders, EnrollResult
@@ -35,6 +35,12 @@ from serq.schemas.training import (
 AUDIO_CONTENT_TYPES = ("audio/*", "application/octet-stream")
 #: The AMQP ``type`` of a classify request; absent means the same.
 CLASSIFY = "classify"
+#: Header by which a caller keeps a request's reply off ``<p>.results`` (no copy to followers at all).
+PRIVATE_HEADER = "x-serq-private"
+#: Request types whose replies followers may see on ``<p>.results`` (timeline and enrolment replies never).
+PUBLIC_TYPES = frozenset({CLASSIFY})
+#: Reply fields never published to followers: the caller's file name and speaker profile.
+PRIVATE_FIELDS = ("file", "profile")
 
 
 class ClassifyHeaders(BaseModel):
@@ -50,6 +56,26 @@ class ClassifyHeaders(BaseModel):
         description="the speaker's profile (JSON of SpeakerProfile, docs/profiles.md): with enough clips the "
         "speaker-normalised model answers; the reply says which path was used",
     )
+    private: bool = Field(
+        False, alias=PRIVATE_HEADER,
+        description="true: the reply goes to `reply_to` only, no copy is published to `<p>.results`",
+    )
+
+
+def is_private(headers: dict | None) -> bool:
+    """Whether a request's headers ask for no copy on ``<p>.results``; a malformed value counts as private
+    (failing closed: the caller meant something)."""
+    if not headers or PRIVATE_HEADER not in headers:
+        return False
+    try:
+        return TypeAdapter(bool).validate_python(headers[PRIVATE_HEADER])
+    except ValidationError:
+        return True
+
+
+def is_public(request_type: str | None, headers: dict | None) -> bool:
+    """Whether followers get a copy of the reply to a request of ``request_type`` with ``headers``."""
+    return (request_type or CLASSIFY) in PUBLIC_TYPES and not is_private(headers)
 
 
 def type_name(model: type[BaseModel] | BaseModel) -> str:
@@ -189,7 +215,9 @@ CHANNELS: tuple[Channel, ...] = (
             "exactly one reply per request, same `correlation_id`, AMQP `type` naming the schema.",
             (PREDICTION, ERROR, TIMELINE_RESULT, ENROLL_RESULT)),
     Channel("results", "results", "topic",
-            "Every reply again, for followers (`emotion.silent`: a clip without speech).",
+            "Every classify reply again, for followers (`emotion.silent`: a clip without speech), without the "
+            "caller's `file` name and profile; never replies to timeline chunks or enrolments, nor requests "
+            "marked private (header `x-serq-private: true`).",
             (PREDICTION, ERROR), routing_keys="emotion.<label> | emotion.silent | error.<code>"),
     Channel("dead", "dead", "queue",
             "Requests that exhausted the delivery limit or expired unanswered (kept 7 days, at most 10000).",
@@ -213,7 +241,8 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("enroll", "receive", "classify",
               "A worker adds a clip's feature statistics to the speaker profile the request carries.",
               reply_channel="classifyReply", request_type=ENROLL),
-    Operation("publishResult", "send", "results", "A worker publishes every reply to the results exchange."),
+    Operation("publishResult", "send", "results",
+              "A worker publishes every classify reply (but private ones) to the results exchange."),
     Operation("train", "receive", "train", "A trainer runs a training job, reporting progress to `reply_to`.",
               reply_channel="trainReply"),
     Operation("publishProgress", "send", "events", "A trainer publishes progress events."),

@@ -94,6 +94,14 @@ class JobCancelled(SerqError):
     code = "cancelled"
 
 
+class TimeLimitExceeded(TimeLimit):
+    """A request ran past the worker's per-request time limit (``SERQ_TIME_LIMIT_S``) and was interrupted."""
+
+    def __init__(self, message: str = "the request ran past the worker's time limit (SERQ_TIME_LIMIT_S) and was "
+                 "interrupted", **kwargs):  # raised asynchronously, as a class: a default message
+        super().__init__(message, **kwargs)
+
+
 #: Every code a reply may carry, with a one-line meaning (documented in the contract).
 ERROR_CODES: dict[str, str] = {
     "empty": "the request body or audio is empty",
@@ -109,7 +117,8 @@ ERROR_CODES: dict[str, str] = {
     "unknown_emotion": "an emotion name outside serq's 8",
     "bad_hyperparameter": "a training hyperparameter is out of range",
     "overloaded": "the worker refused the request (limits)",
-    "time_limit": "a training job ran longer than SERQ_TRAIN_TIME_LIMIT_S",
+    "time_limit": "a request ran past the worker's time limit (SERQ_TIME_LIMIT_S) and was interrupted, "
+                  "or a training job ran longer than SERQ_TRAIN_TIME_LIMIT_S",
     "internal": "an unexpected failure inside serq (a bug; see the worker log)",
 }
 

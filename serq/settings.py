@@ -29,7 +29,8 @@ class Settings(BaseSettings):
 
     amqp_url: str = Field(
         "amqp://guest:guest@127.0.0.1:5672/%2F",
-        description="RabbitMQ URL; credentials belong here or in the environment, never in code",
+        description="RabbitMQ URL, or a comma-separated list of a cluster's node URLs (tried in shuffled order); "
+        "credentials belong here or in the environment, never in code",
     )
     prefix: str = Field("serq", description="prefix of every queue and exchange name", pattern=r"^[A-Za-z0-9_.-]+$")
     model_dir: Path = Field(
@@ -52,6 +53,11 @@ class Settings(BaseSettings):
     timeline_max_pause_s: float = Field(1.0, ge=0.1, le=10.0, description="`serq timeline`: a pause up to this long stays inside a speech segment, seconds")
     prefetch: int = Field(4, ge=1, le=1000, description="requests in flight per worker (AMQP prefetch)")
     metrics_port: int = Field(9108, ge=0, le=65535, description="Prometheus /metrics and /healthz port of the worker; 0 disables")
+    trainer_metrics_port: int = Field(9109, ge=0, le=65535,
+                                      description="Prometheus /metrics and /healthz port of the trainer; 0 disables")
+    time_limit_s: float = Field(60.0, gt=0, le=3600,
+                                description="longest a request may stay in flight on a worker: past it the compute is "
+                                "interrupted (`time_limit` reply) and /healthz reports 503")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_json: bool = Field(False, description="structured JSON log lines instead of plain text")
     worker_id: str = Field("", description="name a worker signs its replies with; empty = <hostname>-<pid>")
@@ -124,11 +130,20 @@ class Settings(BaseSettings):
 
 
 def redact_url(url: str) -> str:
-    """``amqp://user:secret@host/`` -> ``amqp://user:***@host/``: safe to log."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    """``amqp://user:secret@host/`` -> ``amqp://user:***@host/``: safe to log.
+
+    A comma-separated list (a cluster's nodes) has every URL redacted.
+    """
+    if "," in url:
+        return ",".join(redact_url(part) for part in url.split(","))
+    try:
+        parts = urlsplit(url.strip())
+        password, port = parts.password, parts.port
+    except ValueError:  # not parseable (a bad port...): show nothing of the credentials part
+        return "<unparseable URL>" if "@" in url else url
+    if password is None:
         return url
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{port}" if port else "")
     return urlunsplit(parts._replace(netloc=netloc))
 
 

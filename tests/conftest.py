@@ -206,7 +206,7 @@ def _service_factory(command: str, amqp_url: str, prefix: str, tmp_path: Path):
     def start(env: dict | None = None, *, wait: bool = True, timeout: float = 90.0) -> subprocess.Popen:
         n = len(procs)
         full = dict(os.environ)
-        full.update({"SERQ_AMQP_URL": amqp_url, "SERQ_PREFIX": prefix, "SERQ_METRICS_PORT": "0",
+        full.update({"SERQ_AMQP_URL": amqp_url, "SERQ_PREFIX": prefix, "SERQ_METRICS_PORT": "0", "SERQ_TRAINER_METRICS_PORT": "0",
                      "SERQ_MODEL_DIR": str(tmp_path / "models"), "SERQ_WORKER_ID": f"{command}{n}",
                      "SERQ_LOG_LEVEL": "INFO", "SERQ_LOG_JSON": "0", "SERQ_STATE_KEY": f"test-state-key-{prefix}"})
         full.update(env or {})

@@ -22,6 +22,7 @@ import pytest
 
 from serq.errors import DatasetError, SerqError
 from serq.schemas import ModelActivated, TrainProgress, TrainRequest, TrainResult
+from serq.schemas.contract import type_name
 from serq.worker.services.trainer import ProgressThrottle, job_id_of, parse_request
 from serq.worker.training.job import confine, resolve_dataset
 
@@ -222,7 +223,7 @@ def test_bad_training_requests_get_typed_failures_and_touch_nothing(tap, start_t
         assert words in result.error.message, (cid, result.error.message)
         assert result.version is None and not result.activated
     tap.pump(0.5)
-    failed = {key for key, props, _ in tap.got["events"] if props.type == "serq.TrainResult"}
+    failed = {key for key, props, _ in tap.got["events"] if props.type == type_name(TrainResult)}
     assert {f"train.{cid}.failed" for cid in cases if cid != "not-json"} <= failed
     assert not tap.got["models"]
     assert registry_state(tmp_path / "models") == ([], None)
@@ -255,7 +256,7 @@ def test_a_job_reports_progress_registers_activates_and_announces(tap, start_tra
     registry = Registry(tmp_path / "models")
     assert registry.active_version() == result.version
     [(_, props, body)] = tap.got["models"]
-    assert props.type == "serq.ModelActivated"
+    assert props.type == type_name(ModelActivated)
     event = ModelActivated.model_validate_json(body)
     data = base64.b64decode(event.artifact_b64)
     assert event.version == result.version and event.reason == "trained"
@@ -426,7 +427,7 @@ def test_a_job_outliving_its_connection_is_answered_once_without_retraining(tap,
     proc.send_signal(signal.SIGSTOP)
     try:
         tap.pump(0.5)
-        assert not [1 for _, p, _ in tap.got["reply"] if p.type == "serq.TrainResult"], "answered before the cut"
+        assert not [1 for _, p, _ in tap.got["reply"] if p.type == type_name(TrainResult)], "answered before the cut"
         assert "job_answered" not in proc.log_path.read_text(), "answered before the cut"
         closed = _close_connection(pid)
     finally:
@@ -441,7 +442,7 @@ def test_a_job_outliving_its_connection_is_answered_once_without_retraining(tap,
     assert log.count("job_started") == 1, "trained once"
     assert log.count("job_answered") == 1, "the answer on the lost connection was dropped, the redelivery answered"
     assert [ModelActivated.model_validate_json(b).version for _, _, b in tap.got["models"]] == [result.version]
-    assert len([1 for _, p, _ in tap.got["reply"] if p.type == "serq.TrainResult"]) == 1, "answered once"
+    assert len([1 for _, p, _ in tap.got["reply"] if p.type == type_name(TrainResult)]) == 1, "answered once"
     assert tap.ch.queue_declare(tap.queue, passive=True).method.message_count == 0
 
 
@@ -479,7 +480,7 @@ def test_models_activate_and_rollback_announce_through_the_same_event(amqp_url, 
     tap.pump(1.0)
     [(_, props, body)] = tap.got["models"]
     event = ModelActivated.model_validate_json(body)
-    assert props.type == "serq.ModelActivated" and event.reason == "activate" and event.version == default
+    assert props.type == type_name(ModelActivated) and event.reason == "activate" and event.version == default
     assert event.sha256 == sha256_bytes(base64.b64decode(event.artifact_b64)) == default_metadata().sha256
 
     out = serq("activate", default, "--no-publish")

@@ -34,7 +34,6 @@ from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import numpy as np
-import pika.exceptions
 import soundfile as sf
 
 from serq.cli.output import expand_paths
@@ -42,8 +41,8 @@ from serq.errors import SerqError
 from serq.models.signing import generate_keys
 from serq.settings import Settings, get_settings, redact_url
 from serq.transport.accounts import ACCOUNTS
-from serq.transport.connection import connect
-from serq.transport.topology import delete_deployment
+from serq.transport.connection import close_quietly, connect, node_urls
+from serq.transport.topology import consumer_count, delete_deployment
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES_DIR = REPO / "samples"
@@ -248,17 +247,18 @@ def obtain_broker(settings: Settings, workdir: Path, stack: ExitStack) -> tuple[
     if amqp_ok(settings):
         say(f"using the broker at {settings.redacted_amqp_url}")
         return settings.amqp_url, "existing"
-    parts = urlsplit(settings.amqp_url)
+    first = node_urls(settings)[0]  # a broker the demo starts itself is one node, at the first URL
+    parts = urlsplit(first)
     local = (parts.hostname or "127.0.0.1") in {"127.0.0.1", "localhost", "::1"}
     if local and port_open(parts.hostname or "127.0.0.1", parts.port or 5672):
         raise NoBroker(f"something listens at {settings.redacted_amqp_url} but refuses an AMQP login: "
                        "check the credentials in SERQ_AMQP_URL")
     if local and shutil.which("rabbitmq-server"):
-        broker = LocalBroker(settings.amqp_url, workdir)
+        broker = LocalBroker(first, workdir)
         stack.callback(broker.stop)
         return broker.start(), "local"
     if local and COMPOSE_FILE.is_file() and docker_works():
-        broker = ComposeBroker(settings.amqp_url)
+        broker = ComposeBroker(first)
         stack.callback(broker.stop)
         return broker.start(), "docker"
     raise NoBroker(f"no RabbitMQ answers at {settings.redacted_amqp_url} and none can be started here "
@@ -271,17 +271,11 @@ def obtain_broker(settings: Settings, workdir: Path, stack: ExitStack) -> tuple[
 
 def consumers(settings: Settings, queue: str) -> int:
     """Consumers of ``queue``, 0 while it does not exist yet."""
-
     conn = connect(settings, "serq-demo-probe")
     try:
-        channel = conn.channel()
-        try:
-            return channel.queue_declare(queue, passive=True).method.consumer_count
-        except pika.exceptions.ChannelClosedByBroker:
-            return 0
+        return consumer_count(conn, queue)
     finally:
-        if conn.is_open:
-            conn.close()
+        close_quietly(conn)
 
 
 def start_services(commands: list[str], env: dict, workdir: Path, settings: Settings, stack: ExitStack,
@@ -403,7 +397,8 @@ def run(*, samples_dir: Path | None = None, train: bool = False, play: bool = Tr
             env.update({
                 "SERQ_SIGNING_KEY": str(key), "SERQ_TRUSTED_KEYS": str(pub),
                 "SERQ_AMQP_URL": url, "SERQ_PREFIX": settings.prefix, "SERQ_MODEL_DIR": str(settings.model_dir),
-                "SERQ_METRICS_PORT": "0", "SERQ_RAVDESS_DIR": str(ravdess), "SERQ_DATA_ROOTS": str(ravdess),
+                "SERQ_METRICS_PORT": "0", "SERQ_TRAINER_METRICS_PORT": "0",
+                "SERQ_RAVDESS_DIR": str(ravdess), "SERQ_DATA_ROOTS": str(ravdess),
                 "SERQ_CACHE_DIR": str(base.cache_dir),  # warm features (and numba's cache, if set) outlive the demo
             })
             say(f"prefix {settings.prefix}, models in {settings.model_dir} (removed afterwards)")

@@ -1,8 +1,8 @@
 """``SERQ_AMQP_URL`` as a list of cluster nodes: ``amqp://a:5672/,amqp://b:5672/`` (issue 15.1).
 
-A pure function, so every connecting party (the sync and async clients, workers, the trainer)
-reads the list the same way. Placeholder until the transport layer's own parser lands in
-:mod:`serq.transport.connection`; then this module re-exports that one.
+Pure functions, so every connecting party (the sync and async clients, workers, the trainer,
+every command) reads the list the same way: :func:`serq.transport.connection.node_urls` (pika)
+and :mod:`serq.transport.aio` (aio-pika) both parse it here.
 """
 
 from __future__ import annotations

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import pika.exceptions
+
 if TYPE_CHECKING:
     from pika.adapters.blocking_connection import BlockingChannel
 
@@ -59,6 +61,19 @@ def delete_deployment(connection, prefix: str) -> list[str]:
                 if channel.is_open:
                     channel.close()
     return deleted
+
+
+def consumer_count(connection, queue: str) -> int:
+    """Consumers of ``queue``, 0 while it does not exist (a passive declare on a channel of its own:
+    a 404 closes the channel, never the caller's)."""
+    channel = connection.channel()
+    try:
+        return channel.queue_declare(queue, passive=True).method.consumer_count
+    except pika.exceptions.ChannelClosedByBroker:
+        return 0
+    finally:
+        if channel.is_open:
+            channel.close()
 
 
 def dead_queue_arguments() -> dict:

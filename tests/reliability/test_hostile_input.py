@@ -14,6 +14,9 @@ import time
 import pika
 import pytest
 
+from serq.schemas import TrainResult
+from serq.schemas.contract import type_name
+
 from .conftest import assert_typed, record, rss_kib
 from .payloads import TYPED, corpus, encode, tone
 from helpers.broker import Rpc, Tap
@@ -156,7 +159,7 @@ def test_hostile_training_requests_get_typed_failures_and_the_trainer_stays_up(
     while len(got) < len(cases) and time.monotonic() < deadline and proc.poll() is None:
         tap.pump(0.2)
         for _, props, body in tap.got["reply"]:
-            if props.type == "serq.TrainResult" and props.correlation_id in cids:
+            if props.type == type_name(TrainResult) and props.correlation_id in cids:
                 error = json.loads(body).get("error")
                 got[cids[props.correlation_id]] = error["code"] if error else "result"
     alive = proc.poll() is None

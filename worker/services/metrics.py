@@ -1,8 +1,9 @@
 """Prometheus metrics and a health endpoint for a worker.
 
-``GET /metrics`` serves the Prometheus text format, ``GET /healthz`` a small JSON
-(200 while connected to the broker, 503 otherwise). Each :class:`Metrics` has its
-own registry, so tests can build several in one process.
+``GET /metrics`` serves the Prometheus text format, ``GET /healthz`` a small JSON:
+200 while connected and consuming with nothing in flight past the time limit, 503
+otherwise (``status`` says which). Each :class:`Metrics` has its own registry, so
+tests can build several in one process.
 """
 
 from __future__ import annotations
@@ -45,8 +46,17 @@ class Metrics:
                                registry=r)
         self.connected = Gauge("serq_connected", "1 while connected to the broker", registry=r)
         self.reconnects = Counter("serq_reconnects_total", "connections re-established after a loss", registry=r)
+        self.dead_lettered = Counter("serq_dead_lettered_total",
+                                     "deliveries nacked to the dead-letter exchange (undecodable, unanswerable)",
+                                     registry=r)
+        self.time_limited = Counter("serq_time_limit_exceeded_total", "requests interrupted by the time limit",
+                                    registry=r)
         self._version: str | None = None
         self._connected = False
+        #: ``() -> (consuming, seconds the oldest delivery has been in flight)``, set by the service.
+        self.probe = lambda: (self._connected, 0.0)
+        #: Past this many seconds in flight, a request makes the service unhealthy.
+        self.time_limit_s = float("inf")
 
     def set_connected(self, connected: bool) -> None:
         self._connected = connected
@@ -62,8 +72,17 @@ class Metrics:
         return generate_latest(self.registry)
 
     def health(self) -> tuple[int, dict]:
-        body = {"status": "ok" if self._connected else "disconnected", "model_version": self._version}
-        return (200 if self._connected else 503), body
+        consuming, oldest = self.probe()
+        if not self._connected:
+            status = "disconnected"
+        elif not consuming:
+            status = "not consuming"
+        elif oldest > self.time_limit_s:
+            status = "stuck"
+        else:
+            status = "ok"
+        body = {"status": status, "model_version": self._version, "oldest_in_flight_s": round(oldest, 1)}
+        return (200 if status == "ok" else 503), body
 
 
 def serve(metrics: Metrics, port: int, host: str = "0.0.0.0") -> ThreadingHTTPServer | None:

@@ -11,6 +11,9 @@ Worker:     :func:`serq.worker.training.job.run_training` runs in a job thread, 
             the heartbeats going through minutes of training; every AMQP call happens on the I/O
             thread (``add_callback_threadsafe``). The job is acked only after its result is
             published and confirmed; an invalid request gets a typed failure and is acked at once.
+Transport:  the connection, reconnect loop and consumer loop are :mod:`serq.transport`'s (the
+            worker's too): every property is validated, a broker-cancelled consumer declares again,
+            metrics (``serq_requests_total{type="serq.TrainRequest"}``...) on ``SERQ_TRAINER_METRICS_PORT``.
 """
 
 from __future__ import annotations
@@ -24,25 +27,26 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 
 import pika
-import pika.exceptions
 from pydantic import ValidationError
 
-from serq.errors import BrokerUnavailable, InvalidRequest, JobCancelled, SerqError
+from serq.errors import InvalidRequest, JobCancelled, SerqError
+from serq.models.registry import Registry
+from serq.models.signing import Signer
 from serq.progress import eta
 from serq.schemas import ModelActivated, TrainProgress, TrainRequest, TrainResult
 from serq.schemas.contract import type_name
 from serq.schemas.training import request_error
 from serq.settings import Settings
-from serq.models.registry import Registry
-from serq.models.signing import Signer
 from serq.transport.announce import publish_event
-from serq.transport.connection import CONNECTION_ERRORS, Backoff, connect
+from serq.transport.connection import serve_forever
+from serq.transport.consumer import Answer, Consumer, Delivery, Middleware
 from serq.transport.topology import declare_models, declare_train
 from serq.worker.services.logging import log
+from serq.worker.services.metrics import Metrics, serve
+from serq.worker.services.middleware import MetricsMiddleware
 
 logger = logging.getLogger("serq.trainer")
 
@@ -82,7 +86,7 @@ def job_id_of(body: bytes, props: pika.BasicProperties) -> str:
     if isinstance(value, str) and _valid_id(value):
         return value
     for candidate in (props.correlation_id, props.message_id):
-        if candidate and _valid_id(candidate):
+        if isinstance(candidate, str) and _valid_id(candidate):  # bytes when not UTF-8
             return candidate
     return "invalid"
 
@@ -127,31 +131,46 @@ class ProgressThrottle:
 # --------------------------------------------------------------------------- the service
 
 
-@dataclass
-class _Job:
-    request: TrainRequest | None  # None when the request did not validate
-    channel: object  # the BlockingChannel the delivery came on: acks go back on it or not at all
-    delivery_tag: int
-    reply_to: str | None
-    correlation_id: str
+#: The AMQP ``type`` of a training job (also its metrics label).
+TRAIN_TYPE = type_name(TrainRequest)
+
+
+class EventsFanout(Middleware):
+    """The job's result on ``<p>.events`` as ``train.<job_id>.done`` or ``.failed`` (confirmed, before the ack)."""
+
+    def __init__(self, exchange: str):
+        self.exchange = exchange
+
+    def after_process(self, consumer: Consumer, delivery: Delivery, outcome) -> None:
+        result = outcome.body
+        key = f"train.{result.job_id}.{'done' if result.ok else 'failed'}"
+        consumer.publish(consumer.channel, self.exchange, key, result.model_dump_json().encode(), type=outcome.type,
+                         correlation_id=delivery.correlation_id, persistent=True)
 
 
 class Trainer:
     """Consume ``<p>.train`` and run jobs until :meth:`stop` (SIGTERM/SIGINT in :func:`main`)."""
 
-    def __init__(self, settings: Settings, *, n_jobs: int = -1):
+    def __init__(self, settings: Settings, *, n_jobs: int = -1, metrics: Metrics | None = None):
         self.settings = settings
         self.n_jobs = n_jobs
         self.name = f"serq-trainer-{socket.gethostname()}-{os.getpid()}"
-        self._conn: pika.BlockingConnection | None = None
-        self._channel = None
-        self._consumer_tag: str | None = None
+        self.metrics = metrics or Metrics()
         self._thread: threading.Thread | None = None
-        self._in_flight: _Job | None = None  # delivered, not yet answered and acked
-        self._stopping = False
+        self._stop = threading.Event()
         self._cancel = threading.Event()  # set by stop(): the running job stops at its next step
         self._results: OrderedDict[str, tuple[TrainResult, ModelActivated | None]] = OrderedDict()
+        self.consumer = Consumer(
+            self._declare, self._process, prefetch=1, worker=self.name, app_id="serq-trainer",
+            log=partial(log, logger), require_reply_to=False, on_error=self._refusal,
+            middleware=[MetricsMiddleware(self.metrics, {TRAIN_TYPE}, TRAIN_TYPE),
+                        EventsFanout(settings.name("events"))])
+        self.metrics.probe = lambda: (self.consumer.consuming, self.consumer.oldest_age())
         self.signer = Signer.from_settings(settings)  # a bad SERQ_SIGNING_KEY stops the trainer at start
+
+    @property
+    def _stopping(self) -> bool:
+        return self._stop.is_set()
 
     # -- lifecycle
 
@@ -162,19 +181,13 @@ class Trainer:
         if self.signer is None:
             log(logger, "no SERQ_SIGNING_KEY: models are registered and announced unsigned, and workers refuse them",
                 level=logging.WARNING)
-        backoff = Backoff(cap=self.settings.reconnect_max_s)
-        while not self._stopping:
-            try:
-                self._conn = connect(self.settings, self.name)
-                backoff.reset()
-                self._serve(self._conn)
-            except (BrokerUnavailable, pika.exceptions.AMQPError, *CONNECTION_ERRORS) as exc:
-                log(logger, "broker_lost", level=logging.WARNING, error=f"{exc.__class__.__name__}: {exc}",
-                    url=self.settings.redacted_amqp_url)
-                if not self._stopping:
-                    backoff.sleep()
-            finally:
-                self._close()
+        port = self.settings.trainer_metrics_port
+        server = serve(self.metrics, port) if port else None
+        try:
+            serve_forever(self.settings, self.name, self._session, stop=self._stop, on_lost=self._on_lost)
+        finally:
+            if server:
+                server.shutdown()
         self._join()
         log(logger, "stopped")
 
@@ -184,45 +197,42 @@ class Trainer:
 
         Safe to call from a signal handler or another thread.
         """
-        self._stopping = True
+        self._stop.set()
         self._cancel.set()
-        conn = self._conn
-        if conn is not None:
-            try:
-                conn.add_callback_threadsafe(self._drain)
-            except Exception:  # the connection is already gone: run() sees _stopping
-                pass
 
-    def _serve(self, conn: pika.BlockingConnection) -> None:
-        channel = self._channel = conn.channel()
-        channel.confirm_delivery()
-        queue = declare_train(channel, self.settings)
+    def _declare(self, channel) -> str:
         declare_models(channel, self.settings)
+        return declare_train(channel, self.settings)
+
+    def _on_lost(self, exc: BaseException) -> None:
+        log(logger, "broker_lost", level=logging.WARNING, error=exc.__class__.__name__,
+            url=self.settings.redacted_amqp_url)
+        self.consumer.detach()  # its delivery died with the connection; the broker redelivers it
+        self.metrics.set_connected(False)
+
+    def _session(self, conn: pika.BlockingConnection, ready) -> None:
         # A job that outlived the previous connection finishes first; its redelivery
         # is then answered from memory instead of training again.
-        while self._busy():
+        while self._busy() and not self._stopping:
             conn.process_data_events(time_limit=1)
         if self._stopping:
             return
-        channel.basic_qos(prefetch_count=1)
-        self._consumer_tag = channel.basic_consume(queue, self._on_message)
+        queue = self.consumer.attach(conn)
+        self.metrics.set_connected(True)
+        ready()
         log(logger, "consuming", queue=queue, url=self.settings.redacted_amqp_url)
-        channel.start_consuming()  # returns once the consumer is cancelled (stop(), or the broker: queue deleted)
-        if not self._stopping:  # the broker cancelled it: say so, then run() reconnects and redeclares
-            log(logger, "consumer_cancelled", level=logging.WARNING, queue=queue)
-        while self._in_flight is not None and channel.is_open:  # draining: answer the running job
-            conn.process_data_events(time_limit=1)
-
-    def _drain(self) -> None:
-        """On the I/O thread: cancel the consumer; stop at once if idle, else after the running job."""
-        channel = self._channel
-        if channel is None or not channel.is_open:
-            return
-        if self._consumer_tag is not None:
-            channel.basic_cancel(self._consumer_tag)
-            self._consumer_tag = None
-        if self._in_flight is None:
-            channel.stop_consuming()
+        cancelled = False
+        try:
+            while True:
+                self.consumer.pump(0.2)
+                if self._stopping and not cancelled:
+                    self.consumer.cancel()  # draining: the running job stops and is requeued, nothing new starts
+                    cancelled = True
+                if cancelled and not self.consumer.in_flight:
+                    break
+        finally:
+            self.metrics.set_connected(False)
+        self.consumer.detach()
 
     def _busy(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
@@ -231,84 +241,63 @@ class Trainer:
         if self._busy():
             self._thread.join()
 
-    def _close(self) -> None:
-        conn, self._conn, self._channel, self._consumer_tag = self._conn, None, None, None
-        self._in_flight = None  # its delivery died with the connection; the broker redelivers it
-        if conn is not None and conn.is_open:
-            try:
-                conn.close()
-            except Exception:
-                pass
-
     # -- messages (I/O thread)
 
-    def _on_message(self, channel, method, props: pika.BasicProperties, body: bytes) -> None:
-        started = time.monotonic()
+    def _refusal(self, delivery: Delivery, exc: SerqError):
+        """The answer to a delivery refused before it was parsed (an envelope the contract forbids)."""
+        job_id = job_id_of(delivery.body, delivery.props)
+        delivery.correlation_id = delivery.correlation_id or job_id
+        log(logger, "job_refused", level=logging.WARNING, job_id=job_id, code=exc.code, error=str(exc))
+        return Answer.of(failure(job_id, exc, delivery.age), persistent=True)
+
+    def _process(self, delivery: Delivery) -> None:
         try:
-            request = parse_request(body)
+            request = parse_request(delivery.body)
         except SerqError as exc:
-            job_id = job_id_of(body, props)
-            log(logger, "job_refused", level=logging.WARNING, job_id=job_id, code=exc.code, error=str(exc))
-            job = _Job(None, channel, method.delivery_tag, props.reply_to, props.correlation_id or job_id)
-            self._complete(job, failure(job_id, exc, time.monotonic() - started), None)
+            self._answer(delivery, self._refusal(delivery, exc).body, None)
             return
-        job = self._in_flight = _Job(request, channel, method.delivery_tag, props.reply_to,
-                                     props.correlation_id or request.job_id)
-        if method.redelivered and request.job_id in self._results:
+        delivery.correlation_id = delivery.correlation_id or request.job_id
+        if delivery.redelivered and request.job_id in self._results:
             log(logger, "job_redelivered", job_id=request.job_id)
-            self._complete(job, *self._results[request.job_id])
+            self._answer(delivery, *self._results[request.job_id])
             return
         log(logger, "job_started", job_id=request.job_id, kind=request.kind,
             dataset=[s.dataset for s in request.data_sources], activate=request.activate)
-        self._thread = threading.Thread(target=self._train, args=(job,), name=f"train-{request.job_id}", daemon=True)
+        self._thread = threading.Thread(target=self._train, args=(delivery, request), name=f"train-{request.job_id}",
+                                        daemon=True)
         self._thread.start()
 
-    def _publish(self, channel, exchange: str, key: str, model, *, correlation_id: str, persistent: bool) -> None:
-        channel.basic_publish(
-            exchange, key, model.model_dump_json().encode(),
-            pika.BasicProperties(content_type="application/json", type=type_name(model),
-                                 correlation_id=correlation_id, delivery_mode=2 if persistent else 1,
-                                 app_id="serq-trainer"),
-        )
-
-    def _progress(self, job: _Job, event: TrainProgress) -> None:
-        channel = job.channel
-        if not channel.is_open:
+    def _progress(self, delivery: Delivery, event: TrainProgress) -> None:
+        channel = delivery.channel
+        if not channel.is_open or channel is not self.consumer.channel:
             return
-        if job.reply_to:
-            self._publish(channel, "", job.reply_to, event, correlation_id=job.correlation_id, persistent=False)
-        self._publish(channel, self.settings.name("events"), f"train.{event.job_id}.{event.stage}", event,
-                      correlation_id=job.correlation_id, persistent=False)
+        body = event.model_dump_json().encode()
+        if delivery.reply_to:
+            self.consumer.publish(channel, "", delivery.reply_to, body, type=type_name(event),
+                                  correlation_id=delivery.correlation_id)
+        self.consumer.publish(channel, self.settings.name("events"), f"train.{event.job_id}.{event.stage}", body,
+                              type=type_name(event), correlation_id=delivery.correlation_id)
 
-    def _complete(self, job: _Job, result: TrainResult, activated: ModelActivated | None) -> None:
-        """Publish (confirmed) the activation, the result to reply_to and events; then ack."""
-        channel = job.channel
-        if not channel.is_open:  # the delivery died with its connection; the broker redelivers it
-            return
+    def _answer(self, delivery: Delivery, result: TrainResult, activated: ModelActivated | None) -> None:
+        """Publish (confirmed) the activation, then the result to reply_to and events; then ack."""
+        channel = delivery.channel
+        if not channel.is_open or self.consumer.in_flight.get(delivery.tag) is not delivery:
+            return  # the delivery died with its connection; the broker redelivers it
         if activated is not None:  # first, so workers start loading while the client reads the result
             publish_event(activated, settings=self.settings, channel=channel)
-        if job.reply_to:
-            self._publish(channel, "", job.reply_to, result, correlation_id=job.correlation_id, persistent=True)
-        outcome = "done" if result.ok else "failed"
-        self._publish(channel, self.settings.name("events"), f"train.{result.job_id}.{outcome}", result,
-                      correlation_id=job.correlation_id, persistent=True)
-        channel.basic_ack(job.delivery_tag)
-        if self._in_flight is job:
-            self._in_flight = None
-        log(logger, "job_answered", job_id=result.job_id, ok=result.ok, version=result.version,
-            activated=result.activated, code=result.error.code if result.error else None,
-            seconds=round(result.duration_s, 1))
-        if self._stopping:
-            self._drain()
+        if self.consumer.complete(delivery, Answer.of(result, persistent=True)):
+            log(logger, "job_answered", job_id=result.job_id, ok=result.ok, version=result.version,
+                activated=result.activated, code=result.error.code if result.error else None,
+                seconds=round(result.duration_s, 1))
 
     # -- the job (its own thread)
 
-    def _train(self, job: _Job) -> None:
+    def _train(self, delivery: Delivery, request: TrainRequest) -> None:
         from serq.worker.training.job import run_training
 
-        request = job.request
         started = time.monotonic()
-        report = ProgressThrottle(request.job_id, lambda event: self._on_io(self._progress, job, event))
+        report = ProgressThrottle(request.job_id,
+                                  lambda event: self.consumer.threadsafe(self._progress, delivery, event))
         try:
             result = run_training(request, self.settings, report=report, roots=self.settings.data_root_paths,
                                   n_jobs=self.n_jobs, cancel=self._cancel)
@@ -318,7 +307,7 @@ class Trainer:
         except JobCancelled:  # stop(): not a failure, so not answered; the broker gives the job to the next trainer
             log(logger, "job_cancelled", level=logging.WARNING, job_id=request.job_id,
                 seconds=round(time.monotonic() - started, 1))
-            self._on_io(self._requeue, job)
+            self.consumer.threadsafe(self._requeue, delivery)
             return
         except SerqError as exc:  # run_training types its own failures; this is reading the new artifact back
             result, activated = failure(request.job_id, exc, time.monotonic() - started), None
@@ -328,29 +317,16 @@ class Trainer:
             result = failure(request.job_id, crash, time.monotonic() - started)
             activated = None
         self._remember(request.job_id, result, activated)
-        self._on_io(self._complete, job, result, activated)
+        # Dropped if the connection is gone: the result is remembered for the redelivery.
+        self.consumer.threadsafe(self._answer, delivery, result, activated)
 
-    def _requeue(self, job: _Job) -> None:
-        """On the I/O thread: hand a cancelled job back to the queue, then finish stopping."""
-        if job.channel.is_open:
-            job.channel.basic_nack(job.delivery_tag, requeue=True)
-        if self._in_flight is job:
-            self._in_flight = None
-        if self._stopping:
-            self._drain()
+    def _requeue(self, delivery: Delivery) -> None:
+        """On the I/O thread: hand a cancelled job back to the queue (the session then finishes stopping)."""
+        if self.consumer.in_flight.get(delivery.tag) is delivery and delivery.channel.is_open:
+            self.consumer.requeue(delivery)
 
     def _event(self, version: str) -> ModelActivated:
         return Registry(self.settings.model_dir).announcement(version, "trained", self.signer)
-
-    def _on_io(self, fn, *args) -> None:
-        """Run ``fn(*args)`` on the connection's I/O thread; dropped if the connection is gone."""
-        conn = self._conn
-        if conn is None:
-            return
-        try:
-            conn.add_callback_threadsafe(partial(fn, *args))
-        except Exception:  # closed: progress is lost, the result is remembered for the redelivery
-            pass
 
     def _remember(self, job_id: str, result: TrainResult, activated: ModelActivated | None) -> None:
         self._results[job_id] = (result, activated)

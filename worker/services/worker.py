@@ -10,6 +10,13 @@ Threads and their jobs:
 - one **model thread** verifies and loads a model announced on ``<prefix>.models``,
   beside the serving one, then swaps the reference between two requests.
 
+The broker side (one reconnect loop over the nodes of ``SERQ_AMQP_URL``, envelope
+checks, reply-then-ack, re-declaring a deleted queue) is :mod:`serq.transport`'s consumer
+loop; what is particular to serving is its middleware here: size limit, metrics, the
+privacy filter and the results fan-out, logging. A per-request time limit
+(``SERQ_TIME_LIMIT_S``) interrupts a compute that runs too long, and ``/healthz`` turns 503
+when not consuming or when a request has been in flight longer than that.
+
 A model is accepted only when signed by a key in ``SERQ_TRUSTED_KEYS`` (the shipped
 ones: by their pinned sha256), checked before its artifact is decoded; a trained
 model older than the one served, or an announcement no newer than the last one
@@ -19,8 +26,10 @@ accepted (a replay), is refused. A refusal is logged and counted
 A request is acked only after its reply is confirmed by the broker, so a worker
 that dies mid-request loses nothing: the broker redelivers it (and after
 ``SERQ_DELIVERY_LIMIT`` deliveries dead-letters it, so a clip that kills workers
-cannot loop). A request that cannot be answered (no ``reply_to``) is acked and
-logged; everything else wrong with a request gets a typed error reply.
+cannot loop). A request without ``reply_to`` is answered on ``<p>.results`` only and
+acked; one whose reply cannot be addressed at all (``reply_to`` not UTF-8, properties that
+cannot be decoded) is dead-lettered at once; everything else wrong with a request gets a
+typed error reply.
 """
 
 from __future__ import annotations
@@ -33,16 +42,13 @@ import signal
 import socket
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from functools import partial
 
-import pika
-import pika.exceptions
 from pydantic import ValidationError
 
-from serq.errors import InvalidRequest, ModelError, SerqError, TooLarge
+from serq.errors import ModelError, SerqError, TimeLimitExceeded
 from serq.models.registry import (
     MAX_METADATA_BYTES,
     Registry,
@@ -55,13 +61,17 @@ from serq.models.signing import BACKWARD_REASONS, Trust, as_utc, check_event_sig
 from serq.schemas import ErrorInfo, ErrorReply, ModelActivated
 from serq.schemas.contract import CLASSIFY
 from serq.settings import Settings
-from serq.transport.connection import CONNECTION_ERRORS, Backoff, close_quietly, connect
+from serq.transport.connection import serve_forever
+from serq.transport.consumer import Consumer, Delivery
+from serq.transport.middleware import PrivacyFilter, ResultsFanout, SizeLimit
 from serq.transport.topology import declare_classify, declare_models
 from serq.worker.engine.model import LoadedModel
 from serq.worker.engine.sealing import warn_if_unshared
 from serq.worker.handlers import Context, Reply, handler_for, known_types
 from serq.worker.services.logging import log
 from serq.worker.services.metrics import Metrics, serve
+from serq.worker.services.middleware import LogMiddleware, MetricsMiddleware
+from serq.worker.services.timelimit import TimeLimit
 
 logger = logging.getLogger("serq.worker")
 
@@ -165,8 +175,20 @@ class Worker:
         self._compute = ThreadPoolExecutor(1, thread_name_prefix="serq-compute")
         self._loader = ThreadPoolExecutor(1, thread_name_prefix="serq-model")
         self._stopping = threading.Event()
-        self._in_flight = 0  # touched on the I/O thread only
-        self._results = settings.name("results")
+        self._sessions = 0
+        self.time_limit = TimeLimit(settings.time_limit_s)
+        self.consumer = Consumer(
+            partial(declare_classify, settings=settings), self._dispatch, prefetch=settings.prefetch,
+            worker=self.worker_id, app_id="serq-worker", log=partial(log, logger),
+            middleware=[
+                SizeLimit(settings.max_bytes),  # before any decoding
+                MetricsMiddleware(self.metrics, known_types(), CLASSIFY),
+                PrivacyFilter(),  # decides what followers see; the fan-out publishes it
+                ResultsFanout(settings.name("results")),
+                LogMiddleware(logger),
+            ])
+        self.metrics.probe = lambda: (self.consumer.consuming, self.consumer.oldest_age())
+        self.metrics.time_limit_s = settings.time_limit_s
 
     def _disk_trust(self) -> Trust | None:
         """What a model read from the registry at start must be signed by: ``None`` (the registry as it
@@ -205,7 +227,7 @@ class Worker:
         """Stop consuming, finish and ack what is in flight, then return from :meth:`run`."""
         if self._stopping.is_set():
             return
-        log(logger, "stopping", worker=self.worker_id, in_flight=self._in_flight)
+        log(logger, "stopping", worker=self.worker_id, in_flight=len(self.consumer.in_flight))
         self._stopping.set()
 
     def install_signal_handlers(self) -> None:
@@ -235,155 +257,106 @@ class Worker:
         # A clip's matrix products are small: BLAS threads would only spin against the other
         # workers on the machine (serq scales by processes, `--scale worker=N`), halving throughput.
         threadpool_limits(limits=1)
+        self._announce_policy()
+        warn_if_unshared(self.settings)  # timeline stream states: say so if they cannot hop between workers
         server = serve(self.metrics, self.settings.metrics_port) if self.settings.metrics_port else None
         log(logger, "starting", worker=self.worker_id, broker=self.settings.redacted_amqp_url,
             queue=self.settings.name("classify"), prefetch=self.settings.prefetch,
-            model_version=self.holder.current.version,
+            model_version=self.holder.current.version, time_limit_s=self.settings.time_limit_s,
             metrics_port=server.server_address[1] if server else 0)
-        self._announce_policy()
-        warn_if_unshared(self.settings)  # timeline stream states: say so if they cannot hop between workers
-        backoff = Backoff(self.settings.reconnect_max_s)
-        sessions = 0
         try:
-            while not self._stopping.is_set():
-                try:
-                    if sessions:
-                        self.metrics.reconnects.inc()
-                        self._loader.submit(self._sync_registry)
-                    sessions += 1
-                    self._session(backoff)
-                except SerqError as exc:  # BrokerUnavailable while (re)connecting
-                    log(logger, "broker unavailable", level=logging.WARNING, reason=str(exc))
-                except CONNECTION_ERRORS as exc:
-                    log(logger, "connection lost", level=logging.WARNING,
-                        reason=f"{exc.__class__.__name__}: {exc}", in_flight=self._in_flight)
-                finally:
-                    self.metrics.set_connected(False)
-                    self._in_flight = 0  # unacked deliveries of a lost channel come back from the broker
-                    self.metrics.in_flight.set(0)
-                if not self._stopping.is_set():
-                    delay = backoff.next_delay()
-                    log(logger, "reconnecting", level=logging.INFO, in_s=round(delay, 2))
-                    self._stopping.wait(delay)
+            serve_forever(self.settings, f"serq-worker {self.settings.prefix} {self.worker_id}", self._session,
+                          stop=self._stopping, on_lost=self._on_lost)
         finally:
             self._compute.shutdown(wait=True, cancel_futures=True)
             self._loader.shutdown(wait=False, cancel_futures=True)
+            self.time_limit.close()
             if server:
                 server.shutdown()
         log(logger, "stopped", worker=self.worker_id)
         return 0
 
-    def _session(self, backoff: Backoff) -> None:
+    def _on_lost(self, exc: BaseException) -> None:
+        log(logger, "connection lost", level=logging.WARNING, reason=exc.__class__.__name__,
+            in_flight=len(self.consumer.in_flight))
+        self.consumer.detach()  # unacked deliveries of a lost channel come back from the broker
+        self.metrics.set_connected(False)
+        self.metrics.in_flight.set(0)
+
+    def _session(self, conn, ready) -> None:
         """One connection's life: declare, consume, serve until stopped and drained (or the link drops)."""
-        conn = connect(self.settings, f"serq-worker {self.settings.prefix} {self.worker_id}")
+        if self._sessions:
+            self.metrics.reconnects.inc()
+            self._loader.submit(self._sync_registry)
+        self._sessions += 1
+        queue = self.consumer.attach(conn)
+        exchange = declare_models(self.consumer.channel, self.settings)
+        events = conn.channel()
+        mine = events.queue_declare("", exclusive=True, auto_delete=True).method.queue
+        events.queue_bind(mine, exchange)
+        events.basic_consume(mine, self._on_model_event, auto_ack=True)
+        self.metrics.set_connected(True)
+        ready()
+        log(logger, "consuming", queue=queue, models=exchange)
+        cancelled = False
         try:
-            ch = conn.channel()
-            ch.confirm_delivery()
-            ch.basic_qos(prefetch_count=self.settings.prefetch)
-            queue = declare_classify(ch, self.settings)
-            exchange = declare_models(ch, self.settings)
-            events = conn.channel()
-            mine = events.queue_declare("", exclusive=True, auto_delete=True).method.queue
-            events.queue_bind(mine, exchange)
-            events.basic_consume(mine, self._on_model_event, auto_ack=True)
-            # Results go out on a channel without confirms: followers are best-effort, and the one
-            # confirm the request waits for (its reply's) then costs one round trip, not two.
-            results = conn.channel()
-            tag = ch.basic_consume(queue, partial(self._on_request, conn, results))
-            self.metrics.set_connected(True)
-            backoff.reset()
-            log(logger, "consuming", queue=queue, models=exchange)
-            cancelled = False
             while True:
-                conn.process_data_events(time_limit=0.2)
+                self.consumer.pump(0.2)
                 if self._stopping.is_set() and not cancelled:
-                    ch.basic_cancel(tag)  # no new deliveries; undispatched ones go back to the queue
+                    self.consumer.cancel()  # no new deliveries; undispatched ones go back to the queue
                     cancelled = True
-                if cancelled and self._in_flight == 0:
+                if cancelled and not self.consumer.in_flight:
                     break
         finally:
-            close_quietly(conn)
+            self.metrics.set_connected(False)
+        self.consumer.detach()
 
     # --- requests ----------------------------------------------------------------------------
 
-    def _on_request(self, conn, results, ch, method, props: pika.BasicProperties, body: bytes) -> None:
-        """I/O thread: count the request in and hand it to the compute thread."""
-        self._in_flight += 1
-        self.metrics.in_flight.inc()
-        started = time.monotonic()
-        self._compute.submit(self._work, conn, results, ch, method.delivery_tag, props, body, started)
+    def _dispatch(self, delivery: Delivery) -> None:
+        """I/O thread: hand the request to the compute thread."""
+        self._compute.submit(self._work, delivery)
 
-    def _work(self, conn, results, ch, tag: int, props: pika.BasicProperties, body: bytes, started: float) -> None:
-        """Compute thread: run the handler, then schedule reply + ack on the I/O thread."""
-        request_id = props.correlation_id or props.message_id or uuid.uuid4().hex
-        reply = self._handle(body, props, request_id)
+    def _work(self, delivery: Delivery) -> None:
+        """Compute thread: run the handler (within the time limit), then hand the reply to the I/O thread.
+
+        Whatever happens here, exactly one reply goes back, so no delivery stays in flight.
+        """
+        reply = None
         try:
-            conn.add_callback_threadsafe(partial(self._finish, ch, results, tag, props, reply, request_id, started))
-        except CONNECTION_ERRORS:  # the connection died meanwhile: the broker redelivers the request
+            with self.time_limit.running():
+                reply = self._handle(delivery)
+        except TimeLimitExceeded as exc:  # landed outside the handler's own except (as it returned)
+            reply = reply or self._error(delivery, exc.to_dict())
+        except BaseException as exc:  # noqa: BLE001 - a bug: answer it, never leave the delivery in flight
+            log(logger, "internal error", level=logging.ERROR, exc_info=exc, request_id=delivery.request_id)
+            reply = self._error(delivery, {"code": "internal", "message": f"internal error ({exc.__class__.__name__})"})
+        if not self.consumer.complete_threadsafe(delivery, reply):
             log(logger, "reply dropped: connection lost; the request will be redelivered", level=logging.WARNING,
-                request_id=request_id)
+                request_id=delivery.request_id)
 
-    def _handle(self, body: bytes, props: pika.BasicProperties, request_id: str) -> Reply:
+    def _error(self, delivery: Delivery, error: dict) -> Reply:
+        return Reply.of(ErrorReply(error=ErrorInfo(**error), request_id=delivery.request_id, worker=self.worker_id))
+
+    def _handle(self, delivery: Delivery) -> Reply:
         """The reply to one request; every failure becomes a typed error reply."""
         try:
-            if not props.reply_to:
-                raise InvalidRequest("no reply_to: nowhere to send the reply")
-            if len(body) > self.settings.max_bytes:  # before any decoding
-                raise TooLarge(f"{len(body)} bytes exceeds the limit of {self.settings.max_bytes} bytes (SERQ_MAX_BYTES)")
-            handler = handler_for(props.type)
+            handler = handler_for(delivery.type)
             ctx = Context(settings=self.settings, model=self.holder.current, worker=self.worker_id,
-                          request_id=request_id, headers=dict(props.headers or {}), speaker_model=self.speaker_model)
-            return handler(body, props, ctx)
+                          request_id=delivery.request_id, headers=dict(delivery.headers),
+                          speaker_model=self.speaker_model)
+            return handler(delivery.body, delivery.props, ctx)
+        except TimeLimitExceeded as exc:
+            self.metrics.time_limited.inc()
+            log(logger, "time limit exceeded", level=logging.ERROR, request_id=delivery.request_id,
+                limit_s=self.settings.time_limit_s)
+            return self._error(delivery, exc.to_dict())
         except SerqError as exc:
-            error = ErrorInfo(**exc.to_dict())
+            return self._error(delivery, exc.to_dict())
         except Exception as exc:  # a bug: answer, log the traceback, keep serving
-            log(logger, "internal error", level=logging.ERROR, exc_info=exc, request_id=request_id)
-            error = ErrorInfo(code="internal", message=f"internal error ({exc.__class__.__name__}); see the worker log")
-        return Reply.of(ErrorReply(error=error, request_id=request_id, worker=self.worker_id))
-
-    def _finish(self, ch, results, tag: int, props: pika.BasicProperties, reply: Reply, request_id: str,
-                started: float) -> None:
-        """I/O thread: publish to results, publish the reply (confirmed), then ack."""
-        if not ch.is_open:
-            return  # a channel of a lost connection: the request comes back via redelivery
-        self._in_flight -= 1
-        self.metrics.in_flight.dec()
-        is_error = isinstance(reply.body, ErrorReply)
-        payload = reply.body.model_dump_json(exclude_none=is_error).encode()
-        out = pika.BasicProperties(content_type="application/json", correlation_id=props.correlation_id,
-                                   type=reply.type, app_id="serq-worker")
-        delivered = "no reply_to"
-        if props.reply_to:  # the caller first: its latency; then the followers
-            try:
-                # Not mandatory: RabbitMQ returns direct reply-to messages as unroutable even when it
-                # delivers them. A caller that left misses its reply; a reconnecting client re-sends.
-                ch.basic_publish("", props.reply_to, payload, out)
-                delivered = "ok"
-            except pika.exceptions.NackError:
-                # Redelivered, so answered later: followers hear of it then, not twice.
-                log(logger, "reply refused by the broker; requeued", level=logging.WARNING, request_id=request_id)
-                ch.basic_nack(tag, requeue=True)
-                return
-        if reply.routing_key:
-            # A speaker profile goes back to its caller only, never to followers (docs/profiles.md).
-            public = payload if getattr(reply.body, "profile", None) is None else \
-                reply.body.model_copy(update={"profile": None}).model_dump_json().encode()
-            results.basic_publish(self._results, reply.routing_key, public, out)
-        ch.basic_ack(tag)
-        kind = props.type or CLASSIFY
-        kind = kind if kind in known_types() else "unknown"  # a metric label must not be client-chosen
-        seconds = time.monotonic() - started
-        self.metrics.requests.labels(kind).inc()
-        self.metrics.latency.labels(kind).observe(seconds)
-        fields = {"request_id": request_id, "type": reply.type, "key": reply.routing_key,
-                  "ms": round(seconds * 1000, 1), "reply": delivered}
-        if is_error:
-            self.metrics.errors.labels(reply.body.error.code).inc()
-            level = logging.WARNING if delivered != "ok" else logging.INFO
-            log(logger, "error reply", level=level, code=reply.body.error.code, message=reply.body.error.message,
-                **fields)
-        else:
-            log(logger, "reply", model_version=getattr(reply.body, "model_version", None), **fields)
+            log(logger, "internal error", level=logging.ERROR, exc_info=exc, request_id=delivery.request_id)
+            return self._error(delivery, {"code": "internal",
+                                          "message": f"internal error ({exc.__class__.__name__}); see the worker log"})
 
     # --- models ------------------------------------------------------------------------------
 

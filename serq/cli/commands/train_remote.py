@@ -5,7 +5,9 @@ Publishes a :class:`~serq.schemas.TrainRequest` to ``<p>.train`` (confirmed). Wi
 from the trainer's :class:`~serq.schemas.TrainProgress` events, then the result as
 `serq train --local` prints it. It never hangs on an absent trainer: before
 publishing it checks that someone consumes ``<p>.train``, and while waiting it
-re-checks whenever the job has been silent for a while.
+re-checks whenever the job has been silent for a while. A lost connection is
+re-established (any node of ``SERQ_AMQP_URL``, with the transport's backoff) and the job
+followed on ``<p>.events`` from then on.
 """
 
 from __future__ import annotations
@@ -30,41 +32,33 @@ class NoTrainer(SerqError):
     code = "no_trainer"
 
 
-def _consumers(conn, queue: str) -> int:
-    """Consumers of ``queue`` (passive declare, on a channel of its own: a 404 closes the channel)."""
-    channel = conn.channel()
-    try:
-        return channel.queue_declare(queue, passive=True).method.consumer_count
-    finally:
-        if channel.is_open:
-            channel.close()
-
-
 def run_remote(request, args: argparse.Namespace, settings) -> int:
     """Publish ``request``; with ``args.wait`` follow it to its result. Returns the exit code."""
     import pika
 
     from serq.cli.output import print_json, show_train_result
-    from serq.transport.connection import connect
-    from serq.transport.topology import declare_train
+    from serq.schemas.contract import type_name
+    from serq.transport.connection import close_quietly, connect
+    from serq.transport.topology import consumer_count, declare_train
 
     if not args.data:  # the client's default corpus, by absolute path (same path on the trainer's side)
         request = request.model_copy(update={"dataset": str(settings.ravdess_dir.expanduser().resolve())})
     conn = connect(settings, "serq-train")
+    waiter = None
     try:
         channel = conn.channel()
         channel.confirm_delivery()
         queue = declare_train(channel, settings)  # a job sent before any trainer starts waits, never vanishes
-        trainers = _consumers(conn, queue)
+        trainers = consumer_count(conn, queue)
         if args.wait and trainers == 0:
             raise NoTrainer(f"no trainer is running for prefix {settings.prefix!r} (nobody consumes {queue}); "
                             "start `serq trainer`, or send the job without --wait to queue it")
-        waiter = _Waiter(args, request.job_id) if args.wait else None
+        waiter = _Waiter(args, request.job_id, settings) if args.wait else None
         if waiter:
             channel.basic_consume(REPLY_TO, waiter.on_message, auto_ack=True)
         channel.basic_publish(
             "", queue, request.model_dump_json().encode(),
-            pika.BasicProperties(content_type="application/json", type="serq.TrainRequest", delivery_mode=2,
+            pika.BasicProperties(content_type="application/json", type=type_name(request), delivery_mode=2,
                                  correlation_id=request.job_id, message_id=request.job_id,
                                  reply_to=REPLY_TO if waiter else None),
             mandatory=True,
@@ -77,18 +71,19 @@ def run_remote(request, args: argparse.Namespace, settings) -> int:
                       + ("" if trainers else " (no trainer is running: it waits in the queue)"))
                 print(f"follow it on exchange {settings.name('events')} with key train.{request.job_id}.#")
             return 0
-        result = waiter.wait(conn, queue, args.timeout)
+        waiter.conn = conn
+        result = waiter.wait(queue, args.timeout)
     finally:
-        if conn.is_open:
-            conn.close()
+        close_quietly(waiter.conn if waiter else conn)
     return show_train_result(result, args.json, args.command)
 
 
 class _Waiter:
     """Collects one job's events from the reply queue and draws its progress."""
 
-    def __init__(self, args: argparse.Namespace, job_id: str):
-        self.args, self.job_id = args, job_id
+    def __init__(self, args: argparse.Namespace, job_id: str, settings):
+        self.args, self.job_id, self.settings = args, job_id, settings
+        self.conn = None
         self.result = None
         self.last_event = time.monotonic()
         self.heard = False
@@ -96,20 +91,40 @@ class _Waiter:
 
     def on_message(self, channel, method, props, body: bytes) -> None:
         from serq.schemas import TrainProgress, TrainResult
+        from serq.schemas.contract import type_name
 
         if props.correlation_id != self.job_id:
             return
         self.last_event, self.heard = time.monotonic(), True
-        if props.type == "serq.TrainResult":
+        if props.type == type_name(TrainResult):
             self.result = TrainResult.model_validate_json(body)
-        elif props.type == "serq.TrainProgress" and not self.args.json:
+        elif props.type == type_name(TrainProgress) and not self.args.json:
             from serq.progress import progress_printer
 
             event = TrainProgress.model_validate_json(body)
             self.printers.setdefault(event.stage, progress_printer(event.stage))(event.done, event.total)
 
-    def wait(self, conn, queue: str, timeout: float):
+    def _follow_again(self, deadline: float) -> None:
+        """After a lost connection: connect again and follow the job on ``<p>.events`` (its reply-to died)."""
+        from serq.client.errors import ConnectionLost
+        from serq.errors import BrokerUnavailable
+        from serq.transport.connection import close_quietly, connect_retrying
+
+        close_quietly(self.conn)
+        try:
+            self.conn = connect_retrying(self.settings, "serq-train", deadline=deadline)
+        except BrokerUnavailable as exc:
+            raise ConnectionLost(f"lost the connection while following job {self.job_id}: {exc}") from None
+        channel = self.conn.channel()
+        mine = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
+        channel.queue_bind(mine, self.settings.name("events"), f"train.{self.job_id}.#")
+        channel.basic_consume(mine, self.on_message, auto_ack=True)
+        print(f"reconnected; following job {self.job_id} on {self.settings.name('events')}", file=sys.stderr)
+
+    def wait(self, queue: str, timeout: float):
         from serq.client.errors import Timeout
+        from serq.transport.connection import CONNECTION_ERRORS
+        from serq.transport.topology import consumer_count
 
         deadline = time.monotonic() + timeout
         told_busy = False
@@ -117,10 +132,16 @@ class _Waiter:
             if time.monotonic() > deadline:
                 raise Timeout(f"no result for job {self.job_id} within {timeout:.0f} s; it may still be running "
                               f"(follow {queue.rsplit('.', 1)[0]}.events, key train.{self.job_id}.#)")
-            conn.process_data_events(time_limit=1)
-            if self.result is None and time.monotonic() - self.last_event > QUIET_CHECK_S:
+            try:
+                self.conn.process_data_events(time_limit=1)
+                quiet = self.result is None and time.monotonic() - self.last_event > QUIET_CHECK_S
+                trainers = consumer_count(self.conn, queue) if quiet else None
+            except CONNECTION_ERRORS:
+                self._follow_again(deadline)
+                continue
+            if quiet:
                 self.last_event = time.monotonic()
-                if _consumers(conn, queue) == 0:
+                if trainers == 0:
                     raise NoTrainer(f"the trainer went away (nobody consumes {queue}); job {self.job_id} stays "
                                     "queued and runs when a trainer starts")
                 if not self.heard and not told_busy and not self.args.json:
