@@ -159,7 +159,7 @@ def accuracy(k: int = 5) -> dict:
 
     settings = get_settings()
     hp = Hyperparameters()  # the shipped model's recipe, speed-perturbed training copies included
-    training = training_set(scan(ravdess_dir()), settings.cache_dir, hp.augment_speeds,
+    training = training_set(scan(ravdess_dir()), settings.cache_dir, [hp],
                             max_seconds=settings.max_seconds)
     if training.skipped:
         raise SystemExit(f"files left out of the corpus: {training.skipped}")
@@ -174,7 +174,7 @@ def accuracy(k: int = 5) -> dict:
             pred[test] = seed_mlp().fit(X_seed[train], y[train]).predict(X_seed[test])
     seed_cv = score(y, pred, labels, protocol=f"speaker-grouped {k}-fold", speaker_independent=True)
     serq_cv = cross_validate(X_serq, y, groups, hp, labels=labels, protocol="speaker", k=k,
-                             augmented=training.copies(hp.augment_speeds))
+                             augmented=training.copies(hp))
 
     # The seed's own evaluation: one random 75/25 split over clips (random_state=9, as it had).
     tr, te = train_test_split(np.arange(len(y)), test_size=0.25, random_state=9)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from serq.schemas import EvaluationReport, ModelMetadata
+from serq.schemas import ConditionsReport, EvaluationReport, ModelMetadata
 
 RAVDESS_ATTRIBUTION = (
     "Trained on RAVDESS speech: Livingstone, S. R., & Russo, F. A. (2018). The Ryerson Audio-Visual "
@@ -23,6 +23,16 @@ RAVDESS_CONTEXT = (
 )
 
 
+CONDITIONS_NOTE = (
+    "The same test clips of speakers never heard in training, recorded differently: gain:-18 turned down "
+    "18 dB, peak normalised to -1 dBFS, phone an 8 kHz 300-3400 Hz mu-law line, noise:N white noise N dB "
+    "below the speech, reverb:T a simulated room with that RT60 (not one of the training rooms), mp3:K an "
+    "MP3 round trip at K kbit/s. Agreement is the share of clips given the label they got clean. The features "
+    "are level-free by construction (the waveform is scaled to one speech level first), so gain and peak "
+    "normalisation cannot change a label."
+)
+
+
 def metrics_table(report: EvaluationReport) -> str:
     lines = [f"Protocol: **{report.protocol}** ({'speaker-independent' if report.speaker_independent else 'speaker-DEPENDENT: flatters the model'}), {report.n} clips.", ""]
     lines += ["| metric | pooled | mean ± std over folds |", "|---|---:|---:|"]
@@ -40,6 +50,25 @@ def metrics_table(report: EvaluationReport) -> str:
     return "\n".join(lines)
 
 
+def conditions_table(report: ConditionsReport) -> str:
+    """The figures under each recording condition as a Markdown table (the model card's, `serq evaluate`'s)."""
+    restricted = any(r.present_classes for r in report.conditions)
+    lines = [f"Protocol: **{report.protocol}** ({'speaker-independent' if report.speaker_independent else 'speaker-DEPENDENT'}), "
+             f"{report.n} clips of {report.speakers} speakers, conditions seeded with {report.seed}.", ""]
+    head = "| condition | accuracy | balanced accuracy | agreement with clean |"
+    rule = "|---|---:|---:|---:|"
+    if restricted:
+        head += f" accuracy, {len(report.present)} classes | balanced, {len(report.present)} classes | agreement, {len(report.present)} classes |"
+        rule += "---:|---:|---:|"
+        lines.insert(1, f"Classes present: {', '.join(report.present)}; the last three columns restrict the choice to them.")
+    lines += [head, rule]
+    for row in report.conditions:
+        cells = [row.all_classes] + ([row.present_classes] if restricted and row.present_classes else [])
+        lines.append(f"| {row.condition} | " + " | ".join(
+            f"{c.accuracy:.3f} | {c.balanced_accuracy:.3f} | {c.agreement:.2f}" for c in cells) + " |")
+    return "\n".join(lines)
+
+
 def model_card(meta: ModelMetadata, extra: str = "") -> str:
     hp = meta.hyperparameters
     data = meta.training_data
@@ -51,9 +80,12 @@ def model_card(meta: ModelMetadata, extra: str = "") -> str:
         f"alpha {hp.alpha}, random_state {hp.random_state}"
         + (f"; trained with speed-perturbed copies at {', '.join(f'{x:g}x' for x in hp.augment_speeds)}"
            if hp.augment_speeds else "")
+        + (f"; and {hp.channel_copies} channel-augmented copies of each clip (noise, phone line, codec, "
+           "room, gain, pitch)" if hp.channel_copies else "")
         + f") over serq's acoustic features "
         f"`{meta.feature_version}` (statistics of MFCC, deltas, chroma, log-mel, spectral contrast, "
-        "spectral shape and YIN pitch over the active frames of a clip).",
+        "spectral shape, vocal effort and YIN pitch over the active frames of a clip, after scaling it "
+        "to one speech level).",
         f"Classes: {', '.join(meta.labels)}. Created {meta.created:%Y-%m-%d %H:%M} UTC. "
         f"Artifact sha256 `{meta.sha256}`.",
         "",
@@ -64,6 +96,9 @@ def model_card(meta: ModelMetadata, extra: str = "") -> str:
         "## How well it works",
     ]
     parts.append(metrics_table(meta.metrics) if meta.metrics else "Not evaluated.")
+    if meta.conditions:
+        parts += ["", "### Under other recording conditions (`serq evaluate --conditions`)", "",
+                  conditions_table(meta.conditions), "", CONDITIONS_NOTE]
     if meta.metrics and meta.metrics.speaker_independent and set(data.get("corpora", {})) == {"ravdess"}:
         parts += ["", RAVDESS_CONTEXT]
     parts += [

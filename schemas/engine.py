@@ -102,6 +102,11 @@ class Hyperparameters(_Model):
         description="speed-perturbed copies of each training clip (1.1 = 10 % faster, higher pitch); "
         "training folds only, never scored",
     )
+    channel_copies: int = Field(
+        3, ge=0, le=8,
+        description="channel-augmented copies of each training clip (noise, phone line, codec, room, gain, "
+        "pitch; seeded, see docs/training.md); training folds only, never scored",
+    )
 
     @field_validator("augment_speeds")
     @classmethod
@@ -170,6 +175,37 @@ class DomainAdaptation(_Model):
         None, description="'mixture': the emotion mix the domain's clips were estimated to have")
 
 
+class ConditionFigures(_Model):
+    """One condition's figures over one choice of classes."""
+
+    accuracy: float
+    balanced_accuracy: float = Field(description="unweighted average recall over the classes present")
+    agreement: float = Field(description="fraction of clips given the label they got under `clean`")
+
+
+class ConditionResult(_Model):
+    condition: str = Field(description="e.g. 'noise:10' (see docs/training.md for the grammar)")
+    n: int = Field(description="clips scored")
+    all_classes: ConditionFigures = Field(description="the model's choice among all its classes")
+    present_classes: ConditionFigures | None = Field(
+        None, description="the choice restricted to the classes present in the data (when some are absent)")
+
+
+class ConditionsReport(_Model):
+    """`serq evaluate --conditions`: the same test clips under each recording condition."""
+
+    model_version: str | None = Field(None, description="the model scored, or whose recipe was refitted by fold")
+    protocol: str = Field(description="e.g. 'speaker-grouped 5-fold, refitted' or 'held-out data: 6 speakers'")
+    speaker_independent: bool
+    seed: int = Field(description="seed of the conditions' random parts (noise, room)")
+    n: int
+    speakers: int
+    labels: list[str] = Field(description="the model's classes")
+    present: list[str] = Field(description="the classes present in the data")
+    conditions: list[ConditionResult]
+    skipped: dict[str, int] = Field(default_factory=dict, description="files left out, by reason")
+
+
 class ModelMetadata(_Model):
     version: str
     created: datetime
@@ -187,6 +223,8 @@ class ModelMetadata(_Model):
     class_statistics: ClassStatistics | None = Field(
         None, description="per-class statistics of the training data, for unlabelled adaptation")
     adaptation: DomainAdaptation | None = Field(None, description="set on a model made by `serq adapt`")
+    conditions: ConditionsReport | None = Field(
+        None, description="cross-validated figures under recording conditions (`serq evaluate --conditions`)")
     notes: str = ""
 
     @field_validator("labels")

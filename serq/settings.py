@@ -43,7 +43,7 @@ class Settings(BaseSettings):
     )
     data_roots: str = Field("", description="colon-separated directories a training request may read from")
     ravdess_dir: Path = Field(Path("../shared/data/ravdess"), description="RAVDESS corpus used by tests and `serq models build-default`")
-    turev_dir: Path = Field(Path("../shared/data/turev"), description="TurEV-DB corpus (Turkish, 4 emotions): evaluation and tests only, never training a shipped model")
+    turev_dir: Path = Field(Path("../shared/data/turev"), description="TurEV-DB corpus for cross-corpus evaluation (tests, bench; never for training a shipped model)")
     zenodo_url: str = Field("https://zenodo.org", description="Zenodo base URL `serq data download` reads records and files from")
     max_bytes: int = Field(32 * 1024 * 1024, gt=0, description="largest accepted clip, in bytes")
     max_seconds: float = Field(60.0, gt=0, description="longest accepted clip, in seconds")

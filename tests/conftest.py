@@ -2,8 +2,8 @@
 
 - ``ravdess_dir``: the corpus from ``SERQ_RAVDESS_DIR`` (default ``../shared/data/ravdess``
   relative to the repository); tests skip with a clear reason when it is absent.
-- ``turev_dir``: the TurEV corpus from ``SERQ_TUREV_DIR`` (default ``../shared/data/turev``),
-  evaluation only; skipped with a clear reason when absent.
+- ``turev_dir``: TurEV-DB from ``SERQ_TUREV_DIR`` (default ``../shared/data/turev``), for
+  cross-corpus evaluation only (its licence forbids training a shipped model on it).
 - ``amqp_url`` / ``prefix``: the real broker at ``SERQ_AMQP_URL``; every test gets its own
   name prefix and its queues/exchanges are deleted afterwards.
 - ``isolated_env``: SERQ_MODEL_DIR and SERQ_CACHE_DIR in a temp dir, so no test touches
@@ -51,7 +51,7 @@ RAVDESS = _ravdess()
 
 
 def _turev() -> Path:
-    raw = Path(os.environ.get("SERQ_TUREV_DIR", "../shared/data/turev"))
+    raw = Path(os.environ.get("SERQ_TUREV_DIR", "../shared/data/turev"))  # as serq.settings' turev_dir
     return raw if raw.is_absolute() else (REPO / raw).resolve()
 
 
@@ -76,7 +76,7 @@ def ravdess_dir() -> Path:
 @pytest.fixture(scope="session")
 def turev_dir() -> Path:
     if not (TUREV / "Angry").is_dir():
-        pytest.skip(f"TurEV corpus not found at {TUREV} (set SERQ_TUREV_DIR)")
+        pytest.skip(f"TurEV-DB corpus not found at {TUREV} (set SERQ_TUREV_DIR)")
     return TUREV
 
 
@@ -305,7 +305,7 @@ def speaker_version(ravdess_dir, model_dir) -> str:
     request = TrainRequest(dataset=str(ravdess_dir), speakers=["01", "02", "03"], folds=2, activate="always",
                            speaker_normalisation=True,
                            hyperparameters=Hyperparameters(hidden_layers=[16], max_iter=30, random_state=0,
-                                                           augment_speeds=[]))
+                                                           augment_speeds=[], channel_copies=0))
     result = run_training(request, settings)
     assert result.ok, result.error
     return result.version

@@ -60,6 +60,18 @@ def test_tess(tmp_path):
     assert got["YAF_bath_disgust.wav"] == ("disgust", "tess:YAF", "tess")
 
 
+def test_turev_labels_come_from_the_folder(tmp_path):
+    touch(tmp_path, "Angry/1157_kz_acik.flac", "Calm/1234_er_bugu.flac", "Happy/6783_kz_cay.flac",
+          "Sad/7895_er_beste.flac", "Bored/1157_kz_acik.flac", "1157_kz_acik.flac")
+    dataset = scan(tmp_path)
+    got = {(c.path.parent.name, c.path.name): (c.label, c.speaker, c.corpus) for c in dataset.clips}
+    assert got == {("Angry", "1157_kz_acik.flac"): ("angry", "turev:1157", "turev"),
+                   ("Calm", "1234_er_bugu.flac"): ("calm", "turev:1234", "turev"),
+                   ("Happy", "6783_kz_cay.flac"): ("happy", "turev:6783", "turev"),
+                   ("Sad", "7895_er_beste.flac"): ("sad", "turev:7895", "turev")}
+    assert sum(dataset.skipped.values()) == 2  # no emotion folder: never guessed
+
+
 def test_emodb_with_boredom_skipped_and_counted(tmp_path):
     letters = {"W": "angry", "E": "disgust", "A": "fearful", "F": "happy", "T": "sad", "N": "neutral"}
     touch(tmp_path, *(f"03a01{letter}a.wav" for letter in letters), "03a01La.wav", "16b10Lb.wav", "16b10Wb.wav")

@@ -32,7 +32,7 @@ from helpers.corpus import make_subset
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ["scanning", "extracting", "cross-validating", "fitting", "registering"]
 #: A quick recipe: the tests check plumbing, not accuracy.
-QUICK = {"hidden_layers": [32], "max_iter": 30, "augment_speeds": []}
+QUICK = {"hidden_layers": [32], "max_iter": 30, "augment_speeds": [], "channel_copies": 0}
 
 
 # --------------------------------------------------------------------------- unit

@@ -32,7 +32,7 @@ def small_model(ravdess_dir, tmp_path_factory):
     cache = os.environ.get("SERQ_CACHE_DIR") or str(root / "cache")
     settings = Settings(model_dir=root / "models", cache_dir=cache)
     request = TrainRequest(dataset=str(ravdess_dir), speakers=["01", "02", "03"], folds=2, activate="never",
-                           hyperparameters=Hyperparameters(hidden_layers=[16], max_iter=40))
+                           hyperparameters=Hyperparameters(hidden_layers=[16], max_iter=40, channel_copies=0))
     result = run_training(request, settings, n_jobs=2)
     assert result.ok, result.error
     registry = Registry(settings.model_dir)

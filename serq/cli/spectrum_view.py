@@ -55,7 +55,7 @@ def analyse_file(path: str | Path, settings=None) -> ClipView:
         name=Path(path).name,
         summary=spectral_summary(analysis, audio.original_rate),
         f0=np.asarray(analysis.frame["f0"], dtype=float),
-        logmel=np.asarray(analysis.logmel, dtype=float),
+        logmel=np.asarray(analysis.logmel_dbfs, dtype=float),
         hop_s=HOP / SAMPLE_RATE,
     )
 

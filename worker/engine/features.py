@@ -8,6 +8,13 @@ plots). :func:`extract` is the one-call ``(audio, sample_rate) -> vector`` form.
 Frames are 32 ms (512 samples at 16 kHz) every 10 ms. Statistics are taken over
 *active* frames only (leading/trailing silence trimmed, pauses excluded): RAVDESS
 clips are ~60 % silence, and averaging over it dilutes every descriptor.
+
+Level-free by construction: which frames are active is decided relative to the
+clip itself (its loudest frame and its noise floor), and the waveform is scaled
+to one active-speech level (:data:`LEVEL_TARGET_DBFS`) before any descriptor is
+computed, so the recording gain (a volume knob, peak normalisation) cannot reach
+the model. Only :attr:`Analysis.silent` and the spectral summary a person reads
+still see the absolute level.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import numpy as np
 from scipy import fft as sfft
 
 #: Bump whenever the vector's layout or meaning changes; models store it and refuse a mismatch.
-FEATURE_VERSION = "serq-fe-2"
+FEATURE_VERSION = "serq-fe-3"
 
 SAMPLE_RATE = 16_000  # Hz; audio is resampled to this before analysis
 N_FFT = 512  # samples per frame (32 ms)
@@ -31,8 +38,16 @@ N_CHROMA = 12
 CONTRAST_BANDS = 6  # octave bands from 100 Hz; +1 row for the residual
 FMIN_PITCH, FMAX_PITCH = 65.0, 600.0  # Hz; YIN's search range
 YIN_THRESHOLD = 0.2  # cumulative-mean-normalised difference below this = voiced
-ACTIVE_DB = 35.0  # frames within this many dB of the loudest frame are "active"
-SILENCE_DBFS = -55.0  # a clip whose loudest frame is below this is "silent"
+ACTIVE_DB = 35.0  # frames within this many dB of the loudest frame are "active" ...
+NOISE_PERCENTILE = 10.0  # ... and above the noise floor: this percentile of the frame levels ...
+NOISE_RANGE_DB = 50.0  # ... of the frames within this of the loudest (digital silence is no noise floor) ...
+NOISE_MARGIN_DB = 3.0  # ... plus this margin (steady noise frames vary by well under 1 dB)
+HEADROOM_DB = 3.0  # the frames within this of the loudest always count (a clip is never all inactive) ...
+DIGITAL_SILENCE_DB = -200.0  # ... unless they are digital silence (zeros): never speech, whatever the gain
+#: A clip whose loudest frame is below this is "silent" (the only absolute level that decides anything):
+#: 20 dB under the quietest RAVDESS clip turned down 18 dB, 25 dB over 16-bit dither.
+SILENCE_DBFS = -75.0
+LEVEL_TARGET_DBFS = -26.0  # active-speech level every clip is scaled to before analysis (ITU-T P.56's usual)
 N_SPECTRUM_BANDS = N_MELS  # bands in the summary spectrum (the mel bands)
 AMIN = 1e-10
 
@@ -45,14 +60,19 @@ class Analysis:
     Attributes:
         power: power spectrogram, shape ``(T, N_FFT // 2 + 1)``.
         logmel: log-mel power in dB, shape ``(T, N_MELS)``.
-        frame: named 1-D descriptors, each shape ``(T,)`` (``rms_db`` in dBFS,
-            ``centroid``/``bandwidth``/``rolloff`` in Hz, ``flatness`` in [0, 1],
-            ``zcr`` crossings per sample, ``f0`` in Hz with 0 where unvoiced).
+        frame: named 1-D descriptors, each shape ``(T,)`` (``rms_db`` in dB after the
+            level normalisation, ``centroid``/``bandwidth``/``rolloff`` in Hz, ``flatness``
+            in [0, 1], ``zcr`` crossings per sample, ``alpha_ratio``/``hammarberg`` in dB,
+            ``f0`` in Hz with 0 where unvoiced).
         matrices: named 2-D descriptors, each shape ``(T, k)`` (mfcc, mfcc_delta, chroma, contrast).
-        active: bool mask ``(T,)`` of frames that carry speech energy.
+        active: bool mask ``(T,)`` of frames that carry speech energy (:func:`active_frames`).
         n_frames: frames in the whole clip, trimmed silence included.
         voiced: bool mask ``(T,)``: active frames where YIN found a pitch.
         duration: clip length in seconds.
+        peak_dbfs, rms_dbfs: the clip's sample peak and overall RMS, as recorded.
+        loudest_dbfs: the loudest frame's RMS as recorded (what :attr:`silent` reads).
+        gain_db: the gain that brought the active speech to :data:`LEVEL_TARGET_DBFS`;
+            ``power``, ``logmel``, ``rms_db`` and everything derived are after it.
     """
 
     power: np.ndarray
@@ -65,10 +85,18 @@ class Analysis:
     duration: float
     peak_dbfs: float
     rms_dbfs: float
+    loudest_dbfs: float
+    gain_db: float
 
     @property
     def silent(self) -> bool:
-        return float(self.frame["rms_db"].max(initial=-np.inf)) < SILENCE_DBFS
+        """No frame reaches :data:`SILENCE_DBFS`: decided on the clip's absolute level."""
+        return self.loudest_dbfs < SILENCE_DBFS
+
+    @property
+    def logmel_dbfs(self) -> np.ndarray:
+        """:attr:`logmel` at the clip's own level (dB re full scale), for people and plots."""
+        return self.logmel - np.float32(self.gain_db)
 
 
 #: librosa's filterbanks for this layout, stored: importing librosa costs about a second at every
@@ -195,6 +223,30 @@ def pitch_track(samples: np.ndarray, active: np.ndarray, sr: int = SAMPLE_RATE) 
     return np.where(active, np.repeat(coarse, 2)[: len(active)], 0.0)
 
 
+def active_frames(level_db: np.ndarray) -> np.ndarray:
+    """Frames that carry speech, from frame levels in dB, shape kept; relative to the clip only.
+
+    Active = within :data:`ACTIVE_DB` of the loudest frame *and* :data:`NOISE_MARGIN_DB`
+    above the noise floor (the :data:`NOISE_PERCENTILE` th percentile of the levels of
+    frames within :data:`NOISE_RANGE_DB` of the loudest, so zero padding does not hide
+    the noise). In a quiet recording the first rule decides; in noise (10 dB SNR puts
+    every frame within 35 dB of the loudest) the second keeps the noise-only pauses
+    out. Adding a constant to ``level_db`` (a gain) changes nothing.
+    """
+    if not len(level_db):
+        return np.zeros(0, dtype=bool)
+    loudest = float(level_db.max())
+    floor = float(percentiles(level_db[level_db > loudest - NOISE_RANGE_DB], (NOISE_PERCENTILE,))[0])
+    threshold = min(max(loudest - ACTIVE_DB, floor + NOISE_MARGIN_DB), loudest - HEADROOM_DB)
+    return (level_db > threshold) & (level_db > DIGITAL_SILENCE_DB)
+
+
+def speech_level_db(frame_power: np.ndarray, active: np.ndarray) -> float:
+    """Active-speech level in dB: the mean power of the active frames (``-inf`` if there is none)."""
+    mean = float(frame_power[active].mean()) if active.any() else 0.0
+    return 10 * np.log10(mean) if mean > 0 else -np.inf
+
+
 def analyse(samples: np.ndarray, sr: int = SAMPLE_RATE) -> Analysis:
     """Compute every frame-level descriptor from one STFT.
 
@@ -203,11 +255,19 @@ def analyse(samples: np.ndarray, sr: int = SAMPLE_RATE) -> Analysis:
     """
     if sr != SAMPLE_RATE:
         raise ValueError(f"features are defined at {SAMPLE_RATE} Hz, got {sr} Hz: resample first")
-    samples = np.asarray(samples, dtype=np.float32)
+    recorded = np.asarray(samples, dtype=np.float32)
     mel_fb, chroma_fb, freqs, _ = _filterbanks()
+    frames = frame_signal(recorded)
+    frame_power = np.einsum("ij,ij->i", frames, frames).astype(np.float64) / N_FFT
+    # Levels down to 1e-30 (-300 dB): no floor that a gain of -30 dB could reach.
+    level_db = 10 * np.log10(frame_power + 1e-30)
+    active_all = active_frames(level_db)
+    # Level invariance: scale to one active-speech level, then derive everything from that.
+    level = speech_level_db(frame_power, active_all)
+    gain_db = float(np.clip(LEVEL_TARGET_DBFS - level, -150.0, 150.0)) if np.isfinite(level) else 0.0
+    samples = recorded * np.float32(10 ** (gain_db / 20))
     frames = frame_signal(samples)
-    rms_db_all = 20 * np.log10(np.sqrt(np.einsum("ij,ij->i", frames, frames) / N_FFT) + AMIN)
-    active_all = rms_db_all > max(rms_db_all.max(initial=-200.0) - ACTIVE_DB, SILENCE_DBFS - 20)
+    rms_db_all = level_db + gain_db
     # Trim leading/trailing silence: everything below is computed on the span from the
     # first to the last active frame (about half of a RAVDESS clip); `active` then also
     # excludes the pauses inside it.
@@ -235,17 +295,18 @@ def analyse(samples: np.ndarray, sr: int = SAMPLE_RATE) -> Analysis:
     flatness = np.exp(np.mean(np.log(power + AMIN), axis=1)) / (np.mean(power, axis=1) + AMIN)
     signs = np.signbit(raw)
     zcr = np.mean(signs[:, 1:] != signs[:, :-1], axis=1)
+    alpha_ratio, hammarberg = _effort(power, freqs)
     f0 = pitch_track(samples[first * HOP : (last + 1) * HOP + N_FFT], active, sr)
     voiced = f0 > 0
 
-    peak = float(np.abs(samples).max(initial=0.0))
-    total_rms = float(np.sqrt(np.dot(samples, samples) / len(samples))) if len(samples) else 0.0
+    peak = float(np.abs(recorded).max(initial=0.0))
+    total_rms = float(np.sqrt(np.dot(recorded, recorded) / len(recorded))) if len(recorded) else 0.0
     return Analysis(
         power=power,
         logmel=logmel.astype(np.float32),
         frame={
             "rms_db": rms_db, "centroid": centroid, "bandwidth": bandwidth, "rolloff": rolloff,
-            "flatness": flatness, "zcr": zcr, "f0": f0,
+            "flatness": flatness, "zcr": zcr, "alpha_ratio": alpha_ratio, "hammarberg": hammarberg, "f0": f0,
         },
         matrices={"mfcc": mfcc, "mfcc_delta": delta(mfcc), "chroma": chroma, "contrast": contrast},
         active=active,
@@ -254,7 +315,22 @@ def analyse(samples: np.ndarray, sr: int = SAMPLE_RATE) -> Analysis:
         duration=len(samples) / sr,
         peak_dbfs=20 * np.log10(peak + AMIN),
         rms_dbfs=20 * np.log10(total_rms + AMIN),
+        loudest_dbfs=float(level_db.max(initial=-300.0)),
+        gain_db=gain_db,
     )
+
+
+def _effort(power: np.ndarray, freqs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Vocal effort without level (eGeMAPS, Eyben et al. 2016), per frame, in dB:
+    the alpha ratio (energy 50-1000 Hz over 1-5 kHz) and the Hammarberg index
+    (strongest bin below 2 kHz over the strongest in 2-5 kHz). A raised voice tilts
+    energy upwards whatever the microphone gain: these carry what loudness did.
+    """
+    low, high = (freqs >= 50) & (freqs < 1000), (freqs >= 1000) & (freqs < 5000)
+    alpha = 10 * np.log10((power[:, low].sum(axis=1) + AMIN) / (power[:, high].sum(axis=1) + AMIN))
+    below, above = freqs < 2000, (freqs >= 2000) & (freqs < 5000)
+    hammarberg = 10 * np.log10((power[:, below].max(axis=1) + AMIN) / (power[:, above].max(axis=1) + AMIN))
+    return alpha, hammarberg
 
 
 def _spectral_contrast(power: np.ndarray, freqs: np.ndarray, fmin: float = 100.0) -> np.ndarray:
@@ -272,7 +348,7 @@ def _spectral_contrast(power: np.ndarray, freqs: np.ndarray, fmin: float = 100.0
 
 # ---------------------------------------------------------------- the model's input
 
-_FRAME_SCALARS = ("rms_db", "centroid", "bandwidth", "rolloff", "flatness", "zcr")
+_FRAME_SCALARS = ("rms_db", "centroid", "bandwidth", "rolloff", "flatness", "zcr", "alpha_ratio", "hammarberg")
 
 
 def _layout() -> tuple[str, ...]:
@@ -365,10 +441,10 @@ def spectral_summary(analysis: Analysis, original_rate: int) -> dict:
 
     Levels are dBFS, frequencies Hz, pitch statistics over voiced frames, spectral
     shape averaged over active frames; ``spectrum`` is the mean mel power of active
-    frames in dB, in :data:`N_SPECTRUM_BANDS` bands with their centre frequencies.
-    Power is averaged before the log, as for ``dominant_hz``, so the spectrum's peak
-    and the dominant frequency are the same energy peak (a mean of dB would favour
-    the quiet frames and put the peak elsewhere).
+    frames in dB re full scale, as recorded, in :data:`N_SPECTRUM_BANDS` bands with their
+    centre frequencies. Power is averaged before the log, as for ``dominant_hz``, so the
+    spectrum's peak and the dominant frequency are the same energy peak (a mean of dB would
+    favour the quiet frames and put the peak elsewhere).
     """
     a = analysis
     _, _, freqs, centres = _filterbanks()
@@ -408,6 +484,6 @@ def spectral_summary(analysis: Analysis, original_rate: int) -> dict:
         "dominant_hz": round(float(k_f * (freqs[1] - freqs[0])), 2),
         "spectrum": {
             "freqs_hz": [round(float(f), 1) for f in centres],
-            "db": [round(float(v), 2) for v in mean_db(a.logmel[sel])],
+            "db": [round(float(v), 2) for v in mean_db(a.logmel_dbfs[sel])],
         },
     }

@@ -95,6 +95,11 @@ _EMODB_LABELS = {"W": "angry", "L": None, "E": "disgust", "A": "fearful", "F": "
 _EMODB_NAMES = {"W": "anger", "L": "boredom", "E": "disgust", "A": "fear", "F": "happiness", "T": "sadness", "N": "neutral"}
 
 
+# TurEV-DB: <Emotion>/<speaker>_<code>_<word>, e.g. Angry/1157_kz_acik (the folder carries the label)
+_TUREV = re.compile(r"^(\d{4})_[a-z]+_[^_]+$")
+_TUREV_LABELS = {"Angry": "angry", "Calm": "calm", "Happy": "happy", "Sad": "sad"}
+
+
 def parse_name(path: Path) -> tuple[str | None, str, str] | None:
     """``(label or None if unmapped, speaker, corpus)`` from a file name, or ``None`` if no scheme fits.
 
@@ -108,6 +113,8 @@ def parse_name(path: Path) -> tuple[str | None, str, str] | None:
         return _CREMA_LABELS.get(m.group(3)), f"crema-d:{m.group(1)}", "crema-d"
     if m := _EMODB.match(stem):
         return _EMODB_LABELS[m.group(3)], f"emodb:{m.group(1)}", "emodb"
+    if (m := _TUREV.match(stem)) and path.parent.name in _TUREV_LABELS:
+        return _TUREV_LABELS[path.parent.name], f"turev:{m.group(1)}", "turev"
     if m := _TESS.match(stem):
         return _TESS_LABELS.get(m.group(3).lower()), f"tess:{m.group(1)}", "tess"
     return None

@@ -3,6 +3,12 @@
 The cache is keyed by the file's content hash and :data:`FEATURE_VERSION`, so a
 renamed file is still a hit, an edited file is a miss, and a new feature layout
 never reads old vectors. Entries are plain ``.npy`` arrays (no pickle).
+
+A *perturbation* makes one copy of every clip before its features are taken: a
+speed copy (:class:`Speed`), a channel-augmented copy (:class:`Channel`, see
+:mod:`.augment`) or an evaluation condition (:class:`.conditions.Condition` via
+:class:`.conditions.Conditioned`). Each has a ``key`` (its cache folder beside the clean
+vectors) and ``apply(samples, digest)``, deterministic given the clip's content.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import soxr
@@ -20,6 +27,7 @@ from joblib import Parallel, delayed
 
 from serq.errors import AudioError
 from serq.labels import in_canonical_order
+from serq.schemas import Hyperparameters
 from serq.worker.engine.audio import ANALYSIS_RATE, decode
 from serq.worker.engine.features import FEATURE_NAMES, FEATURE_VERSION, extract
 from serq.worker.training.datasets import Clip, Dataset, read_clip
@@ -74,8 +82,79 @@ def perturb_speed(samples: np.ndarray, speed: float, rate: int = ANALYSIS_RATE) 
     return soxr.resample(samples, int(round(rate * speed)), rate, quality="HQ").astype(np.float32, copy=False)
 
 
-def _extract_one(path: Path, max_seconds: float | None, speed: float = 1.0, max_bytes: int = DEFAULT_MAX_BYTES
-                 ) -> tuple[str | None, np.ndarray | None, str | None]:
+class Perturbation(Protocol):
+    """One copy of every clip: ``key`` names its cache folder, ``apply`` makes it (picklable: it goes to workers)."""
+
+    @property
+    def key(self) -> str: ...
+
+    def apply(self, samples: np.ndarray, digest: str) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class Speed:
+    """The clip played ``factor`` times faster (:func:`perturb_speed`)."""
+
+    factor: float
+
+    @property
+    def key(self) -> str:
+        return f"speed{self.factor:g}"
+
+    def apply(self, samples: np.ndarray, digest: str) -> np.ndarray:
+        return perturb_speed(samples, self.factor)
+
+
+@dataclass(frozen=True)
+class Channel:
+    """Channel-augmented copy ``index`` (:func:`.augment.channel_copy`), rooms simulated into ``rooms``."""
+
+    index: int
+    rooms: str
+
+    @property
+    def key(self) -> str:
+        from .augment import AUGMENT_VERSION
+
+        return f"{AUGMENT_VERSION}-{self.index}"
+
+    def apply(self, samples: np.ndarray, digest: str) -> np.ndarray:
+        from .augment import channel_copy
+
+        return channel_copy(samples, digest, self.index, Path(self.rooms))
+
+
+def rooms_folder(cache_dir: str | Path | None) -> Path:
+    """Where the training chain's simulated rooms live (built once; under the cache, else the temp dir)."""
+
+    from .augment import AUGMENT_VERSION, room_impulse_responses
+
+    root = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "serq"
+    return room_impulse_responses(root / f"rooms-{AUGMENT_VERSION}")
+
+
+def perturbations_for(*recipes: Hyperparameters, cache_dir: str | Path | None = None) -> list[Perturbation]:
+    """The copies the ``recipes`` train on (their union, in order): speed copies, then channel copies."""
+    speeds: list[float] = []
+    for hp in recipes:
+        speeds += [s for s in hp.augment_speeds if s not in speeds]
+    channel = max((hp.channel_copies for hp in recipes), default=0)
+    out: list[Perturbation] = [Speed(s) for s in speeds]
+    if channel:
+        rooms = str(rooms_folder(cache_dir))
+        out += [Channel(i, rooms) for i in range(channel)]
+    return out
+
+
+def recipe_keys(hp: Hyperparameters) -> list[str]:
+    """Keys of the copies recipe ``hp`` trains on (what :meth:`TrainingSet.copies` picks)."""
+    from .augment import AUGMENT_VERSION
+
+    return [Speed(s).key for s in hp.augment_speeds] + [f"{AUGMENT_VERSION}-{i}" for i in range(hp.channel_copies)]
+
+
+def _extract_one(path: Path, max_seconds: float | None, perturbation: Perturbation | None = None,
+                 max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[str | None, np.ndarray | None, str | None]:
     """``(content sha256, features, None)``, or ``(digest or None, None, why)`` for an unusable file."""
     try:
         data = read_clip(path, max_bytes)  # regular files only, at most max_bytes: never blocks, never floods
@@ -84,7 +163,8 @@ def _extract_one(path: Path, max_seconds: float | None, speed: float = 1.0, max_
     digest = hashlib.sha256(data).hexdigest()
     try:
         audio = decode(data, max_bytes=max(len(data), 1), max_seconds=max_seconds)
-        return digest, extract(perturb_speed(audio.samples, speed), audio.sample_rate), None
+        samples = audio.samples if perturbation is None else perturbation.apply(audio.samples, digest)
+        return digest, extract(samples, audio.sample_rate), None
     except AudioError as exc:
         return digest, None, f"{exc.code}: {exc}"
 
@@ -96,10 +176,10 @@ def extract_clips(
     n_jobs: int = -1,
     max_seconds: float | None = 60.0,
     progress: Progress | None = None,
-    speed: float = 1.0,
+    perturbation: Perturbation | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
-    """Feature matrix for ``clips`` (played ``speed`` times faster when not 1, see :func:`perturb_speed`).
+    """Feature matrix for ``clips`` (each first through ``perturbation``, when given).
 
     A file over ``max_bytes`` or ``max_seconds``, or not a regular file, is left out with
     its reason. ``progress`` is called after every file: a job's time limit and
@@ -110,7 +190,7 @@ def extract_clips(
         where ``ok`` (bool, shape ``(len(clips),)``) is true; ``errors`` maps the
         path of each unusable clip to why.
     """
-    version = FEATURE_VERSION if speed == 1.0 else f"{FEATURE_VERSION}-speed{speed:g}"
+    version = FEATURE_VERSION if perturbation is None else f"{FEATURE_VERSION}-{perturbation.key}"
     cache = FeatureCache(cache_dir, version=version) if cache_dir else None
     total = len(clips)
     vectors: list[np.ndarray | None] = [None] * total
@@ -129,7 +209,7 @@ def extract_clips(
     if todo:
         jobs = 1 if len(todo) < 16 else n_jobs
         results = Parallel(n_jobs=jobs, return_as="generator", batch_size=8)(
-            delayed(_extract_one)(clips[i].path, max_seconds, speed, max_bytes) for i in todo
+            delayed(_extract_one)(clips[i].path, max_seconds, perturbation, max_bytes) for i in todo
         )
         for i, (digest, vec, error) in zip(todo, results):
             if vec is not None:
@@ -149,20 +229,19 @@ def extract_clips(
 def extract_training_set(
     clips: Sequence[Clip],
     cache_dir: str | Path | None,
-    speeds: Sequence[float] = (),
+    perturbations: Sequence[Perturbation] = (),
     *,
     n_jobs: int = -1,
     max_seconds: float | None = 60.0,
     progress: Progress | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, str], list[np.ndarray]]:
-    """:func:`extract_clips` plus one speed-perturbed copy of the matrix per entry of ``speeds``.
+    """:func:`extract_clips` plus one perturbed copy of the matrix per entry of ``perturbations``.
 
     Returns ``(X, ok, errors, augmented)``; each ``augmented[i]`` has the rows of ``X``
     (same clips, same order). Progress counts every copy.
     """
-    copies = len(speeds) + 1
-    total = len(clips) * copies
+    total = len(clips) * (len(perturbations) + 1)
 
     def stage(offset: int) -> Progress | None:
         return (lambda done, _n: progress(offset + done, total)) if progress else None
@@ -172,9 +251,9 @@ def extract_training_set(
     original = np.zeros((len(clips), X.shape[1]), np.float32)
     original[ok] = X
     augmented = []
-    for i, speed in enumerate(speeds, start=1):
+    for i, perturbation in enumerate(perturbations, start=1):
         A, ok_a, _ = extract_clips(clips, cache_dir, n_jobs=n_jobs, max_seconds=max_seconds,
-                                   progress=stage(i * len(clips)), speed=speed, max_bytes=max_bytes)
+                                   progress=stage(i * len(clips)), perturbation=perturbation, max_bytes=max_bytes)
         # Align with X's rows; a clip that fails only when perturbed keeps its original row.
         full = original.copy()
         full[ok_a] = A
@@ -186,15 +265,16 @@ def extract_training_set(
 class TrainingSet:
     """A dataset's readable clips as training data: row ``i`` of ``X``, ``y`` and ``groups`` is ``clips[i]``.
 
-    ``augmented`` maps a speed factor to the speed-perturbed copy of ``X`` (same rows);
-    ``skipped`` counts files left out, by reason (the dataset's, plus unreadable audio).
+    ``augmented`` maps a perturbation's key (``speed0.9``, ``chan-1-0``...) to that copy
+    of ``X`` (same rows); ``skipped`` counts files left out, by reason (the dataset's,
+    plus unreadable audio).
     """
 
     X: np.ndarray
     y: np.ndarray
     groups: np.ndarray
     clips: list[Clip]
-    augmented: dict[float, np.ndarray]
+    augmented: dict[str, np.ndarray]
     skipped: dict[str, int]
 
     @property
@@ -202,23 +282,24 @@ class TrainingSet:
         """The labels present, in serq's canonical order."""
         return in_canonical_order(sorted(set(self.y)))
 
-    def copies(self, speeds: Sequence[float]) -> list[np.ndarray]:
-        """The perturbed copies a recipe trains on (its ``augment_speeds``), those that were extracted."""
-        return [self.augmented[s] for s in speeds if s in self.augmented]
+    def copies(self, hp: Hyperparameters) -> list[np.ndarray]:
+        """The perturbed copies recipe ``hp`` trains on (speed, then channel copies), those that were extracted."""
+        return [self.augmented[k] for k in recipe_keys(hp) if k in self.augmented]
 
 
 def training_set(
     dataset: Dataset,
     cache_dir: str | Path | None,
-    speeds: Sequence[float] = (),
+    recipes: Sequence[Hyperparameters] = (),
     *,
     n_jobs: int = -1,
     max_seconds: float | None = 60.0,
     progress: Progress | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> TrainingSet:
-    """Extract (cached) ``dataset`` and its speed-perturbed copies into a :class:`TrainingSet`."""
-    X, ok, errors, copies = extract_training_set(dataset.clips, cache_dir, speeds, n_jobs=n_jobs,
+    """Extract (cached) ``dataset`` and the perturbed copies the ``recipes`` train on into a :class:`TrainingSet`."""
+    perturbations = perturbations_for(*recipes, cache_dir=cache_dir)
+    X, ok, errors, copies = extract_training_set(dataset.clips, cache_dir, perturbations, n_jobs=n_jobs,
                                                  max_seconds=max_seconds, progress=progress, max_bytes=max_bytes)
     clips = [c for c, good in zip(dataset.clips, ok) if good]
     skipped = dict(dataset.skipped)
@@ -226,7 +307,7 @@ def training_set(
         key = f"unreadable audio ({reason.split(':', 1)[0]})"
         skipped[key] = skipped.get(key, 0) + 1
     return TrainingSet(X=X, y=np.array([c.label for c in clips]), groups=np.array([c.speaker for c in clips]),
-                       clips=clips, augmented=dict(zip(speeds, copies)), skipped=skipped)
+                       clips=clips, augmented={p.key: A for p, A in zip(perturbations, copies)}, skipped=skipped)
 
 
 _digest_memo: dict[tuple[str, int, int], str] = {}

@@ -178,11 +178,11 @@ def _run(request: TrainRequest, settings: Settings, report: Report, roots, n_job
     report("scanning", 1, 1)
 
     registry = Registry(settings.model_dir)
-    # Speed-perturbed copies for this recipe and, for if_better, the active model's recipe.
-    speeds = list(request.hyperparameters.augment_speeds)
+    # Perturbed copies for this recipe and, for if_better, the active model's recipe.
+    recipes = [request.hyperparameters]
     if request.activate == "if_better":
-        speeds += [s for s in registry.active_metadata().hyperparameters.augment_speeds if s not in speeds]
-    training = training_set(dataset, settings.cache_dir, speeds, n_jobs=n_jobs,
+        recipes.append(registry.active_metadata().hyperparameters)
+    training = training_set(dataset, settings.cache_dir, recipes, n_jobs=n_jobs,
                             max_seconds=settings.train_max_file_seconds, max_bytes=settings.train_max_file_bytes,
                             progress=lambda done, total: report("extracting", done, total))
     summary = dataset.training_summary(training.clips, name)
@@ -194,7 +194,7 @@ def _run(request: TrainRequest, settings: Settings, report: Report, roots, n_job
     if request.speaker_normalisation:  # a model that expects speaker profiles
         return _run_speaker(request, settings, report, training, labels, summary, started)
 
-    own = training.copies(request.hyperparameters.augment_speeds)
+    own = training.copies(request.hyperparameters)
     metrics = cross_validate(
         training.X, training.y, training.groups, request.hyperparameters, labels=labels, protocol=request.protocol,
         k=request.folds, progress=lambda done, total: report("cross-validating", done, total),
@@ -229,7 +229,7 @@ def _run_speaker(request: TrainRequest, settings: Settings, report: Report, trai
     Metrics are ``enroll:<enrol_clips>`` figures by speaker-grouped k-fold; the model
     is registered with ``normalisation="speaker"`` and its prior, and activation
     moves the speaker pointer (never the plain model's ACTIVE). A recipe trains on the
-    perturbed copies its ``augment_speeds`` name.
+    perturbed copies its ``augment_speeds`` and ``channel_copies`` name.
     """
     if request.protocol != "speaker":
         raise DatasetError("a speaker-normalised model is evaluated by speaker only (protocol 'speaker')")
@@ -238,7 +238,7 @@ def _run_speaker(request: TrainRequest, settings: Settings, report: Report, trai
     def cv(hp: Hyperparameters, progress=None) -> EvaluationReport:
         return evaluate_profiles(X, y, groups, hp, labels=labels, mode=f"enroll:{recipe.enrol_clips}", recipe=recipe,
                                  k=request.folds, progress=progress, with_plain=False,
-                                 augmented=training.copies(hp.augment_speeds))["speaker_profiles"]
+                                 augmented=training.copies(hp))["speaker_profiles"]
 
     metrics = cv(request.hyperparameters, lambda done, total: report("cross-validating", done, total))
     registry = Registry(settings.model_dir)
@@ -249,7 +249,7 @@ def _run_speaker(request: TrainRequest, settings: Settings, report: Report, trai
             baseline = cv(current.hyperparameters)
     report("fitting", 0, 1)
     model, prior = fit_speaker_model(X, y, groups, request.hyperparameters, recipe,
-                                     training.copies(request.hyperparameters.augment_speeds))
+                                     training.copies(request.hyperparameters))
     report("fitting", 1, 1)
     report("registering", 0, 1)
     meta = register_model(model, settings, labels=labels, hyperparameters=request.hyperparameters,
@@ -270,7 +270,7 @@ def _baseline(registry: Registry, training: TrainingSet, labels, request: TrainR
         return None
     return cross_validate(training.X, training.y, training.groups, active.hyperparameters, labels=labels,
                           protocol=request.protocol, k=request.folds,
-                          augmented=training.copies(active.hyperparameters.augment_speeds), sample_weight=weights)
+                          augmented=training.copies(active.hyperparameters), sample_weight=weights)
 
 
 def _decide(policy: str, metrics, baseline) -> tuple[bool, str]:

@@ -1,4 +1,4 @@
-"""`serq evaluate --data DIR [--model VERSION] [--json]`: score a model on labelled data.
+"""`serq evaluate --data DIR [--model VERSION] [--conditions C,C] [--json]`: score a model on labelled data.
 
 Honest by default: clips of speakers the model was trained on are left out (and
 counted), so the figure is speaker-independent unless asked otherwise.
@@ -25,7 +25,12 @@ def register(sub) -> None:
                    help="compare plain vs speaker-profile figures: on speakers the models never heard, the model and "
                         "its speaker-normalised counterpart as they are (1 speaker is enough); else by speaker-grouped "
                         "k-fold on --data (the model's recipe refitted per fold; see docs/profiles.md)")
-    p.add_argument("--folds", type=int, default=5, help="folds for --speaker-profiles (default 5)")
+    p.add_argument("--conditions", metavar="C,C,...",
+                   help="score under recording conditions, e.g. clean,gain:-18,peak,phone,noise:20,noise:10,"
+                        "reverb:0.5,mp3:32 (see docs/training.md); on speakers the model was trained on, its "
+                        "recipe is refitted by speaker-grouped k-fold")
+    p.add_argument("--seed", type=int, default=0, help="seed of the conditions' noise and rooms (default 0)")
+    p.add_argument("--folds", type=int, default=5, help="folds for --speaker-profiles and --conditions (default 5)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
@@ -40,6 +45,22 @@ def run(args: argparse.Namespace) -> int:
     settings = get_settings()
     registry = Registry(settings.model_dir)
     model = registry.load(args.model) if args.model else registry.load_active()
+    if args.conditions and args.speaker_profiles:
+        from serq.errors import InvalidRequest
+
+        raise InvalidRequest("--conditions and --speaker-profiles are separate evaluations: give one")
+    if args.conditions:  # issue 16: logic in serq.worker.training.evaluation
+        from serq.models.card import conditions_table
+        from serq.worker.training.conditions import parse_conditions
+        from serq.worker.training.evaluation import evaluate_conditions
+
+        report = evaluate_conditions(model, args.data, settings, parse_conditions(args.conditions), folds=args.folds,
+                                     seed=args.seed, progress=None if args.json else "stderr")
+        if args.json:
+            print_json(report)
+        else:
+            print(f"model {model.version}\n" + conditions_table(report))
+        return 0
     if args.speaker_profiles:
         reports = evaluate_speaker_profiles(model, args.data, settings, args.speaker_profiles, folds=args.folds,
                                             progress=None if args.json else "stderr")

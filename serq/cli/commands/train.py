@@ -33,6 +33,9 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, help="random_state")
     p.add_argument("--augment", metavar="S,S|none",
                    help="speed-perturbed copies of each training clip, e.g. 0.9,1.1 (the default); none = no copies")
+    p.add_argument("--channel-copies", type=int, metavar="N",
+                   help="channel-augmented copies of each training clip: noise, phone line, codec, room, gain, "
+                        "pitch (default 3; 0 = none; docs/training.md)")
     p.add_argument("--speaker-normalisation", action="store_true",
                    help="train a model that expects speaker profiles (served on the profile path; docs/profiles.md)")
     p.add_argument("--wait", action="store_true", help="(broker) wait for the result, showing progress")
@@ -62,7 +65,8 @@ def build_request(args: argparse.Namespace, default_data: str):
         except ValueError:
             raise SerqError(f"--augment wants speeds like 0.9,1.1 or none, not {args.augment!r}",
                             code="bad_hyperparameter") from None
-    for key, value in (("alpha", args.alpha), ("max_iter", args.max_iter), ("random_state", args.seed)):
+    for key, value in (("alpha", args.alpha), ("max_iter", args.max_iter), ("random_state", args.seed),
+                       ("channel_copies", args.channel_copies)):
         if value is not None:
             hp[key] = value
     try:
