@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import pytest
 
@@ -35,10 +33,10 @@ def test_a_weight_out_of_range_is_refused(text):
 def test_the_cli_sends_one_dataset_or_a_list_of_sources():
     from serq.cli.commands.train import build_request
 
-    def args(*data):
-        return argparse.Namespace(data=list(data) or None, hidden=None, augment=None, alpha=None, max_iter=None,
-                                  seed=None, emotions=None, speakers=None, protocol="speaker", folds=5,
-                                  activate="never", speaker_normalisation=False)
+    def args(*data):  # what `serq train --data ...` parses to
+        from serq.cli import build_parser
+
+        return build_parser().parse_args(["train", *[f"--data={d}" for d in data]])
 
     one = build_request(args("ravdess"), "default")
     assert one.dataset == "ravdess" and one.sources is None
