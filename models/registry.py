@@ -487,10 +487,11 @@ def forget_speaker_models() -> None:
 
 def build_model(pipeline, *, labels: list[str], hyperparameters: Hyperparameters, training_data: dict,
                 metrics=None, speaker_prior: SpeakerPrior | None = None, notes: str = "",
-                version: str | None = None, conditions=None) -> tuple[bytes, ModelMetadata]:
+                version: str | None = None, conditions=None, class_statistics=None) -> tuple[bytes, ModelMetadata]:
     """A fitted pipeline's artifact bytes and metadata (running feature layout; ``speaker_prior``: a speaker model).
 
-    ``version`` defaults to the time and the artifact's sha256 (:func:`new_version`).
+    ``version`` defaults to the time and the artifact's sha256 (:func:`new_version`);
+    ``class_statistics`` (:class:`serq.schemas.ClassStatistics`) is what `serq adapt` needs of a plain model.
     """
     from serq.worker.engine.features import FEATURE_NAMES, FEATURE_VERSION
 
@@ -502,13 +503,14 @@ def build_model(pipeline, *, labels: list[str], hyperparameters: Hyperparameters
         labels=list(labels), sha256=digest, hyperparameters=hyperparameters,
         normalisation="speaker" if speaker_prior is not None else "none", speaker_prior=speaker_prior,
         training_data=training_data, metrics=metrics, conditions=conditions, notes=notes,
+        class_statistics=class_statistics,
     )
     return data, meta
 
 
 def register_model(pipeline, settings, *, labels: list[str], hyperparameters: Hyperparameters, training_data: dict,
                    metrics=None, speaker_prior: SpeakerPrior | None = None, notes: str = "", card_extra: str = "",
-                   activate: bool = False) -> ModelMetadata:
+                   activate: bool = False, class_statistics=None) -> ModelMetadata:
     """Register a fitted pipeline in ``settings.model_dir``, signed with SERQ_SIGNING_KEY; optionally activate it.
 
     The one way a model enters the registry (training jobs, plain or speaker; through
@@ -519,7 +521,8 @@ def register_model(pipeline, settings, *, labels: list[str], hyperparameters: Hy
     :meth:`Registry.announcement`.
     """
     data, meta = build_model(pipeline, labels=labels, hyperparameters=hyperparameters, training_data=training_data,
-                             metrics=metrics, speaker_prior=speaker_prior, notes=notes)
+                             metrics=metrics, speaker_prior=speaker_prior, notes=notes,
+                             class_statistics=class_statistics)
     return register_artifact(settings, data, meta, model_card(meta, extra=card_extra), activate=activate)
 
 
@@ -543,7 +546,7 @@ def register_artifact(settings, data: bytes, meta: ModelMetadata, card: str, *,
 
 def ship_model(pipeline, folder: str | Path, *, version: str, labels: list[str], hyperparameters: Hyperparameters,
                training_data: dict, metrics=None, speaker_prior: SpeakerPrior | None = None, notes: str = "",
-               card_extra: str = "", conditions=None) -> ModelMetadata:
+               card_extra: str = "", conditions=None, class_statistics=None) -> ModelMetadata:
     """Write a model to be shipped in the package (``serq models build-default``, ``serq profiles build-model``).
 
     Written into the package's own folder, its files' sha256 are pinned in
@@ -552,7 +555,7 @@ def ship_model(pipeline, folder: str | Path, *, version: str, labels: list[str],
     folder = Path(folder)
     data, meta = build_model(pipeline, labels=labels, hyperparameters=hyperparameters, training_data=training_data,
                              metrics=metrics, speaker_prior=speaker_prior, notes=notes, version=version,
-                             conditions=conditions)
+                             conditions=conditions, class_statistics=class_statistics)
     write_folder(folder, data, meta, model_card(meta, extra=card_extra))
     if folder.resolve() in (DEFAULT_DIR.resolve(), DEFAULT_SPEAKER_DIR.resolve()):
         _pin(folder)

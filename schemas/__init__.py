@@ -7,6 +7,8 @@ JSON Schema files in ``schemas/json/`` and the AsyncAPI document
 
 from serq.schemas.contract import ClassifyHeaders, type_name
 from serq.schemas.engine import (
+    ClassStatistics,
+    DomainAdaptation,
     ConditionFigures,
     ConditionResult,
     ConditionsReport,
@@ -39,6 +41,7 @@ from serq.schemas.timeline import (
     TimelineSummary,
 )
 from serq.schemas.training import (
+    DataSource,
     ModelActivated,
     Stage,
     TrainProgress,
@@ -49,6 +52,8 @@ from serq.schemas.training import (
 __all__ = [
     "ClassifyHeaders",
     "type_name",
+    "ClassStatistics",
+    "DomainAdaptation",
     "ConditionFigures",
     "ConditionResult",
     "ConditionsReport",
@@ -63,6 +68,7 @@ __all__ = [
     "Spectrum",
     "SpectralSummary",
     "Timings",
+    "DataSource",
     "ModelActivated",
     "Stage",
     "TrainProgress",

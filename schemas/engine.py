@@ -143,6 +143,36 @@ class EvaluationReport(_Model):
     folds: dict[str, FoldStats] | None = Field(None, description="mean and std over folds, for cross-validation")
     skipped: dict[str, int] = Field(default_factory=dict, description="files left out, by reason")
     speaker_profiles: str | None = Field(None, description="speaker normalisation used in evaluation, if any")
+    sources: dict[str, "EvaluationReport"] | None = Field(
+        None, description="training on several sources: the same out-of-fold predictions, per source")
+
+
+class ClassStatistics(_Model):
+    """Per-class feature statistics of a model's training data, in its scaler's standardised space.
+
+    What unlabelled adaptation (`serq adapt`) needs to tell a new domain's channel from its
+    emotion mix: ``means[k]`` and ``variances[k]`` belong to ``labels[k]``; ``priors`` is the
+    training mix. Only class summaries: no clip, no speaker.
+    """
+
+    labels: list[str]
+    priors: list[float]
+    means: list[list[float]] = Field(description="per class, per feature: mean of the standardised features")
+    variances: list[list[float]] = Field(description="per class, per feature: variance of the standardised features")
+
+
+class DomainAdaptation(_Model):
+    """What an adapted model was adapted to (`serq adapt`): counts only, never file names or paths."""
+
+    source_version: str = Field(description="the model whose weights were kept")
+    method: Literal["mixture", "robust", "plain"] = Field(
+        description="'mixture': the domain as a mix of the source's classes (mix estimated, robust to a skewed "
+        "emotion mix); 'robust': median and interquartile range; 'plain': mean and standard deviation")
+    clips: int = Field(ge=1, description="unlabelled clips the statistics came from")
+    duration_s: float = Field(ge=0, description="their total duration, seconds")
+    skipped: dict[str, int] = Field(default_factory=dict, description="files left out, by reason")
+    estimated_mix: dict[str, float] | None = Field(
+        None, description="'mixture': the emotion mix the domain's clips were estimated to have")
 
 
 class ConditionFigures(_Model):
@@ -190,6 +220,9 @@ class ModelMetadata(_Model):
     speaker_prior: SpeakerPrior | None = Field(None, description="for normalisation 'speaker': how profiles are applied")
     training_data: dict = Field(default_factory=dict, description="summary of the data it was fitted on")
     metrics: EvaluationReport | None = Field(None, description="cross-validated, speaker-independent")
+    class_statistics: ClassStatistics | None = Field(
+        None, description="per-class statistics of the training data, for unlabelled adaptation")
+    adaptation: DomainAdaptation | None = Field(None, description="set on a model made by `serq adapt`")
     conditions: ConditionsReport | None = Field(
         None, description="cross-validated figures under recording conditions (`serq evaluate --conditions`)")
     notes: str = ""

@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from serq.errors import SerqError
 from serq.labels import parse_emotions
@@ -21,13 +21,50 @@ from serq.schemas.engine import (
 Stage = Literal["scanning", "extracting", "cross-validating", "fitting", "registering", "done", "failed"]
 
 
+class DataSource(BaseModel):
+    """One labelled source of a training job: a directory or CSV manifest, and its weight."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = Field(description="a directory or CSV manifest on the trainer's side, inside SERQ_DATA_ROOTS")
+    weight: float = Field(1.0, gt=0, le=1000, description="each clip of this source counts this many times in training")
+
+    @classmethod
+    def parse(cls, text: str) -> "DataSource":
+        """``"DIR"`` -> weight 1; ``"DIR:W"`` -> weight ``W`` when what follows the last colon is a number
+        (`serq train --data`).
+
+        >>> DataSource.parse("mine.csv:5")
+        DataSource(dataset='mine.csv', weight=5.0)
+        >>> DataSource.parse("../shared/data/ravdess")
+        DataSource(dataset='../shared/data/ravdess', weight=1.0)
+        """
+        path, sep, tail = text.rpartition(":")
+        try:
+            weight = float(tail) if sep and path else None
+        except ValueError:  # not a number: the colon is part of the path
+            weight = None
+        return cls(dataset=text) if weight is None else cls(dataset=path, weight=weight)
+
+
 class TrainRequest(BaseModel):
-    """Ask a trainer to fit, evaluate, register and maybe activate a model."""
+    """Ask a trainer to fit (``kind`` 'train') or adapt ('adapt'), evaluate, register and maybe activate a model."""
 
     model_config = ConfigDict(extra="forbid")
 
     job_id: str = Field(default_factory=lambda: uuid.uuid4().hex[:12], pattern=r"^[A-Za-z0-9_-]{1,64}$")
-    dataset: str = Field(description="a directory or CSV manifest on the trainer's side, inside SERQ_DATA_ROOTS")
+    kind: Literal["train", "adapt"] = Field(
+        "train", description="'train': fit on labelled data; 'adapt': re-read a model's features relative to "
+        "the statistics of a folder of unlabelled clips (`serq adapt`)")
+    dataset: str | None = Field(
+        None, description="a directory or CSV manifest on the trainer's side, inside SERQ_DATA_ROOTS (one source, "
+        "weight 1); give this or `sources`. For 'adapt': a directory of unlabelled clips")
+    sources: list[DataSource] | None = Field(
+        None, min_length=1, max_length=16, description="several labelled sources with weights ('train' only)")
+    model: str | None = Field(None, description="'adapt': the version to adapt; null = the active model")
+    adaptation: Literal["auto", "mixture", "robust", "plain"] = Field(
+        "auto", description="'adapt': how the domain's statistics are estimated; 'auto' = 'mixture' when the model "
+        "records class statistics, else 'robust' (see docs/training.md)")
     emotions: list[str] | None = Field(None, description="subset of the 8 emotions; null = all")
     speakers: list[str] | None = Field(None, description="only these speakers (e.g. '01' or 'ravdess:01'); null = all")
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
@@ -42,6 +79,21 @@ class TrainRequest(BaseModel):
     @classmethod
     def _emotions(cls, value: list[str] | None) -> list[str] | None:
         return None if value is None else list(parse_emotions(value))
+
+    @model_validator(mode="after")
+    def _one_data_field(self) -> "TrainRequest":
+        if (self.dataset is None) == (self.sources is None):
+            raise ValueError("give either `dataset` or `sources`")
+        if self.kind == "adapt" and self.sources is not None:
+            raise ValueError("'adapt' reads one folder of unlabelled clips: give `dataset`")
+        if self.kind == "train" and self.model is not None:
+            raise ValueError("`model` names the version to adapt: only for kind 'adapt'")
+        return self
+
+    @property
+    def data_sources(self) -> list[DataSource]:
+        """The job's sources: ``sources``, or ``dataset`` as one source of weight 1."""
+        return list(self.sources) if self.sources is not None else [DataSource(dataset=self.dataset)]
 
 
 def request_error(exc: ValidationError) -> SerqError:

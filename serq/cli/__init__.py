@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "serq.cli.commands.worker",
     "serq.cli.commands.evaluate",
     "serq.cli.commands.train",
+    "serq.cli.commands.adapt",
     "serq.cli.commands.models",
     "serq.cli.commands.profiles",
     "serq.cli.commands.trainer",

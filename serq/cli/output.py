@@ -113,9 +113,9 @@ def too_few_clips(speaker: str, count: int, needed: int) -> str:
             f"profile from {needed} on, so until then the plain model answers: enrol {needed - count} more")
 
 
-def show_train_result(result: "TrainResult", as_json: bool) -> int:
-    """Print a training job's result (JSON with ``as_json``), local or remote alike; the exit code: 0 if it
-    succeeded, else 2."""
+def show_train_result(result: "TrainResult", as_json: bool, command: str = "train") -> int:
+    """Print a training (or `serq adapt`) job's result (JSON with ``as_json``), local or remote alike; the exit
+    code: 0 if it succeeded, else 2. Several sources: the figures per source follow the pooled ones."""
     if as_json:
         print_json(result)
     elif result.ok:
@@ -123,7 +123,13 @@ def show_train_result(result: "TrainResult", as_json: bool) -> int:
         if result.baseline:
             print(f"baseline (the active model's recipe on the same folds): "
                   f"balanced accuracy {result.baseline.balanced_accuracy:.3f}")
-        print(format_report(result.metrics.model_dump()))
+        if result.metrics is not None:
+            print(format_report(result.metrics.model_dump()))
+            for name, report in (result.metrics.sources or {}).items():
+                print(f"\nsource {name}:\n" + format_report(report.model_dump()))
+        if "method" in result.dataset:  # an adaptation: what it was adapted to
+            print(f"adapted {result.dataset.get('source_version')} to {result.dataset.get('clips')} clips "
+                  f"({result.dataset.get('duration_s', 0):.0f} s), method {result.dataset.get('method')}")
     else:
-        print(f"serq train: error [{result.error.code}]: {result.error.message}", file=sys.stderr)
+        print(f"serq {command}: error [{result.error.code}]: {result.error.message}", file=sys.stderr)
     return 0 if result.ok else 2

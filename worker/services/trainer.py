@@ -261,7 +261,8 @@ class Trainer:
             log(logger, "job_redelivered", job_id=request.job_id)
             self._answer(delivery, *self._results[request.job_id])
             return
-        log(logger, "job_started", job_id=request.job_id, dataset=request.dataset, activate=request.activate)
+        log(logger, "job_started", job_id=request.job_id, kind=request.kind,
+            dataset=[s.dataset for s in request.data_sources], activate=request.activate)
         self._thread = threading.Thread(target=self._train, args=(delivery, request), name=f"train-{request.job_id}",
                                         daemon=True)
         self._thread.start()

@@ -42,18 +42,25 @@ def make_pipeline(hp: Hyperparameters | None = None) -> Pipeline:
 
 
 def fit(X: np.ndarray, y: np.ndarray, hp: Hyperparameters | None = None,
-        augmented: list[np.ndarray] | None = None) -> Pipeline:
-    """Fit on ``X`` plus its speed-perturbed copies ``augmented`` (rows aligned with ``X``)."""
+        augmented: list[np.ndarray] | None = None, sample_weight: np.ndarray | None = None) -> Pipeline:
+    """Fit on ``X`` plus its speed-perturbed copies ``augmented`` (rows aligned with ``X``).
+
+    ``sample_weight`` (one per row of ``X``, copies weighted as their originals): how much
+    each clip counts in the MLP's loss (several sources, :mod:`.sources`).
+    """
     model = make_pipeline(hp)
     if augmented:
         X = np.concatenate([X, *augmented])
         y = np.concatenate([y] * (len(augmented) + 1))
+        if sample_weight is not None:
+            sample_weight = np.concatenate([sample_weight] * (len(augmented) + 1))
+    fit_params = {} if sample_weight is None else {"mlp__sample_weight": sample_weight}
     # The MLP's matrices are small: BLAS threads only contend for the cores (7x slower
     # measured on a busy 2-core machine) and parallelism comes from joblib elsewhere.
     with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="blas"):
         # max_iter is a chosen budget, not an accident: do not warn about it.
         warnings.simplefilter("ignore", ConvergenceWarning)
-        model.fit(X, y)
+        model.fit(X, y, **fit_params)
     return model
 
 
@@ -118,11 +125,15 @@ def cross_validate(
     progress: FoldProgress | None = None,
     skipped: dict[str, int] | None = None,
     augmented: list[np.ndarray] | None = None,
+    sample_weight: np.ndarray | None = None,
+    sources: np.ndarray | None = None,
 ) -> EvaluationReport:
     """Pooled out-of-fold metrics plus mean/std over folds.
 
     ``augmented`` copies (rows aligned with ``X``) join the training folds only: a
     fold is always scored on original clips of speakers it never trained on.
+    ``sample_weight`` weighs the training rows; ``sources`` (a name per row) adds the
+    same out-of-fold figures per source (``report.sources``).
     """
     y = np.asarray(y)
     check_trainable(y, labels)
@@ -130,13 +141,18 @@ def cross_validate(
     pred = np.empty_like(y)
     fold_of = np.empty(len(y), dtype=int)
     for i, (train, test) in enumerate(splits):
-        model = fit(X[train], y[train], hp, [A[train] for A in augmented or []])
+        model = fit(X[train], y[train], hp, [A[train] for A in augmented or []],
+                    None if sample_weight is None else sample_weight[train])
         pred[test] = model.predict(X[test])
         fold_of[test] = i
         if progress:
             progress(i + 1, len(splits))
-    return fold_report(y, pred, fold_of, len(splits), labels, protocol=describe(protocol, k),
-                       speaker_independent=protocol == "speaker", skipped=skipped)
+    report = fold_report(y, pred, fold_of, len(splits), labels, protocol=describe(protocol, k),
+                         speaker_independent=protocol == "speaker", skipped=skipped)
+    if sources is not None:
+        report.sources = per_source(y, pred, np.asarray(sources), labels, protocol=report.protocol,
+                                    speaker_independent=report.speaker_independent)
+    return report
 
 
 #: The figures a report gives as mean and std over folds.
@@ -155,6 +171,16 @@ def fold_report(y_true: np.ndarray, y_pred: np.ndarray, fold_of: np.ndarray, fol
                                    std=float(np.std([getattr(r, key) for r in per_fold])))
                     for key in FOLD_METRICS}
     return report
+
+
+def per_source(y_true, y_pred, sources: np.ndarray, labels: list[str], *, protocol: str,
+               speaker_independent: bool) -> dict[str, EvaluationReport]:
+    """:func:`score` of the rows of each source (in order of first appearance)."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    names = list(dict.fromkeys(sources.tolist()))
+    return {name: score(y_true[sources == name], y_pred[sources == name], labels,
+                        protocol=f"{protocol}, clips of source {name}", speaker_independent=speaker_independent)
+            for name in names}
 
 
 def check_trainable(y: np.ndarray, labels: list[str], min_per_class: int = 2) -> None:

@@ -20,15 +20,19 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from serq.errors import DatasetError, JobCancelled, SerqError, TimeLimit
 from serq.labels import EMOTIONS
 from serq.models.registry import Registry, activate_speaker, current_speaker_metadata, register_model
 from serq.schemas import EvaluationReport, Hyperparameters, TrainRequest, TrainResult
 from serq.settings import Settings
+from serq.worker.training.adaptation import class_statistics, run_adaptation
 from serq.worker.training.datasets import inside, scan, shown
 from serq.worker.training.evaluation import evaluate_profiles
 from serq.worker.training.extraction import TrainingSet, training_set
 from serq.worker.training.fit import cross_validate, fit
+from serq.worker.training.sources import scan_sources
 from serq.worker.training.speaker import CARD_NOTE, ProfileRecipe, fit_speaker_model
 
 #: ``report(stage, done, total)``; ETA is derived by the caller.
@@ -141,16 +145,36 @@ def scrub(message: str, settings: Settings, roots: list[Path] | None) -> str:
 
 
 def _run(request: TrainRequest, settings: Settings, report: Report, roots, n_jobs: int, started: float) -> TrainResult:
+    if request.kind == "adapt":  # unlabelled: its own job (worker/training/adaptation.py)
+        return run_adaptation(request, settings, report, n_jobs, started,
+                              resolve=lambda name: resolve_dataset(name, roots),
+                              confine=lambda clips: confine(clips, roots))
     labels = list(request.emotions or EMOTIONS)
     report("scanning", 0, 1)
-    path = resolve_dataset(request.dataset, roots)
-    name = shown(path, roots) if roots is not None else request.dataset  # never the roots' own location
-    dataset = scan(path, shown_as=name, roots=roots).restrict(tuple(labels))
-    confine(dataset.clips, roots)
-    if request.speakers:
-        dataset = dataset.only_speakers(request.speakers)
-    if not dataset.clips:
-        raise DatasetError(f"no clips of {', '.join(labels)} in {request.dataset}")
+    data = request.data_sources
+    names: list[str] = []
+
+    def open_source(dataset: str):
+        path = resolve_dataset(dataset, roots)
+        names.append(shown(path, roots) if roots is not None else dataset)  # never the roots' own location
+        return scan(path, shown_as=names[-1], roots=roots)
+
+    def select(dataset):
+        dataset = dataset.restrict(tuple(labels))
+        confine(dataset.clips, roots)
+        return dataset.only_speakers(request.speakers) if request.speakers else dataset
+
+    try:
+        sources = scan_sources(data, open_source, select)
+    except DatasetError as exc:
+        if len(data) == 1 and str(exc).startswith("source "):  # one source: the message as before
+            raise DatasetError(f"no clips of {', '.join(labels)} in {data[0].dataset}") from None
+        raise
+    dataset = sources.dataset
+    name = ", ".join(names)
+    several = len(data) > 1
+    if several and request.speaker_normalisation and any(s.weight != 1 for s in data):
+        raise DatasetError("source weights are not supported with speaker_normalisation (every weight must be 1)")
     report("scanning", 1, 1)
 
     registry = Registry(settings.model_dir)
@@ -162,6 +186,11 @@ def _run(request: TrainRequest, settings: Settings, report: Report, roots, n_job
                             max_seconds=settings.train_max_file_seconds, max_bytes=settings.train_max_file_bytes,
                             progress=lambda done, total: report("extracting", done, total))
     summary = dataset.training_summary(training.clips, name)
+    names, weights = sources.rows(training.clips)
+    if several:
+        summary["sources"] = sources.summary(training.clips)
+    weights = weights if several and np.any(weights != 1) else None
+    names = names if several else None
     if request.speaker_normalisation:  # a model that expects speaker profiles
         return _run_speaker(request, settings, report, training, labels, summary, started)
 
@@ -169,19 +198,20 @@ def _run(request: TrainRequest, settings: Settings, report: Report, roots, n_job
     metrics = cross_validate(
         training.X, training.y, training.groups, request.hyperparameters, labels=labels, protocol=request.protocol,
         k=request.folds, progress=lambda done, total: report("cross-validating", done, total),
-        skipped=training.skipped, augmented=own,
+        skipped=training.skipped, augmented=own, sample_weight=weights, sources=names,
     )
     baseline = None
     if request.activate == "if_better":
-        baseline = _baseline(registry, training, labels, request)
+        baseline = _baseline(registry, training, labels, request, weights)
 
     report("fitting", 0, 1)
-    model = fit(training.X, training.y, request.hyperparameters, own)
+    model = fit(training.X, training.y, request.hyperparameters, own, weights)
     report("fitting", 1, 1)
 
     report("registering", 0, 1)
     meta = register_model(model, settings, labels=labels, hyperparameters=request.hyperparameters,
-                          training_data=summary, metrics=metrics)
+                          training_data=summary, metrics=metrics,
+                          class_statistics=class_statistics(model, training.X, training.y))  # for `serq adapt`
     activated, reason = _decide(request.activate, metrics, baseline)
     if activated:
         registry.activate(meta.version)
@@ -233,14 +263,14 @@ def _run_speaker(request: TrainRequest, settings: Settings, report: Report, trai
                        baseline=baseline, dataset=summary, duration_s=time.monotonic() - started)
 
 
-def _baseline(registry: Registry, training: TrainingSet, labels, request: TrainRequest):
-    """The active model's recipe re-fitted on the same folds, so the comparison is like for like."""
+def _baseline(registry: Registry, training: TrainingSet, labels, request: TrainRequest, weights=None):
+    """The active model's recipe re-fitted on the same folds (and source weights), so the comparison is like for like."""
     active = registry.active_metadata()
     if sorted(active.labels) != sorted(labels):
         return None
     return cross_validate(training.X, training.y, training.groups, active.hyperparameters, labels=labels,
                           protocol=request.protocol, k=request.folds,
-                          augmented=training.copies(active.hyperparameters))
+                          augmented=training.copies(active.hyperparameters), sample_weight=weights)
 
 
 def _decide(policy: str, metrics, baseline) -> tuple[bool, str]:

@@ -18,6 +18,7 @@ from serq.progress import progress_printer
 from serq.schemas import EvaluationReport, Hyperparameters, ModelMetadata
 from serq.settings import get_settings
 from serq.worker.engine.features import FEATURE_VERSION
+from serq.worker.training.adaptation import class_statistics
 from serq.worker.training.datasets import scan
 from serq.worker.training.conditions import DEFAULT_CONDITIONS, parse_conditions
 from serq.worker.training.evaluation import conditions_report, evaluate_modes, speaker_conditions_report
@@ -46,7 +47,8 @@ def build_default(data: str | Path, out: str | Path | None = None, *, n_jobs: in
     return ship_model(model, out, version=f"{DEFAULT_VERSION_PREFIX}-{FEATURE_VERSION}-{weights_digest(model)[:8]}",
                       labels=training.labels, hyperparameters=hp, training_data=summary, metrics=metrics,
                       conditions=conditions, notes="The default model shipped with serq.",
-                      card_extra=STUDIO_NOTE + "\n\n" + REBUILD_NOTE)
+                      card_extra=STUDIO_NOTE + "\n\n" + REBUILD_NOTE,
+                      class_statistics=class_statistics(model, training.X, training.y))  # for `serq adapt`
 
 
 STUDIO_NOTE = """## Why the studio figure moved

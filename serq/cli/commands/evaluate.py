@@ -22,8 +22,9 @@ def register(sub) -> None:
     p.add_argument("--include-seen-speakers", action="store_true",
                    help="also score clips of speakers the model was trained on (speaker-dependent)")
     p.add_argument("--speaker-profiles", metavar="enroll:N|online",
-                   help="compare plain vs speaker-profile figures by speaker-grouped k-fold on --data "
-                        "(the model's recipe refitted per fold; see docs/profiles.md)")
+                   help="compare plain vs speaker-profile figures: on speakers the models never heard, the model and "
+                        "its speaker-normalised counterpart as they are (1 speaker is enough); else by speaker-grouped "
+                        "k-fold on --data (the model's recipe refitted per fold; see docs/profiles.md)")
     p.add_argument("--conditions", metavar="C,C,...",
                    help="score under recording conditions, e.g. clean,gain:-18,peak,phone,noise:20,noise:10,"
                         "reverb:0.5,mp3:32 (see docs/training.md); on speakers the model was trained on, its "
@@ -38,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
     from serq.cli.output import format_profile_reports, format_report, print_json
     from serq.models.registry import Registry
     from serq.settings import get_settings
-    from serq.worker.training.evaluation import evaluate_model, evaluate_profiles_on
+    from serq.worker.training.evaluation import evaluate_model
+    from serq.worker.training.new_speakers import evaluate_speaker_profiles
 
     settings = get_settings()
     registry = Registry(settings.model_dir)
@@ -60,12 +62,14 @@ def run(args: argparse.Namespace) -> int:
             print(f"model {model.version}\n" + conditions_table(report))
         return 0
     if args.speaker_profiles:
-        reports = evaluate_profiles_on(model, args.data, settings, args.speaker_profiles, folds=args.folds,
-                                   progress=None if args.json else "stderr")
+        reports = evaluate_speaker_profiles(model, args.data, settings, args.speaker_profiles, folds=args.folds,
+                                            progress=None if args.json else "stderr")
         if args.json:
             print_json({k: v.model_dump(mode="json") for k, v in reports.items()})
         else:
-            print(f"recipe of model {model.version}\n" + format_profile_reports(reports))
+            refit = reports["speaker_profiles"].protocol.startswith("speaker-grouped")
+            print((f"recipe of model {model.version}, refitted by fold" if refit else "the models as they are, no refit")
+                  + "\n" + format_profile_reports(reports))
         return 0
     report = evaluate_model(model, args.data, settings, include_seen_speakers=args.include_seen_speakers,
                             progress=None if args.json else "stderr")

@@ -17,7 +17,9 @@ def register(sub) -> None:
                        description="Extract features (cached), cross-validate by speaker, fit on all data, register "
                                    "a new version. --activate alone means 'always'.")
     p.add_argument("--local", action="store_true", help="train in this process instead of sending a job")
-    p.add_argument("--data", metavar="DIR|CSV", help="dataset (default: SERQ_RAVDESS_DIR)")
+    p.add_argument("--data", metavar="DIR|CSV[:W]", action="append",
+                   help="dataset (default: SERQ_RAVDESS_DIR); repeat for several sources, each with an optional "
+                        "weight after a colon (every clip of it counts W times), e.g. --data ravdess --data mine.csv:10")
     p.add_argument("--emotions", metavar="a,b,...", help="subset of emotions (default: all 8)")
     p.add_argument("--speakers", metavar="ID,...", help="only these speakers, e.g. 01,02,03")
     p.add_argument("--activate", nargs="?", const="always", default="never",
@@ -46,7 +48,7 @@ def build_request(args: argparse.Namespace, default_data: str):
     from pydantic import ValidationError
 
     from serq.errors import InvalidRequest, SerqError
-    from serq.schemas import TrainRequest
+    from serq.schemas import DataSource, TrainRequest
     from serq.schemas.training import request_error
 
     hp: dict = {}
@@ -68,8 +70,11 @@ def build_request(args: argparse.Namespace, default_data: str):
         if value is not None:
             hp[key] = value
     try:
+        sources = [DataSource.parse(d) for d in args.data or [default_data]]
+        one = len(sources) == 1 and sources[0].weight == 1
         return TrainRequest(
-            dataset=args.data or default_data,
+            dataset=sources[0].dataset if one else None,
+            sources=None if one else sources,
             emotions=args.emotions.split(",") if args.emotions else None,
             speakers=args.speakers.split(",") if args.speakers else None,
             hyperparameters=hp,  # validated inside, so errors name hyperparameters.<field>

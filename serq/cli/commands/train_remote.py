@@ -75,7 +75,7 @@ def run_remote(request, args: argparse.Namespace, settings) -> int:
         result = waiter.wait(queue, args.timeout)
     finally:
         close_quietly(waiter.conn if waiter else conn)
-    return show_train_result(result, args.json)
+    return show_train_result(result, args.json, args.command)
 
 
 class _Waiter:
