@@ -227,9 +227,11 @@ def test_replayed_announcements_change_nothing(worker, short_clips):
     artifact = (DEFAULT_DIR / "model.skops").read_bytes()
     meta = read_metadata(DEFAULT_DIR)
     now = datetime.now(timezone.utc)
-    old = signed(forged_event(artifact, meta, version="trained-a", created=now - timedelta(hours=2)),
+    # Both trained after the shipped model the worker starts with (whenever that was rebuilt), a before b.
+    shipped = meta.created if meta.created.tzinfo else meta.created.replace(tzinfo=timezone.utc)
+    old = signed(forged_event(artifact, meta, version="trained-a", created=shipped + timedelta(minutes=1)),
                  when=now - timedelta(seconds=2))
-    new = signed(forged_event(artifact, meta, version="trained-b", created=now - timedelta(hours=1)),
+    new = signed(forged_event(artifact, meta, version="trained-b", created=shipped + timedelta(minutes=2)),
                  when=now - timedelta(seconds=1))
     clips = short_clips[:REQUESTS_PER_ATTACK]
     with Client(worker.settings.amqp_url, worker.settings.prefix) as client:
