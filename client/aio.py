@@ -35,6 +35,7 @@ from serq.client.wire import (
     Request,
     Source,
     accept_reply,
+    client_settings,
     is_bytes,
     lost_error,
     new_request,
@@ -47,7 +48,7 @@ from serq.client.wire import (
 from serq.errors import BrokerUnavailable, ClientError, ConnectionLost
 from serq.schemas import PredictionResult
 from serq.schemas.contract import parse_reply
-from serq.settings import Settings, get_settings
+from serq.settings import Settings
 from serq.transport.aio import CONNECTION_ERRORS, close_quietly, connect
 from serq.transport.connection import Backoff
 from serq.transport.nodes import redacted_nodes
@@ -66,9 +67,7 @@ class AsyncClient:
 
     def __init__(self, url: str | None = None, prefix: str | None = None, *, timeout: float | None = None,
                  settings: Settings | None = None):
-        base = settings or get_settings()
-        update = {k: v for k, v in (("amqp_url", url), ("prefix", prefix)) if v}
-        self.settings = base.model_copy(update=update) if update else base
+        self.settings = client_settings(url, prefix, settings)
         self.timeout = timeout or self.settings.request_timeout
         self._queue = self.settings.name("classify")
         self._where = redacted_nodes(self.settings.amqp_url)

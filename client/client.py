@@ -35,6 +35,7 @@ from serq.client.wire import (
     Request,
     Source,
     accept_reply,
+    client_settings,
     new_request,
     outcome,
     properties,
@@ -44,7 +45,7 @@ from serq.client.wire import (
 )
 from serq.schemas import ErrorReply, PredictionResult
 from serq.schemas.contract import PRIVATE_HEADER, parse_reply
-from serq.settings import Settings, get_settings
+from serq.settings import Settings
 from serq.transport.connection import (
     CONNECTION_ERRORS,
     Backoff,
@@ -70,9 +71,7 @@ class Client:
 
     def __init__(self, url: str | None = None, prefix: str | None = None, *, timeout: float | None = None,
                  settings: Settings | None = None):
-        base = settings or get_settings()
-        update = {k: v for k, v in (("amqp_url", url), ("prefix", prefix)) if v}
-        self.settings = base.model_copy(update=update) if update else base
+        self.settings = client_settings(url, prefix, settings)
         self.timeout = timeout or self.settings.request_timeout
         self._queue = self.settings.name("classify")
         self._lock = threading.RLock()

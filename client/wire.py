@@ -19,6 +19,7 @@ from serq.errors import ClientError, ConnectionLost, ServiceError, Timeout
 from serq.labels import EMOTIONS
 from serq.schemas import ErrorReply
 from serq.schemas.contract import error_key, parse_reply, result_key
+from serq.settings import Settings, get_settings
 
 #: RabbitMQ's direct reply-to pseudo-queue: no reply queue to declare or clean up.
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
@@ -26,6 +27,13 @@ DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 CONTENT_TYPES = {".wav": "audio/wav", ".flac": "audio/flac", ".ogg": "audio/ogg", ".mp3": "audio/mpeg"}
 
 Source = str | Path | bytes | bytearray | memoryview
+
+
+def client_settings(url: str | None, prefix: str | None, settings: Settings | None) -> Settings:
+    """The settings a client connects with: ``settings`` (else the environment's), ``url``/``prefix`` over them."""
+    base = settings or get_settings()
+    update = {k: v for k, v in (("amqp_url", url), ("prefix", prefix)) if v}
+    return base.model_copy(update=update) if update else base
 
 
 def is_bytes(source: Any) -> bool:

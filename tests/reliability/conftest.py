@@ -158,16 +158,20 @@ class PrivateBroker:
 @pytest.fixture
 def private_broker(tmp_path):
     """A private RabbitMQ node on free ports (never the shared broker); always stopped at the end."""
+    yield from _running(tmp_path / "broker", PrivateBroker, "the broker-restart test needs a private node")
+
+
+def _running(workdir: Path, make, why: str):
+    """Start ``make(workdir)`` (skipping where rabbitmq-server is absent), yield it, always stop it."""
     if shutil.which("rabbitmq-server") is None or shutil.which("rabbitmqctl") is None:
-        pytest.skip("rabbitmq-server is not installed: the broker-restart test needs a private node")
-    workdir = tmp_path / "broker"
+        pytest.skip(f"rabbitmq-server is not installed: {why}")
     workdir.mkdir()
-    broker = PrivateBroker(workdir)
+    nodes = make(workdir)
     try:
-        broker.start()
-        yield broker
+        nodes.start()
+        yield nodes
     finally:
-        broker.stop()
+        nodes.stop()
 
 
 class PrivateCluster:
@@ -215,13 +219,4 @@ class PrivateCluster:
 @pytest.fixture
 def private_cluster(tmp_path):
     """A private 3-node RabbitMQ cluster (never the shared broker); always stopped at the end."""
-    if shutil.which("rabbitmq-server") is None or shutil.which("rabbitmqctl") is None:
-        pytest.skip("rabbitmq-server is not installed: the cluster test needs private nodes")
-    workdir = tmp_path / "cluster"
-    workdir.mkdir()
-    cluster = PrivateCluster(workdir)
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from _running(tmp_path / "cluster", PrivateCluster, "the cluster test needs private nodes")

@@ -46,22 +46,7 @@ def build_request(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from serq.cli.output import show_train_result
+    from serq.cli.commands.train import run_job
     from serq.settings import get_settings
 
-    settings = get_settings()
-    request = build_request(args)
-    if not args.local:
-        from serq.cli.commands.train_remote import run_remote
-
-        return run_remote(request, args, settings)
-    from serq.progress import progress_printer
-    from serq.worker.training.job import run_training
-
-    printers: dict = {}
-
-    def report(stage: str, done: int, total: int) -> None:
-        if not args.json:
-            printers.setdefault(stage, progress_printer(stage))(done, total)
-
-    return show_train_result(run_training(request, settings, report=report), args.json, "adapt")
+    return run_job(build_request(args), args, get_settings(), "adapt")

@@ -93,7 +93,11 @@ def run(args: argparse.Namespace) -> int:
     from serq.settings import get_settings
 
     settings = get_settings()
-    request = build_request(args, str(settings.ravdess_dir))
+    return run_job(build_request(args, str(settings.ravdess_dir)), args, settings)
+
+
+def run_job(request, args: argparse.Namespace, settings, what: str = "train") -> int:
+    """A training or adaptation request: to the trainer over the queue, or here with ``--local``."""
     if not args.local:
         from serq.cli.commands.train_remote import run_remote
 
@@ -108,5 +112,5 @@ def run(args: argparse.Namespace) -> int:
         if not args.json:
             printers.setdefault(stage, progress_printer(stage))(done, total)
 
-    return show_train_result(run_training(request, settings, report=report), args.json)
+    return show_train_result(run_training(request, settings, report=report), args.json, what)
 
