@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import pika
 import pytest
@@ -21,6 +23,38 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+def restartable_port_pair() -> int:
+    """A free port p, with p + 20000 free too, both below the kernel's ephemeral range.
+
+    For a node the test stops and starts again: while its listener is down, the clients'
+    reconnect attempts take ephemeral source ports, and one of them can land on the node's
+    port (a TCP self-connect to the very port it dials), so the restart fails with
+    ``eaddrinuse``. A port outside that range is never handed out as a source port.
+    (p + 20000 is RabbitMQ's default distribution port for an AMQP port p.)
+    """
+    high = min(_ephemeral_low(), 65536) - 20000
+    if high <= 10000:
+        raise RuntimeError(f"the ephemeral port range starts at {_ephemeral_low()}: no room for a restartable port")
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(10000, high)
+        try:
+            for candidate in (port, port + 20000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair below the ephemeral range")
 
 
 class Rpc:

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -22,6 +21,8 @@ import pytest
 import soundfile as sf
 
 from serq.errors import ERROR_CODES
+
+from helpers.broker import restartable_port_pair
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "samples"
@@ -102,30 +103,13 @@ def assert_typed(code: str) -> None:
 # --------------------------------------------------------------------------- a private broker
 
 
-def _free_port_pair() -> int:
-    """A free port p with p + 20000 free too (the private node's AMQP and distribution ports)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port + 20000 > 65535:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 20000))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port pair")
-
-
 class PrivateBroker:
     """A RabbitMQ node of this test alone (serq.cli.demo.LocalBroker), which it may stop and start at will."""
 
     def __init__(self, workdir: Path):
         from serq.cli.demo import LocalBroker
 
-        self.url = f"amqp://guest:guest@127.0.0.1:{_free_port_pair()}/%2F"
+        self.url = f"amqp://guest:guest@127.0.0.1:{restartable_port_pair()}/%2F"
         self.node = LocalBroker(self.url, workdir)
 
     def start(self) -> None:
