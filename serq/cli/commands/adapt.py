@@ -18,9 +18,9 @@ def register(sub) -> None:
                                    "mix of the folder may be skewed (mostly neutral): see docs/training.md.")
     p.add_argument("--data", required=True, metavar="DIR", help="folder of audio clips (no labels needed)")
     p.add_argument("--model", metavar="VERSION", help="the model to adapt (default: the active one)")
-    p.add_argument("--method", choices=["auto", "mixture", "robust", "plain"], default="auto",
-                   help="how the folder's statistics are estimated (default auto: mixture when the model records "
-                        "class statistics, else robust)")
+    p.add_argument("--method", choices=["auto", "reweighted", "mixture", "robust", "plain"],
+                   default="auto", help="how the folder's statistics are estimated (default auto: reweighted, the "
+                                        "clips weighted to the model's training mix by its own posteriors)")
     p.add_argument("--activate", nargs="?", const="always", default="never", choices=["always", "if_better", "never"],
                    help="activation policy (default never; if_better cannot compare without labels, so it never "
                         "activates)")
