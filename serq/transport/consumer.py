@@ -93,6 +93,8 @@ class Delivery:
     problem: SerqError | None = None
     #: Why no reply can be addressed (dead-lettered at once), else ``None``.
     unanswerable: str | None = None
+    #: The headers as the contract's model of the request's type (set by ``RequestCheck``), else ``None``.
+    fields: BaseModel | None = None
     #: What followers get on ``<p>.results`` (set by the privacy filter; ``None`` = nothing).
     public: bytes | None = None
     #: The outcome's reply was delivered to ``reply_to`` ("ok"), or why not.
