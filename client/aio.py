@@ -27,6 +27,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from functools import partial
 
 import aio_pika
 
@@ -38,10 +39,9 @@ from serq.client.wire import (
     client_settings,
     is_bytes,
     lost_error,
-    new_request,
     outcome,
     properties,
-    read_clip,
+    request_for,
     subscription_keys,
     timeout_error,
 )
@@ -186,8 +186,8 @@ class AsyncClient:
     async def _request(self, source: Source, timeout: float, filename: str | None, headers: dict | None,
                        type: str | None) -> Request:
         # A path is read in a thread: a file on a slow disk must not stall the loop.
-        clip = read_clip(source, filename) if is_bytes(source) else await asyncio.to_thread(read_clip, source, filename)
-        return new_request(*clip, timeout, headers=headers, type=type)
+        make = partial(request_for, source, timeout, filename, headers=headers, type=type)
+        return make() if is_bytes(source) else await asyncio.to_thread(make)
 
     async def _round_trip(self, request: Request):
         if self._closing:
