@@ -221,6 +221,18 @@ class Consumer:
             self._consume()
             self.log("consuming", queue=self.queue)
 
+    def serve(self, stopping: Callable[[], bool], seconds: float = 0.2) -> None:
+        """Pump (``seconds`` at a time) until ``stopping()``; then stop taking deliveries and pump on
+        until those in flight are settled. A lost connection propagates."""
+        cancelled = False
+        while True:
+            self.pump(seconds)
+            if stopping() and not cancelled:
+                self.cancel()  # no new deliveries; undispatched ones go back to the queue
+                cancelled = True
+            if cancelled and not self.in_flight:
+                return
+
     def cancel(self) -> None:
         """Stop taking deliveries (undispatched ones go back to the queue); in-flight ones still complete."""
         if self._tag is not None and self.channel is not None and self.channel.is_open:

@@ -300,15 +300,8 @@ class Worker:
         self.metrics.set_connected(True)
         ready()
         log(logger, "consuming", queue=queue, models=exchange)
-        cancelled = False
         try:
-            while True:
-                self.consumer.pump(0.2)
-                if self._stopping.is_set() and not cancelled:
-                    self.consumer.cancel()  # no new deliveries; undispatched ones go back to the queue
-                    cancelled = True
-                if cancelled and not self.consumer.in_flight:
-                    break
+            self.consumer.serve(self._stopping.is_set)  # once stopping: finish and ack what is in flight
         finally:
             self.metrics.set_connected(False)
         self.consumer.detach()
