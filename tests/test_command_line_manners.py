@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import subprocess
@@ -206,3 +207,21 @@ def test_worker_processes_each_get_a_port_and_a_taken_one_costs_no_worker(amqp_u
         if parent.poll() is None:
             parent.kill()
             parent.wait()
+
+
+def test_async_client_is_importable_from_serq_client_and_hints_its_extra():
+    """Issue 14 names ``serq.client.AsyncClient``: it is ``serq.client.aio.AsyncClient``, loaded only when
+    asked for (``import serq.client`` stays on pika), and without aio-pika an install hint."""
+    code = ("import sys\nimport serq.client\nassert 'aio_pika' not in sys.modules\n"
+            "from serq.client import AsyncClient\nfrom serq.client.aio import AsyncClient as A\n"
+            "assert AsyncClient is A\nprint('ok')")
+    if importlib.util.find_spec("aio_pika") is not None:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+        assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+    blocked = "import sys\nsys.modules['aio_pika'] = None\nfrom serq.client import AsyncClient"
+    done = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert done.returncode == 1 and "pip install 'serq[async]'" in done.stderr, done.stderr
+    import serq.client
+
+    with pytest.raises(AttributeError):
+        serq.client.NoSuchThing  # noqa: B018 - the attribute access is the test
