@@ -96,3 +96,62 @@ def test_requests_in_flight_per_worker_never_exceed_the_prefetch(start_worker, a
     assert len(rpc.replies) == n
     assert max(samples) <= prefetch, max(samples)
     assert max(samples) == prefetch  # the limit was reached, so it is what held the other requests back
+
+
+def health(port: int) -> tuple[int, dict]:
+    import json
+    import urllib.error
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_a_request_past_the_time_limit_is_interrupted_answered_and_shown_by_healthz(start_worker, amqp_url, prefix):
+    """SERQ_TIME_LIMIT_S on a real worker (issue 13.3): a compute that runs past it is interrupted and answered
+    ``time_limit`` (counted in serq_time_limit_exceeded_total), /healthz says ``stuck`` (503) while a request is in
+    flight past the limit and ``ok`` again afterwards, and the worker lives on."""
+    port, n = free_port(), 3
+    # A 15-minute WAV (allowed by a raised SERQ_MAX_SECONDS): decoded in a fraction of a second, then seconds of
+    # feature work, past the 0.75 s limit on any machine; the watchdog looks every 0.25 s, so it fires during the
+    # features. (Not a FLAC: its decoding calls back into Python through soundfile's cffi callbacks, which swallow
+    # an exception landing there, and the request then runs to its end: a bug of the time limit, reported.)
+    proc = start_worker({"SERQ_TIME_LIMIT_S": "0.75", "SERQ_MAX_SECONDS": "1000", "SERQ_PREFETCH": str(n),
+                         "SERQ_METRICS_PORT": str(port)})
+    assert health(port)[0] == 200
+    clip = encode(tone(900.0), 16_000)
+    rpc = Rpc(amqp_url, f"{prefix}.classify")
+    for i in range(n):
+        rpc.ch.basic_publish("", f"{prefix}.classify", clip, pika.BasicProperties(
+            correlation_id=f"t{i}", reply_to="amq.rabbitmq.reply-to", content_type="audio/wav"))
+    seen: list[tuple[int, str]] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            code, body = health(port)
+            seen.append((code, body["status"]))
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    deadline = time.monotonic() + 180
+    try:
+        while len(rpc.replies) < n and time.monotonic() < deadline:
+            rpc.conn.process_data_events(time_limit=0.1)
+    finally:
+        stop.set()
+        sampler.join()
+    rpc.conn.close()
+    codes = [reply.get("error", {}).get("code", "result") for _, reply in rpc.replies.values()]
+    record(f"{n} requests past SERQ_TIME_LIMIT_S=0.75 (15-minute clips)", n, codes + ["timeout"] * (n - len(codes)),
+           "pytest tests/reliability/test_limits.py -k time_limit", healthz_stuck_seen=(503, "stuck") in seen)
+    assert codes == ["time_limit"] * n, codes
+    assert (503, "stuck") in seen, sorted(set(seen))
+    after = health(port)
+    assert after[0] == 200 and after[1]["status"] == "ok", after
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert f"serq_time_limit_exceeded_total {float(n)}" in text
+    assert proc.poll() is None
