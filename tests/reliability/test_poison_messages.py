@@ -238,6 +238,9 @@ def test_followers_see_classify_results_only_without_file_names(start_worker, am
     assert "file" not in seen["named"][1] and "label" in seen["named"][1]
     assert seen["classify-error"][0].startswith("error.")
     assert "jane" not in json.dumps(seen)
+    record("followers on <p>.results: a named, a private, an enrolment error, a chunk error, a classify error, "
+           "a marker", 6, [b.get("error", {}).get("code", "result") for b in direct.values()], "pytest tests/reliability/test_poison_messages.py -k followers",
+           copies_to_followers=len(seen), file_names_leaked=sum("file" in b for _, b in seen.values()))
 
 
 def test_undecodable_header_frames_cost_no_innocent_request(start_worker, amqp_url, prefix):
