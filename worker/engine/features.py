@@ -256,7 +256,6 @@ def analyse(samples: np.ndarray, sr: int = SAMPLE_RATE) -> Analysis:
     if sr != SAMPLE_RATE:
         raise ValueError(f"features are defined at {SAMPLE_RATE} Hz, got {sr} Hz: resample first")
     recorded = np.asarray(samples, dtype=np.float32)
-    mel_fb, chroma_fb, freqs, _ = _filterbanks()
     frames = frame_signal(recorded)
     frame_power = np.einsum("ij,ij->i", frames, frames).astype(np.float64) / N_FFT
     # Levels down to 1e-30 (-300 dB): no floor that a gain of -30 dB could reach.
@@ -266,8 +265,27 @@ def analyse(samples: np.ndarray, sr: int = SAMPLE_RATE) -> Analysis:
     level = speech_level_db(frame_power, active_all)
     gain_db = float(np.clip(LEVEL_TARGET_DBFS - level, -150.0, 150.0)) if np.isfinite(level) else 0.0
     samples = recorded * np.float32(10 ** (gain_db / 20))
-    frames = frame_signal(samples)
-    rms_db_all = level_db + gain_db
+    described = _describe(samples, frame_signal(samples), level_db + gain_db, active_all)
+    _, _, freqs, _ = _filterbanks()
+    described["frame"]["alpha_ratio"], described["frame"]["hammarberg"] = _effort(described["power"], freqs)
+
+    peak = float(np.abs(recorded).max(initial=0.0))
+    total_rms = float(np.sqrt(np.dot(recorded, recorded) / len(recorded))) if len(recorded) else 0.0
+    return Analysis(
+        **described,
+        peak_dbfs=20 * np.log10(peak + AMIN),
+        rms_dbfs=20 * np.log10(total_rms + AMIN),
+        loudest_dbfs=float(level_db.max(initial=-300.0)),
+        gain_db=gain_db,
+    )
+
+
+def _describe(samples: np.ndarray, frames: np.ndarray, rms_db_all: np.ndarray, active_all: np.ndarray) -> dict:
+    """The descriptors of :class:`Analysis` that follow from the waveform, its frames and
+    which of them are active (all but the level fields and the vocal effort), as a dict
+    of its fields. ``bench/fe2.py`` feeds it the previous recipe's activity rule.
+    """
+    mel_fb, chroma_fb, freqs, _ = _filterbanks()
     # Trim leading/trailing silence: everything below is computed on the span from the
     # first to the last active frame (about half of a RAVDESS clip); `active` then also
     # excludes the pauses inside it.
@@ -295,29 +313,20 @@ def analyse(samples: np.ndarray, sr: int = SAMPLE_RATE) -> Analysis:
     flatness = np.exp(np.mean(np.log(power + AMIN), axis=1)) / (np.mean(power, axis=1) + AMIN)
     signs = np.signbit(raw)
     zcr = np.mean(signs[:, 1:] != signs[:, :-1], axis=1)
-    alpha_ratio, hammarberg = _effort(power, freqs)
-    f0 = pitch_track(samples[first * HOP : (last + 1) * HOP + N_FFT], active, sr)
-    voiced = f0 > 0
-
-    peak = float(np.abs(recorded).max(initial=0.0))
-    total_rms = float(np.sqrt(np.dot(recorded, recorded) / len(recorded))) if len(recorded) else 0.0
-    return Analysis(
-        power=power,
-        logmel=logmel.astype(np.float32),
-        frame={
+    f0 = pitch_track(samples[first * HOP : (last + 1) * HOP + N_FFT], active, SAMPLE_RATE)
+    return {
+        "power": power,
+        "logmel": logmel.astype(np.float32),
+        "frame": {
             "rms_db": rms_db, "centroid": centroid, "bandwidth": bandwidth, "rolloff": rolloff,
-            "flatness": flatness, "zcr": zcr, "alpha_ratio": alpha_ratio, "hammarberg": hammarberg, "f0": f0,
+            "flatness": flatness, "zcr": zcr, "f0": f0,
         },
-        matrices={"mfcc": mfcc, "mfcc_delta": delta(mfcc), "chroma": chroma, "contrast": contrast},
-        active=active,
-        voiced=voiced,
-        n_frames=len(frames),
-        duration=len(samples) / sr,
-        peak_dbfs=20 * np.log10(peak + AMIN),
-        rms_dbfs=20 * np.log10(total_rms + AMIN),
-        loudest_dbfs=float(level_db.max(initial=-300.0)),
-        gain_db=gain_db,
-    )
+        "matrices": {"mfcc": mfcc, "mfcc_delta": delta(mfcc), "chroma": chroma, "contrast": contrast},
+        "active": active,
+        "voiced": f0 > 0,
+        "n_frames": len(frames),
+        "duration": len(samples) / SAMPLE_RATE,
+    }
 
 
 def _effort(power: np.ndarray, freqs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -351,14 +360,14 @@ def _spectral_contrast(power: np.ndarray, freqs: np.ndarray, fmin: float = 100.0
 _FRAME_SCALARS = ("rms_db", "centroid", "bandwidth", "rolloff", "flatness", "zcr", "alpha_ratio", "hammarberg")
 
 
-def _layout() -> tuple[str, ...]:
+def _layout(frame_scalars: tuple[str, ...] = _FRAME_SCALARS) -> tuple[str, ...]:
     names: list[str] = []
     blocks = [("mfcc", N_MFCC), ("mfcc_delta", N_MFCC), ("chroma", N_CHROMA),
               ("contrast", CONTRAST_BANDS + 1), ("logmel", N_MELS)]
     for block, width in blocks:
         for stat in ("mean", "std"):
             names += [f"{block}_{i:02d}_{stat}" for i in range(width)]
-    for name in _FRAME_SCALARS:
+    for name in frame_scalars:
         names += [f"{name}_{stat}" for stat in ("mean", "std", "p10", "p90")]
     names += [f"f0_{stat}" for stat in ("mean", "std", "p10", "p50", "p90", "slope")]
     names += ["voiced_fraction", "active_fraction", "active_seconds"]
@@ -390,7 +399,11 @@ def feature_vector(analysis: Analysis) -> np.ndarray:
     Pitch statistics are over voiced frames, in semitones relative to 100 Hz
     (so a speaker's register and its range are on a perceptual scale).
     """
-    a = analysis
+    return _statistics(analysis, _FRAME_SCALARS)
+
+
+def _statistics(a: Analysis, frame_scalars: tuple[str, ...]) -> np.ndarray:
+    """:func:`feature_vector` over the named frame descriptors (``bench/fe2.py`` names fewer)."""
     sel = a.active if a.active.any() else np.ones_like(a.active)
     parts: list[np.ndarray] = []
     # All matrix blocks side by side: one mean and one std pass instead of one per block.
@@ -400,7 +413,7 @@ def feature_vector(analysis: Analysis) -> np.ndarray:
     edges = np.cumsum([0] + [b.shape[1] for b in blocks])
     for lo, hi in zip(edges[:-1], edges[1:]):
         parts += [means[lo:hi], stds[lo:hi]]
-    scalars = np.stack([a.frame[name][sel] for name in _FRAME_SCALARS])
+    scalars = np.stack([a.frame[name][sel] for name in frame_scalars])
     p10, p90 = percentiles(scalars, (10, 90))
     parts.append(np.stack([scalars.mean(axis=1), scalars.std(axis=1), p10, p90], axis=1).ravel())
     f0 = a.frame["f0"][a.voiced]
