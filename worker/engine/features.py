@@ -24,6 +24,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import soxr
 from scipy import fft as sfft
 
 #: Bump whenever the vector's layout or meaning changes; models store it and refuse a mismatch.
@@ -108,7 +109,7 @@ FILTERBANKS = Path(__file__).with_name("filterbanks.npz")
 def librosa_filterbanks() -> dict[str, np.ndarray]:
     """The mel (``(N_MELS, N_FFT // 2 + 1)``, Slaney) and chroma (``(N_CHROMA, N_FFT // 2 + 1)``)
     filterbanks and the mel band centres in Hz (``(N_MELS,)``), computed by librosa."""
-    import librosa
+    import librosa  # lazy: about a second of import, only to check or rebuild filterbanks.npz
 
     return {
         "mel": librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS, fmin=0.0,
@@ -141,9 +142,7 @@ def _window() -> np.ndarray:
 @lru_cache(maxsize=4)
 def _dct_matrix(n_in: int = N_MELS, n_out: int = N_MFCC) -> np.ndarray:
     """Orthonormal DCT-II as a matrix (what librosa's mfcc applies to log-mel)."""
-    from scipy.fft import dct
-
-    return dct(np.eye(n_in), type=2, norm="ortho", axis=0)[:n_out].T.astype(np.float32)
+    return sfft.dct(np.eye(n_in), type=2, norm="ortho", axis=0)[:n_out].T.astype(np.float32)
 
 
 def frame_signal(samples: np.ndarray, frame_length: int = N_FFT, hop: int = HOP) -> np.ndarray:
@@ -211,8 +210,6 @@ def pitch_track(samples: np.ndarray, active: np.ndarray, sr: int = SAMPLE_RATE) 
     YIN runs at half the analysis rate (speech f0 < 600 Hz needs no more) on every
     other active frame (20 ms): a quarter of the work, the same statistics.
     """
-    import soxr
-
     half = soxr.resample(samples, sr, sr // 2, quality="LQ").astype(np.float32, copy=False)
     frames = frame_signal(half, N_FFT // 2, HOP)  # 32 ms frames, every 20 ms at sr/2
     # Coarse frame k is centred on analysis frame 2k and stands for frames 2k and 2k+1.
