@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 
-from serq.cli.commands.train_remote import run_remote
 from serq.errors import InvalidRequest, SerqError
 
 # Only the standard library and serq's light core (already loaded by `serq`) at the top: `serq --help`
@@ -102,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
 def run_job(request, args: argparse.Namespace, settings, what: str = "train") -> int:
     """A training or adaptation request: to the trainer over the queue, or here with ``--local``."""
     if not args.local:
+        from serq.cli.commands.train_remote import run_remote  # lazy: not needed by `serq --help`
+
         return run_remote(request, args, settings)
     from serq.cli.output import show_train_result
     from serq.progress import progress_printer
