@@ -27,6 +27,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from functools import partial
 
 import aio_pika
 
@@ -38,10 +39,9 @@ from serq.client.wire import (
     client_settings,
     is_bytes,
     lost_error,
-    new_request,
     outcome,
     properties,
-    read_clip,
+    request_for,
     subscription_keys,
     timeout_error,
 )
@@ -49,8 +49,7 @@ from serq.errors import BrokerUnavailable, ClientError, ConnectionLost
 from serq.schemas import PredictionResult
 from serq.schemas.contract import parse_reply
 from serq.settings import Settings
-from serq.transport.aio import CONNECTION_ERRORS, close_quietly, connect
-from serq.transport.connection import Backoff
+from serq.transport.aio import CONNECTION_ERRORS, close_quietly, connect, reconnect
 from serq.transport.nodes import redacted_nodes
 from serq.transport.topology import declare_classify_async, declare_results_async
 
@@ -125,15 +124,10 @@ class AsyncClient:
             self._reconnector = asyncio.ensure_future(self._reconnect())
 
     async def _reconnect(self) -> None:
-        backoff = Backoff(self.settings.reconnect_max_s)
-        while not self._closing:
-            try:
-                await self._open()
-                break
-            except (BrokerUnavailable, *CONNECTION_ERRORS) as exc:
-                self._last_error = exc
-                await asyncio.sleep(backoff.next_delay())
-        else:
+        def note(exc: BaseException) -> None:
+            self._last_error = exc  # what a request that gives up is told
+
+        if not await reconnect(self._open, self.settings, lambda: self._closing, note):
             return
         self._reconnector = None
         generation = self._generation
@@ -186,8 +180,8 @@ class AsyncClient:
     async def _request(self, source: Source, timeout: float, filename: str | None, headers: dict | None,
                        type: str | None) -> Request:
         # A path is read in a thread: a file on a slow disk must not stall the loop.
-        clip = read_clip(source, filename) if is_bytes(source) else await asyncio.to_thread(read_clip, source, filename)
-        return new_request(*clip, timeout, headers=headers, type=type)
+        make = partial(request_for, source, timeout, filename, headers=headers, type=type)
+        return make() if is_bytes(source) else await asyncio.to_thread(make)
 
     async def _round_trip(self, request: Request):
         if self._closing:
@@ -328,13 +322,7 @@ class AsyncSubscription:
             self._reconnector = asyncio.ensure_future(self._reconnect())
 
     async def _reconnect(self) -> None:
-        backoff = Backoff(self.settings.reconnect_max_s)
-        while not self._closing:
-            try:
-                await self.start()
-                return
-            except (BrokerUnavailable, *CONNECTION_ERRORS):
-                await asyncio.sleep(backoff.next_delay())
+        await reconnect(self.start, self.settings, lambda: self._closing)
 
     async def _on_message(self, message) -> None:
         try:

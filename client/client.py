@@ -36,10 +36,9 @@ from serq.client.wire import (
     Source,
     accept_reply,
     client_settings,
-    new_request,
     outcome,
     properties,
-    read_clip,
+    request_for,
     subscription_keys,
     timeout_error,
 )
@@ -153,7 +152,7 @@ class Client:
 
     def _send(self, source: Source, timeout: float, filename: str | None = None, *, headers: dict | None = None,
               type: str | None = None) -> Request:
-        pending = new_request(*read_clip(source, filename), timeout, headers=headers, type=type)
+        pending = request_for(source, timeout, filename, headers=headers, type=type)
         self._pending[pending.id] = pending
         try:
             self._publish(pending)

@@ -111,7 +111,30 @@ class StreamCursor:
                               profile_status=state.profile_status)
 
 
-class TimelineStream:
+class _Stream:
+    """What the sync and the async stream share: their client, settings, timeout, id and cursor.
+
+    ``own``: the stream opened ``client`` itself and closes it with the stream.
+    """
+
+    def __init__(self, client, own: bool, stream_id: str | None, timeout: float | None,
+                 profile: SpeakerProfile | None):
+        self.client, self._own = client, own
+        self.settings = client.settings
+        self.timeout = timeout or self.settings.request_timeout
+        self.stream_id = stream_id or uuid.uuid4().hex[:16]
+        self._cursor = StreamCursor(self.stream_id, self.settings.max_bytes, profile)
+
+    @property
+    def segments(self) -> list[TimelineSegment]:
+        return self._cursor.segments
+
+    @property
+    def last(self) -> TimelineChunkResult | None:
+        return self._cursor.last
+
+
+class TimelineStream(_Stream):
     """One recording streamed in chunks. ``send(samples)`` returns the reply to that chunk.
 
     Requests go through :meth:`serq.client.Client.call` (publisher confirms,
@@ -129,20 +152,8 @@ class TimelineStream:
 
     def __init__(self, client: Client | None = None, *, stream_id: str | None = None, timeout: float | None = None,
                  settings: Settings | None = None, profile: SpeakerProfile | None = None):
-        self._own = client is None
-        self.client = client or Client(settings=settings or get_settings())
-        self.settings = self.client.settings
-        self.timeout = timeout or self.settings.request_timeout
-        self.stream_id = stream_id or uuid.uuid4().hex[:16]
-        self._cursor = StreamCursor(self.stream_id, self.settings.max_bytes, profile)
-
-    @property
-    def segments(self) -> list[TimelineSegment]:
-        return self._cursor.segments
-
-    @property
-    def last(self) -> TimelineChunkResult | None:
-        return self._cursor.last
+        super().__init__(client or Client(settings=settings or get_settings()), client is None, stream_id, timeout,
+                         profile)
 
     def __enter__(self) -> "TimelineStream":
         return self
@@ -168,7 +179,7 @@ class TimelineStream:
         return self._cursor.timeline(file)
 
 
-class AsyncTimelineStream:
+class AsyncTimelineStream(_Stream):
     """:class:`TimelineStream` for asyncio, through a :class:`serq.client.aio.AsyncClient`.
 
     ``async with AsyncTimelineStream(client) as stream``; ``await stream.send(pcm)``;
@@ -178,27 +189,13 @@ class AsyncTimelineStream:
 
     def __init__(self, client=None, *, stream_id: str | None = None, timeout: float | None = None,
                  settings: Settings | None = None, profile: SpeakerProfile | None = None):
-        if client is None:
+        own = client is None
+        if own:
             # Lazy: aio-pika is the `async` extra; the sync stream above must import without it.
             from serq.client.aio import AsyncClient
 
             client = AsyncClient(settings=settings or get_settings())
-            self._own = True
-        else:
-            self._own = False
-        self.client = client
-        self.settings = client.settings
-        self.timeout = timeout or self.settings.request_timeout
-        self.stream_id = stream_id or uuid.uuid4().hex[:16]
-        self._cursor = StreamCursor(self.stream_id, self.settings.max_bytes, profile)
-
-    @property
-    def segments(self) -> list[TimelineSegment]:
-        return self._cursor.segments
-
-    @property
-    def last(self) -> TimelineChunkResult | None:
-        return self._cursor.last
+        super().__init__(client, own, stream_id, timeout, profile)
 
     async def __aenter__(self) -> "AsyncTimelineStream":
         return self

@@ -3,7 +3,7 @@
 a reply is read, so the two clients cannot drift apart.
 
 Pure functions and plain data only: no connection, no event loop, no file I/O except
-:func:`read_clip` (which the async client runs off the loop).
+:func:`read_clip` and :func:`request_for` (which the async client runs off the loop).
 """
 
 from __future__ import annotations
@@ -82,6 +82,12 @@ def new_request(data: bytes, name: str | None, content_type: str, timeout: float
     """A request with a fresh correlation id and its deadline ``timeout`` seconds from now."""
     return Request(uuid.uuid4().hex, data, content_type, name, time.monotonic() + timeout, timeout,
                    headers=dict(headers or {}), type=type)
+
+
+def request_for(source: Source, timeout: float, filename: str | None = None, *, headers: dict | None = None,
+                type: str | None = None) -> Request:
+    """The request for a clip (a path or bytes, :func:`read_clip`), its deadline ``timeout`` seconds after the read."""
+    return new_request(*read_clip(source, filename), timeout, headers=headers, type=type)
 
 
 def properties(request: Request, now: float | None = None) -> dict:

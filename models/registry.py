@@ -28,7 +28,6 @@ import hashlib
 import json
 import logging
 import os
-import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,6 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from serq.errors import ModelError
+from serq.files import FileRefused, read_regular
 from serq.models.card import model_card
 from serq.models.signing import SIGNATURE, Signer, Trust, check_model_signature, sign_event, signature_record
 from serq.schemas import Hyperparameters, ModelActivated, ModelMetadata, SpeakerPrior
@@ -108,21 +108,18 @@ def load_artifact(data: bytes, meta: ModelMetadata) -> LoadedModel:
 def _read_bounded(path: Path, limit: int, what: str) -> bytes:
     """``path``'s bytes, refused before reading when it is not a regular file or exceeds ``limit``."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block the open
-    except FileNotFoundError:
-        raise ModelError(f"no {what}") from None
-    except OSError as exc:
-        raise ModelError(f"cannot read {what} ({exc.strerror or exc})") from None
-    with os.fdopen(fd, "rb") as fh:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ModelError(f"{what} is not a regular file")
-        if info.st_size > limit:
-            raise ModelError(f"{what} is {info.st_size} bytes, over the limit of {limit} (SERQ_MAX_MODEL_BYTES)")
-        data = fh.read(limit + 1)
-    if len(data) > limit:  # grew while we read
-        raise ModelError(f"{what} exceeds the limit of {limit} bytes (SERQ_MAX_MODEL_BYTES)")
-    return data
+        return read_regular(path, limit)
+    except FileRefused as exc:
+        if exc.reason == "missing":
+            message = f"no {what}"
+        elif exc.reason == "not regular":
+            message = f"{what} is not a regular file"
+        elif exc.reason == "too large":
+            message = (f"{what} is {exc.size} bytes, over the limit of {limit} (SERQ_MAX_MODEL_BYTES)"
+                       if exc.size is not None else f"{what} exceeds the limit of {limit} bytes (SERQ_MAX_MODEL_BYTES)")
+        else:
+            message = f"cannot read {what} ({exc.detail})"
+        raise ModelError(message) from None
 
 
 def read_metadata(folder: Path) -> ModelMetadata:

@@ -87,18 +87,25 @@ def generate_keys(folder: str | Path) -> tuple[Path, Path]:
     Refuses to overwrite an existing key: a lost private key means re-signing every model.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     key_path, pub_path = folder / KEY_FILE, folder / PUB_FILE
     if key_path.exists() or pub_path.exists():
         raise KeyFileError(f"{key_path} or {pub_path} already exists; refusing to overwrite a key")
     private = Ed25519PrivateKey.generate()
     pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others, not even briefly
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
-    pub_path.write_bytes(private.public_key().public_bytes(serialization.Encoding.PEM,
-                                                           serialization.PublicFormat.SubjectPublicKeyInfo))
+    created = False
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others, not even briefly
+        created = True
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(pem)
+        pub_path.write_bytes(private.public_key().public_bytes(serialization.Encoding.PEM,
+                                                               serialization.PublicFormat.SubjectPublicKeyInfo))
+    except OSError as exc:  # an unwritable or missing parent, a full disk: a typed error, not a traceback
+        if created:  # no half pair left behind, which the next attempt would refuse to overwrite
+            key_path.unlink(missing_ok=True)
+        raise KeyFileError(f"cannot write the key pair in {folder}: {exc.strerror or exc}") from None
     return key_path, pub_path
 
 

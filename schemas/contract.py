@@ -149,7 +149,9 @@ class Operation:
     """What a serq service does on a channel (``receive`` = consumes it, ``send`` = publishes to it).
 
     ``request_type`` is the AMQP ``type`` of the requests a worker takes on this
-    operation: each has one handler in :mod:`serq.worker.handlers`.
+    operation: each has one handler in :mod:`serq.worker.handlers`. ``request`` is their
+    :class:`Message` (content type and headers), which the consumer loop checks every
+    request against before a handler sees it (:class:`serq.transport.middleware.RequestCheck`).
     """
 
     id: str
@@ -158,6 +160,7 @@ class Operation:
     summary: str
     reply_channel: str | None = None
     request_type: str | None = None
+    request: Message | None = None
 
 
 CLASSIFY_REQUEST = Message(
@@ -234,13 +237,13 @@ CHANNELS: tuple[Channel, ...] = (
 
 OPERATIONS: tuple[Operation, ...] = (
     Operation("classify", "receive", "classify", "A worker classifies a clip and replies to `reply_to`.",
-              reply_channel="classifyReply", request_type=CLASSIFY),
+              reply_channel="classifyReply", request_type=CLASSIFY, request=CLASSIFY_REQUEST),
     Operation("timelineChunk", "receive", "classify",
               "A worker continues a streamed timeline with one chunk and replies with the decided segments.",
-              reply_channel="classifyReply", request_type=TIMELINE_CHUNK),
+              reply_channel="classifyReply", request_type=TIMELINE_CHUNK, request=TIMELINE_CHUNK_REQUEST),
     Operation("enroll", "receive", "classify",
               "A worker adds a clip's feature statistics to the speaker profile the request carries.",
-              reply_channel="classifyReply", request_type=ENROLL),
+              reply_channel="classifyReply", request_type=ENROLL, request=ENROLL_REQUEST),
     Operation("publishResult", "send", "results",
               "A worker publishes every classify reply (but private ones) to the results exchange."),
     Operation("train", "receive", "train", "A trainer runs a training job, reporting progress to `reply_to`.",
@@ -254,6 +257,11 @@ OPERATIONS: tuple[Operation, ...] = (
 def request_types() -> tuple[str, ...]:
     """The AMQP ``type`` of every request a worker takes, in catalogue order (``classify`` first)."""
     return tuple(op.request_type for op in OPERATIONS if op.request_type)
+
+
+def requests() -> dict[str, Message]:
+    """The message of every request type a worker takes (:func:`request_types`), by AMQP ``type``."""
+    return {op.request_type: op.request for op in OPERATIONS if op.request_type and op.request is not None}
 
 
 def messages() -> dict[str, Message]:

@@ -11,8 +11,8 @@ import time
 import pytest
 
 from serq.client import BrokerUnavailable, Client, ServiceError, Timeout
-from serq.client.client import read_clip
 from serq.client.errors import ClientError
+from serq.client.wire import read_clip
 
 from conftest import close_broker_connections
 from helpers.broker import EchoWorker

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import subprocess
@@ -148,3 +149,79 @@ def test_enrolling_too_few_clips_warns_at_once(start_worker, amqp_url, prefix, t
                            "--dir", str(tmp_path)], capture_output=True, text=True, cwd=REPO, timeout=120, env=env)
     assert done.returncode == 0, done.stderr
     assert "warning: alice's profile has 3 clip(s)" in done.stderr and "enrol 1 more" in done.stderr, done.stderr
+
+
+def _two_free_ports() -> int:
+    """A port ``p`` with ``p + 1`` free too (both checked by binding them)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port + 1))
+            return port
+        except OSError:
+            continue
+    pytest.skip("no two consecutive free ports")
+
+
+@pytest.mark.broker
+def test_worker_processes_each_get_a_port_and_a_taken_one_costs_no_worker(amqp_url, prefix, tmp_path):
+    """`serq worker --processes 2` with SERQ_METRICS_PORT taken: the first child warns and serves without
+    /metrics, the second serves /healthz on the next port; both consume; SIGTERM to the parent stops both."""
+    import json
+    import signal
+    import urllib.request
+
+    port = _two_free_ports()
+    taken = socket.socket()
+    taken.bind(("0.0.0.0", port))
+    taken.listen()
+    env = {**os.environ, "SERQ_AMQP_URL": amqp_url, "SERQ_PREFIX": prefix, "SERQ_METRICS_PORT": str(port),
+           "SERQ_MODEL_DIR": str(tmp_path / "models"), "SERQ_WORKER_ID": "multi", "SERQ_LOG_JSON": "0"}
+    log_path = tmp_path / "workers.log"
+    with open(log_path, "wb") as log:
+        parent = subprocess.Popen([sys.executable, "-m", "serq", "worker", "--processes", "2"], env=env, cwd=REPO,
+                                  stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while log_path.read_text().count("consuming") < 2:
+            assert parent.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.2)
+        text = log_path.read_text()
+        assert text.count(f"metrics port {port} is taken") == 1, text
+        assert "worker=multi-0" in text and "worker=multi-1" in text, text
+        assert consumers(amqp_url, f"{prefix}.classify") == 2
+        health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port + 1}/healthz", timeout=10).read())
+        assert health["status"] == "ok", health
+        with Client(settings=Settings(amqp_url=amqp_url, prefix=prefix)) as client:
+            outcomes = [o for _, o in client.classify_many(sorted(SAMPLES.glob("*.flac")), timeout=60)]
+        assert all(getattr(o, "label", None) for o in outcomes), outcomes
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(60) == 0, log_path.read_text()[-3000:]
+        assert log_path.read_text().count("stopped worker=multi-") == 2
+    finally:
+        taken.close()
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+
+
+def test_async_client_is_importable_from_serq_client_and_hints_its_extra():
+    """Issue 14 names ``serq.client.AsyncClient``: it is ``serq.client.aio.AsyncClient``, loaded only when
+    asked for (``import serq.client`` stays on pika), and without aio-pika an install hint."""
+    code = ("import sys\nimport serq.client\nassert 'aio_pika' not in sys.modules\n"
+            "from serq.client import AsyncClient\nfrom serq.client.aio import AsyncClient as A\n"
+            "assert AsyncClient is A\nprint('ok')")
+    if importlib.util.find_spec("aio_pika") is not None:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+        assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+    blocked = "import sys\nsys.modules['aio_pika'] = None\nfrom serq.client import AsyncClient"
+    done = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert done.returncode == 1 and "pip install 'serq[async]'" in done.stderr, done.stderr
+    import serq.client
+
+    with pytest.raises(AttributeError):
+        serq.client.NoSuchThing  # noqa: B018 - the attribute access is the test

@@ -148,3 +148,34 @@ def test_a_registry_change_met_after_a_reconnect_must_be_signed_too(tmp_path, ca
     (folder / SIGNATURE).write_bytes(signature_record(meta, Signer.from_settings(Settings())))
     worker._sync_registry()
     assert worker.holder.current.version == "unsigned-copy" == Registry(root).active_version()
+
+
+def test_key_and_definitions_files_that_cannot_be_written_are_clear_errors(tmp_path, capsys, monkeypatch):
+    """An unwritable place for the key pair or the definitions: exit 2 with the reason, no traceback, no half pair."""
+    from serq.cli import main
+    from serq.transport.accounts import ACCOUNTS
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(KeyFileError, match="cannot write the key pair"):
+        generate_keys(blocker / "keys")
+    assert main(["keys", "generate", str(blocker / "keys")]) == 2
+    assert "cannot write the key pair" in capsys.readouterr().err
+
+    import errno
+    from pathlib import Path
+
+    def disk_full(self, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as mp:  # the private key is written, its public half is not
+        mp.setattr(Path, "write_bytes", disk_full)
+        with pytest.raises(KeyFileError, match="cannot write the key pair .*No space left"):
+            generate_keys(tmp_path / "full")
+    assert not (tmp_path / "full" / "signing.key").exists()  # no private key left without its public half
+    generate_keys(tmp_path / "full")  # so a second attempt is not refused as "already exists"
+
+    for var in ACCOUNTS.values():
+        monkeypatch.setenv(var, "pw")
+    assert main(["broker", "definitions", "--out", str(blocker / "definitions.json")]) == 2
+    assert "cannot write" in capsys.readouterr().err

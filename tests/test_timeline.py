@@ -24,6 +24,8 @@ from serq.schemas import (
 from serq.worker.engine import timeline as tl
 from serq.worker.engine.timeline import RATE, TimelineProcessor, decide, smooth
 
+from helpers.handlers import handle
+
 LABELS = ["neutral", "angry", "sad"]
 
 
@@ -292,22 +294,19 @@ def model():
     return load_default()
 
 
-def ctx(model, headers: dict):
-    from serq.settings import Settings
-    from serq.worker.handlers.base import Context
-
-    return Context(settings=Settings(max_recording_seconds=20.0), model=model, worker="w", request_id="r",
-                   headers=headers)
-
-
 PCM = "audio/x-raw;format=F32LE;rate=16000;channels=1"
 
 
-def call(model, samples: np.ndarray, headers: dict, content_type: str = PCM) -> TimelineChunkResult:
-    from serq.worker.handlers.timeline import handle_chunk
+def chunk(model, body: bytes, headers: dict, content_type: str = PCM):
+    """A timeline.chunk request as the worker takes it: checked by the consumer loop, then handled."""
+    from serq.settings import Settings
 
-    reply = handle_chunk(samples.astype("<f4").tobytes(), SimpleNamespace(content_type=content_type),
-                         ctx(model, headers))
+    return handle("timeline.chunk", body, headers, model=model, content_type=content_type,
+                  settings=Settings(max_recording_seconds=20.0))
+
+
+def call(model, samples: np.ndarray, headers: dict, content_type: str = PCM) -> TimelineChunkResult:
+    reply = chunk(model, samples.astype("<f4").tobytes(), headers, content_type)
     assert reply.type == "serq.TimelineChunkResult" and reply.routing_key is None
     return reply.body
 
@@ -347,10 +346,8 @@ def test_handler_streams_and_checks_the_state(model):
 
 
 def test_handler_refuses_bad_first_chunks(model):
-    from serq.worker.handlers.timeline import handle_chunk
-
     with pytest.raises(SerqError, match="whole number"):
-        handle_chunk(b"\x00" * 7, SimpleNamespace(content_type=PCM), ctx(model, {"x-serq-stream-id": "a", "x-serq-seq": 0}))
+        chunk(model, b"\x00" * 7, {"x-serq-stream-id": "a", "x-serq-seq": 0})
     with pytest.raises(SerqError, match="stream_id|stream-id"):
         call(model, np.zeros(10, np.float32), {"x-serq-stream-id": "bad id!", "x-serq-seq": 0})
     with pytest.raises(SerqError, match="chunk 0"):

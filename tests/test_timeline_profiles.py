@@ -19,6 +19,7 @@ from serq.settings import Settings
 from serq.worker.engine.timeline import RATE, read_blocks, timeline_file
 
 from conftest import ravdess_clip
+from helpers.handlers import handle
 from helpers.recordings import stretches, trimmed, write_recording
 
 pytestmark = pytest.mark.corpus
@@ -172,29 +173,23 @@ def test_bot_timeline_with_a_speaker(recording, profile, tmp_path, isolated_env)
 def test_a_state_that_pairs_a_profile_with_the_plain_model_is_refused(recording, models, profile, tmp_path):
     """A forged stream state (profile in use, but naming the plain model) gets a typed error, not a crash:
     its seal does not verify, and even sealed with the deployment's key (leaked) it does not fit together."""
-    import pika
-
     from serq.errors import InvalidRequest
     from serq.schemas.profiles import PROFILE_HEADER
     from serq.schemas.timeline import PCM_CONTENT_TYPE
     from serq.worker.engine import profiles
-    from serq.worker.handlers.base import Context
     from serq.worker.engine.timeline import seal_state
-    from serq.worker.handlers.timeline import handle_chunk
 
     path, _ = recording
     plain, speaker = models
     key = "a-leaked-state-key-0123456789"
     settings = Settings(model_dir=tmp_path / "models", state_key=key)
-    props = pika.BasicProperties(content_type=PCM_CONTENT_TYPE)
     blocks = read_blocks(path, RATE, block_s=1.5)
     b0, b1 = next(blocks), next(blocks)
 
     def chunk(body: np.ndarray, **headers):
         headers = {"x-serq-stream-id": "s1", PROFILE_HEADER: profiles.to_json(profile)} | headers
-        ctx = Context(settings=settings, model=plain, worker="w", request_id="r", headers=headers,
-                      speaker_model=speaker)
-        return handle_chunk(body.astype("<f4").tobytes(), props, ctx).body
+        return handle("timeline.chunk", body.astype("<f4").tobytes(), headers, model=plain,
+                      content_type=PCM_CONTENT_TYPE, settings=settings, speaker_model=speaker).body
 
     first = chunk(b0, **{"x-serq-seq": 0})
     assert first.state.profile_sha256 and first.model_version == speaker.version

@@ -11,11 +11,10 @@ sends the same forgeries to a real worker).
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 from helpers.forgeries import SEALED_FORGERIES, forged, real_speech
+from helpers.handlers import handle
 
 from serq.errors import InvalidRequest, SerqError
 from serq.schemas import TimelineParams, TimelineStreamState
@@ -42,12 +41,8 @@ def speech() -> np.ndarray:
 
 
 def chunk(model, samples: np.ndarray, headers: dict, key: str = KEY):
-    from serq.worker.handlers.base import Context
-    from serq.worker.handlers.timeline import handle_chunk
-
-    ctx = Context(settings=Settings(state_key=key), model=model, worker="w", request_id="r",
-                  headers={"x-serq-stream-id": "s1"} | headers)
-    return handle_chunk(samples.astype("<f4").tobytes(), SimpleNamespace(content_type=PCM), ctx).body
+    return handle("timeline.chunk", samples.astype("<f4").tobytes(), {"x-serq-stream-id": "s1"} | headers,
+                  model=model, content_type=PCM, settings=Settings(state_key=key)).body
 
 
 @pytest.fixture(scope="module")
@@ -98,13 +93,12 @@ def test_a_state_of_another_deployment_is_refused(model, speech, mid_speech):
 
 def test_without_a_key_a_stream_stays_on_its_worker(model, speech):
     """SERQ_STATE_KEY unset: a per-process key seals (the stream goes on here), and the refusal says why."""
-    from serq.worker.handlers.base import Context
-    from serq.worker.handlers.timeline import handle_chunk, parse_state
+    from serq.worker.handlers.timeline import parse_state
     from serq.schemas import TimelineChunkHeaders
 
-    ctx = Context(settings=Settings(state_key=None), model=model, worker="w", request_id="r",
-                  headers={"x-serq-stream-id": "s1", "x-serq-seq": 0})
-    first = handle_chunk(speech[: 3 * RATE].astype("<f4").tobytes(), SimpleNamespace(content_type=PCM), ctx).body
+    first = handle("timeline.chunk", speech[: 3 * RATE].astype("<f4").tobytes(),
+                   {"x-serq-stream-id": "s1", "x-serq-seq": 0}, model=model, content_type=PCM,
+                   settings=Settings(state_key=None)).body
     headers = TimelineChunkHeaders.model_validate({"x-serq-stream-id": "s1", "x-serq-seq": 1,
                                                    "x-serq-offset": first.next_offset})
     from serq.worker.engine.sealing import state_key
@@ -174,16 +168,13 @@ def test_every_genuine_state_of_real_speech_passes_the_check(model, speech, seed
 
 def test_a_rotated_key_is_still_accepted_from_state_key_previous(model, speech, mid_speech):
     """Rotation: the new key seals, the old one (SERQ_STATE_KEY_PREVIOUS) still verifies; without it, refused."""
-    from serq.worker.handlers.base import Context
-    from serq.worker.handlers.timeline import handle_chunk
-
     rest = speech[mid_speech.next_offset:].astype("<f4").tobytes()
     headers = {"x-serq-stream-id": "s1", "x-serq-seq": 1, "x-serq-offset": mid_speech.next_offset,
                "x-serq-state": mid_speech.state.model_dump_json()}  # sealed under KEY
 
     def chunk_with(**settings):
-        ctx = Context(settings=Settings(**settings), model=model, worker="w", request_id="r", headers=headers)
-        return handle_chunk(rest, SimpleNamespace(content_type=PCM), ctx).body
+        return handle("timeline.chunk", rest, headers, model=model, content_type=PCM,
+                      settings=Settings(**settings)).body
 
     rotated = chunk_with(state_key="the-new-deployment-state-key", state_key_previous=f"an-older-one-0123,{KEY}")
     assert rotated.state.seal and tl.sealed_by(rotated.state, b"the-new-deployment-state-key")

@@ -189,3 +189,40 @@ def test_the_fanout_publishes_what_the_privacy_filter_leaves_after_the_reply():
         assert consumer.complete(delivery, Answer(Body(), "serq.PredictionResult", result_key("sad")))
     assert [(e, c) for e, _, c, _ in channel.published] == [("", "c1"), ("p.results", "c1"), ("", "c2"), ("", "c3")]
     assert channel.published[1][3] == b'{"label":"sad"}' and channel.acked == [1, 2, 3]
+
+
+def test_serve_pumps_until_stopping_then_cancels_and_drains_what_is_in_flight():
+    events = []
+    consumer = _consumer_with(_FakeChannel())
+    consumer.in_flight = {1: "a delivery"}
+    consumer._tag = "ctag"
+    consumer.channel.basic_cancel = lambda tag: events.append(("cancel", tag))
+
+    class Conn:
+        def process_data_events(self, time_limit):
+            events.append("pump")
+            if events.count("pump") == 4:
+                consumer.in_flight.clear()  # its reply went out and it was acked
+
+    consumer.conn = Conn()
+    consumer.serve(lambda: events.count("pump") >= 2, seconds=0.01)
+    assert events == ["pump", "pump", ("cancel", "ctag"), "pump", "pump"] and not consumer.consuming
+
+
+def test_the_async_reconnect_loop_retries_with_backoff_until_open_or_stopped():
+    import asyncio
+
+    aio = pytest.importorskip("serq.transport.aio")
+    tries, errors = [], []
+
+    async def open_():
+        tries.append(time.monotonic())
+        if len(tries) < 3:
+            raise BrokerUnavailable("down")
+
+    settings = Settings(reconnect_max_s=0.2)
+    assert asyncio.run(aio.reconnect(open_, settings, lambda: False, errors.append)) is True
+    assert len(tries) == 3 and [str(e) for e in errors] == ["down", "down"]
+    assert tries[1] - tries[0] >= 0.1  # backed off (0.25 s capped at 0.2, full jitter from half)
+    stopped = []
+    assert asyncio.run(aio.reconnect(lambda: stopped.append(1), settings, lambda: True)) is False and not stopped

@@ -8,6 +8,7 @@ extra (aio-pika); nothing in the base install imports this module.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -16,6 +17,7 @@ import aiormq.exceptions
 
 from serq.errors import BrokerUnavailable
 from serq.settings import redact_url
+from serq.transport.connection import Backoff
 from serq.transport.nodes import node_urls, redacted_nodes
 
 if TYPE_CHECKING:
@@ -67,3 +69,19 @@ async def close_quietly(connection: "AbstractConnection | None") -> None:
             await connection.close()
         except CONNECTION_ERRORS:
             pass
+
+
+async def reconnect(open_: Callable[[], Awaitable[object]], settings: "Settings", stopped: Callable[[], bool],
+                    on_error: Callable[[BaseException], None] | None = None) -> bool:
+    """The async reconnect loop: ``await open_()`` until it succeeds (``True``) or ``stopped()`` (``False``),
+    with jittered backoff up to ``SERQ_RECONNECT_MAX_S`` between tries; ``on_error`` sees each failure."""
+    backoff = Backoff(settings.reconnect_max_s)
+    while not stopped():
+        try:
+            await open_()
+            return True
+        except (BrokerUnavailable, *CONNECTION_ERRORS) as exc:
+            if on_error is not None:
+                on_error(exc)
+            await asyncio.sleep(backoff.next_delay())
+    return False

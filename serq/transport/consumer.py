@@ -93,6 +93,8 @@ class Delivery:
     problem: SerqError | None = None
     #: Why no reply can be addressed (dead-lettered at once), else ``None``.
     unanswerable: str | None = None
+    #: The headers as the contract's model of the request's type (set by ``RequestCheck``), else ``None``.
+    fields: BaseModel | None = None
     #: What followers get on ``<p>.results`` (set by the privacy filter; ``None`` = nothing).
     public: bytes | None = None
     #: The outcome's reply was delivered to ``reply_to`` ("ok"), or why not.
@@ -218,6 +220,18 @@ class Consumer:
                      reason="cancelled by the broker (queue deleted?); declaring it again")
             self._consume()
             self.log("consuming", queue=self.queue)
+
+    def serve(self, stopping: Callable[[], bool], seconds: float = 0.2) -> None:
+        """Pump (``seconds`` at a time) until ``stopping()``; then stop taking deliveries and pump on
+        until those in flight are settled. A lost connection propagates."""
+        cancelled = False
+        while True:
+            self.pump(seconds)
+            if stopping() and not cancelled:
+                self.cancel()  # no new deliveries; undispatched ones go back to the queue
+                cancelled = True
+            if cancelled and not self.in_flight:
+                return
 
     def cancel(self) -> None:
         """Stop taking deliveries (undispatched ones go back to the queue); in-flight ones still complete."""

@@ -98,8 +98,7 @@ def _work_queue(channel: "BlockingChannel", settings: "Settings", suffix: str) -
     is down every declaration of it (each worker's, client's and trainer's reconnect) fails
     with ``NOT_FOUND - home node ... is down``, so a cluster could not fail over.
     """
-    dead = settings.name("dead")
-    channel.exchange_declare(dead, exchange_type="fanout", durable=True)
+    dead = _exchange(channel, settings, "dead", "fanout")
     channel.queue_declare(dead, durable=True, arguments=dead_queue_arguments())
     channel.queue_bind(dead, dead)
     name = settings.name(suffix)
@@ -107,11 +106,16 @@ def _work_queue(channel: "BlockingChannel", settings: "Settings", suffix: str) -
     return name
 
 
+def _exchange(channel: "BlockingChannel", settings: "Settings", suffix: str, kind: str) -> str:
+    """The durable exchange ``<p>.<suffix>`` of ``kind``; returns its name."""
+    name = settings.name(suffix)
+    channel.exchange_declare(name, exchange_type=kind, durable=True)
+    return name
+
+
 def declare_results(channel: "BlockingChannel", settings: "Settings") -> str:
     """The ``<p>.results`` topic exchange; returns its name."""
-    name = settings.name("results")
-    channel.exchange_declare(name, exchange_type="topic", durable=True)
-    return name
+    return _exchange(channel, settings, "results", "topic")
 
 
 def declare_classify(channel: "BlockingChannel", settings: "Settings") -> str:
@@ -138,15 +142,13 @@ async def declare_classify_async(channel, settings: "Settings") -> str:
 
 def declare_train(channel: "BlockingChannel", settings: "Settings") -> str:
     """``<p>.train`` (+ ``<p>.dead``) and ``<p>.events``; returns the job queue's name."""
-    channel.exchange_declare(settings.name("events"), exchange_type="topic", durable=True)
+    _exchange(channel, settings, "events", "topic")
     return _work_queue(channel, settings, "train")
 
 
 def declare_models(channel: "BlockingChannel", settings: "Settings") -> str:
     """The ``<p>.models`` fanout exchange; returns its name."""
-    name = settings.name("models")
-    channel.exchange_declare(name, exchange_type="fanout", durable=True)
-    return name
+    return _exchange(channel, settings, "models", "fanout")
 
 
 def declare_all(channel: "BlockingChannel", settings: "Settings") -> None:

@@ -74,11 +74,23 @@ def restartable_port_pair() -> int:
     raise RuntimeError("no free port pair below the ephemeral range")
 
 
+def idle_tolerant(url: str) -> pika.URLParameters:
+    """Connection parameters for a test's own collector connection, with AMQP heartbeats off.
+
+    A blocking connection only answers heartbeats while the test pumps it; a test that waits
+    minutes on a subprocess (a CLI training run on a busy machine) would otherwise have it
+    closed by the broker after two missed heartbeats, and lose what it was collecting.
+    """
+    params = pika.URLParameters(url)
+    params.heartbeat = 0
+    return params
+
+
 class Rpc:
     """Minimal raw-pika caller: direct reply-to, one reply per correlation id."""
 
     def __init__(self, url: str, queue: str):
-        self.conn = pika.BlockingConnection(pika.URLParameters(url))
+        self.conn = pika.BlockingConnection(idle_tolerant(url))
         self.ch = self.conn.channel()
         self.queue = queue
         self.replies: dict[str, tuple] = {}
@@ -103,7 +115,7 @@ class Tap:
 
     def __init__(self, amqp_url: str, prefix: str):
         self.settings = Settings(amqp_url=amqp_url, prefix=prefix)
-        self.conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+        self.conn = pika.BlockingConnection(idle_tolerant(amqp_url))
         self.ch = self.conn.channel()
         self.ch.confirm_delivery()
         self.queue = declare_train(self.ch, self.settings)

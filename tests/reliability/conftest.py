@@ -52,6 +52,18 @@ def rss_kib(pid: int) -> int:
     raise AssertionError(f"no VmRSS for pid {pid}")
 
 
+def health(port: int) -> tuple[int, dict]:
+    """A service's ``/healthz`` on ``port``: the HTTP status and the JSON body (503 included)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
 def tally(outcomes) -> tuple[int, Counter]:
     """``(answered, errors by code)`` of a list of outcomes (results, ClientErrors, or error codes as str)."""
     errors: Counter = Counter()

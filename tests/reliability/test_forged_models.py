@@ -321,3 +321,24 @@ def test_a_worker_without_trusted_keys_refuses_every_announcement(start_worker, 
     with Client(amqp_url, prefix) as client:
         attack_row("signed announcement to a worker without SERQ_TRUSTED_KEYS", classify_all(client, short_clips[:4]),
                    meta.version)
+
+
+def test_allow_unsigned_models_accepts_unsigned_ones_and_says_so(start_worker, amqp_url, prefix, short_clips,
+                                                                  untrusted_keys):
+    """SERQ_ALLOW_UNSIGNED_MODELS=true (development only): logged at start-up; an unsigned model is served, but a
+    signature that is present and wrong (an untrusted key) is still refused."""
+    port = free_port()
+    worker = Observed(start_worker({"SERQ_METRICS_PORT": str(port), "SERQ_ALLOW_UNSIGNED_MODELS": "true"}),
+                      port, amqp_url, prefix)
+    assert re.search(r"WARNING .*SERQ_ALLOW_UNSIGNED_MODELS=true: unsigned models are accepted", worker.log()), \
+        worker.log()[-2000:]
+    meta = read_metadata(DEFAULT_DIR)
+    artifact = (DEFAULT_DIR / meta.artifact).read_bytes()
+    worker.publish(sign_event(forged_event(artifact, meta, version="attacker-copy"),
+                              Signer.load(untrusted_keys / "signing.key")))
+    worker.refused(0, "not signed by a trusted key")
+    worker.publish(forged_event(artifact, meta, version="unsigned-dev-copy"))
+    worker.wait_log(lambda log: "model swapped model_version=unsigned-dev-copy" in log, "the unsigned model")
+    with Client(amqp_url, prefix) as client:
+        assert {o.model_version for o in classify_all(client, short_clips[:4])} == {"unsigned-dev-copy"}
+    assert worker.metric("serq_model_refused_total") == 1

@@ -15,7 +15,7 @@ import urllib.request
 import pika
 import pytest
 
-from .conftest import record
+from .conftest import health, record
 from .payloads import encode, tone, with_total_samples
 from helpers.broker import Rpc, free_port
 
@@ -64,20 +64,19 @@ def in_flight(port: int) -> float:
     return float(next(line.split()[1] for line in text.splitlines() if line.startswith("serq_in_flight ")))
 
 
-def test_requests_in_flight_per_worker_never_exceed_the_prefetch(start_worker, amqp_url, prefix):
-    port, prefetch, n = free_port(), 2, 12
-    start_worker({"SERQ_PREFETCH": str(prefetch), "SERQ_METRICS_PORT": str(port)})
-    clip = encode(tone(5.0), 16_000)  # a few hundred ms of work each: the queue builds up
+def queue_and_sample(amqp_url: str, prefix: str, clip: bytes, n: int, probe) -> tuple[dict, list]:
+    """Queue ``n`` copies of a WAV ``clip`` at once; return the replies and what ``probe()`` said every 20 ms
+    until all were answered (or 180 s passed)."""
     rpc = Rpc(amqp_url, f"{prefix}.classify")
     for i in range(n):
         rpc.ch.basic_publish("", f"{prefix}.classify", clip, pika.BasicProperties(
             correlation_id=f"r{i}", reply_to="amq.rabbitmq.reply-to", content_type="audio/wav"))
-    samples: list[float] = []
+    samples: list = []
     stop = threading.Event()
 
     def sample() -> None:
         while not stop.is_set():
-            samples.append(in_flight(port))
+            samples.append(probe())
             time.sleep(0.02)
 
     sampler = threading.Thread(target=sample)
@@ -90,9 +89,48 @@ def test_requests_in_flight_per_worker_never_exceed_the_prefetch(start_worker, a
         stop.set()
         sampler.join()
     rpc.conn.close()
-    record(f"{n} requests queued at once, SERQ_PREFETCH={prefetch}", n, ["result"] * len(rpc.replies)
-           + ["timeout"] * (n - len(rpc.replies)), "pytest tests/reliability/test_limits.py",
+    return rpc.replies, samples
+
+
+def test_requests_in_flight_per_worker_never_exceed_the_prefetch(start_worker, amqp_url, prefix):
+    port, prefetch, n = free_port(), 2, 12
+    start_worker({"SERQ_PREFETCH": str(prefetch), "SERQ_METRICS_PORT": str(port)})
+    clip = encode(tone(5.0), 16_000)  # a few hundred ms of work each: the queue builds up
+    replies, samples = queue_and_sample(amqp_url, prefix, clip, n, lambda: in_flight(port))
+    record(f"{n} requests queued at once, SERQ_PREFETCH={prefetch}", n, ["result"] * len(replies)
+           + ["timeout"] * (n - len(replies)), "pytest tests/reliability/test_limits.py",
            max_in_flight_seen=int(max(samples)))
-    assert len(rpc.replies) == n
+    assert len(replies) == n
     assert max(samples) <= prefetch, max(samples)
     assert max(samples) == prefetch  # the limit was reached, so it is what held the other requests back
+
+
+def health_status(port: int) -> tuple[int, str]:
+    code, body = health(port)
+    return code, body["status"]
+
+
+def test_a_request_past_the_time_limit_is_interrupted_answered_and_shown_by_healthz(start_worker, amqp_url, prefix):
+    """SERQ_TIME_LIMIT_S on a real worker (issue 13.3): a compute that runs past it is interrupted and answered
+    ``time_limit`` (counted in serq_time_limit_exceeded_total), /healthz says ``stuck`` (503) while a request is in
+    flight past the limit and ``ok`` again afterwards, and the worker lives on."""
+    port, n = free_port(), 3
+    # A 15-minute WAV (allowed by a raised SERQ_MAX_SECONDS): decoded in a fraction of a second, then seconds of
+    # feature work, past the 0.75 s limit on any machine; the watchdog looks every 0.25 s, so it fires during the
+    # features. (Not a FLAC: its decoding calls back into Python through soundfile's cffi callbacks, which swallow
+    # an exception landing there, and the request then runs to its end: a bug of the time limit, reported.)
+    proc = start_worker({"SERQ_TIME_LIMIT_S": "0.75", "SERQ_MAX_SECONDS": "1000", "SERQ_PREFETCH": str(n),
+                         "SERQ_METRICS_PORT": str(port)})
+    assert health(port)[0] == 200
+    clip = encode(tone(900.0), 16_000)
+    replies, seen = queue_and_sample(amqp_url, prefix, clip, n, lambda: health_status(port))
+    codes = [reply.get("error", {}).get("code", "result") for _, reply in replies.values()]
+    record(f"{n} requests past SERQ_TIME_LIMIT_S=0.75 (15-minute clips)", n, codes + ["timeout"] * (n - len(codes)),
+           "pytest tests/reliability/test_limits.py -k time_limit", healthz_stuck_seen=(503, "stuck") in seen)
+    assert codes == ["time_limit"] * n, codes
+    assert (503, "stuck") in seen, sorted(set(seen))
+    after = health(port)
+    assert after[0] == 200 and after[1]["status"] == "ok", after
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert f"serq_time_limit_exceeded_total {float(n)}" in text
+    assert proc.poll() is None

@@ -19,15 +19,13 @@ from __future__ import annotations
 import json
 import sys
 import time
-import urllib.error
-import urllib.request
 
 import pika
 import pytest
 
 from helpers.broker import consumer_count, free_port
 
-from .conftest import record
+from .conftest import health, record
 from .payloads import encode, tone
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -158,19 +156,11 @@ def test_poison_messages_cost_no_innocent_request(start_worker, amqp_url, prefix
     assert row["lost"] == 0, row
 
 
-def _health(port: int) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
 def test_a_deleted_queue_is_declared_again_and_consumed(start_worker, amqp_url, prefix):
     port = free_port()
     proc = start_worker({"SERQ_METRICS_PORT": str(port)})
     queue = f"{prefix}.classify"
-    assert _health(port)[0] == 200
+    assert health(port)[0] == 200
     conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
     conn.channel().queue_delete(queue)
     conn.close()
@@ -189,7 +179,7 @@ def test_a_deleted_queue_is_declared_again_and_consumed(start_worker, amqp_url, 
            "pytest tests/reliability/test_poison_messages.py -k deleted")
     assert len(answered) == 10
     assert proc.poll() is None
-    assert _health(port)[0] == 200
+    assert health(port)[0] == 200
     assert "consumer_cancelled" in proc.log_path.read_text()
 
 
@@ -226,6 +216,9 @@ def test_followers_see_classify_results_only_without_file_names(start_worker, am
     assert "file" not in seen["named"][1] and "label" in seen["named"][1]
     assert seen["classify-error"][0].startswith("error.")
     assert "jane" not in json.dumps(seen)
+    record("followers on <p>.results: a named, a private, an enrolment error, a chunk error, a classify error, "
+           "a marker", 6, [b.get("error", {}).get("code", "result") for b in direct.values()], "pytest tests/reliability/test_poison_messages.py -k followers",
+           copies_to_followers=len(seen), file_names_leaked=sum("file" in b for _, b in seen.values()))
 
 
 def test_undecodable_header_frames_cost_no_innocent_request(start_worker, amqp_url, prefix):

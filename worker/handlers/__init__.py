@@ -3,12 +3,12 @@
 :data:`HANDLERS` maps the contract's request types (:func:`serq.schemas.contract.request_types`)
 to their handlers; a test checks the two match. Adding a message type = an
 :class:`~serq.schemas.contract.Operation` with its ``request_type`` in the contract,
-a module here, and one entry below.
+a module here, and one entry below. The consumer loop checks a request's ``type``, content type
+and headers against the contract before a handler sees it (:class:`serq.transport.middleware.RequestCheck`).
 """
 
 from __future__ import annotations
 
-from serq.errors import InvalidRequest
 from serq.schemas.contract import CLASSIFY
 from serq.schemas.profiles import ENROLL
 from serq.schemas.timeline import TIMELINE_CHUNK
@@ -28,12 +28,9 @@ HANDLERS: dict[str, Handler] = {
 
 
 def handler_for(type_name: str | None) -> Handler:
-    """The handler for a request's ``type`` (absent = ``classify``); :class:`InvalidRequest` if unknown."""
-    name = type_name or CLASSIFY
-    handler = HANDLERS.get(name)
-    if handler is None:
-        raise InvalidRequest(f"unknown request type {name!r}; known: {', '.join(known_types())}")
-    return handler
+    """The handler for a request's ``type`` (absent = ``classify``), one the contract knows: the consumer
+    loop has refused any other (``unknown request type``) before it gets here."""
+    return HANDLERS[type_name or CLASSIFY]
 
 
 def known_types() -> list[str]:

@@ -1,9 +1,12 @@
-"""What every handler shares: its context, its reply, and the checks of a request's properties.
+"""What every handler shares: its context and its reply.
 
 A handler is ``handler(body: bytes, props: pika.BasicProperties, ctx: Context) -> Reply``.
-It runs on the worker's compute thread, raises :class:`serq.errors.SerqError`
-for anything wrong with the request (the service turns it into an error reply),
-and returns the reply model with its AMQP ``type`` and results routing key.
+It runs on the worker's compute thread and sees only requests whose ``type``, ``content_type``
+and headers the consumer loop has checked against the contract
+(:class:`serq.transport.middleware.RequestCheck`; ``ctx.fields`` holds the headers as the
+message's model). It raises :class:`serq.errors.SerqError` for anything else wrong with the
+request (the body, a header's content: a stream state, a profile; the service turns it into an
+error reply), and returns the reply model with its AMQP ``type`` and results routing key.
 The registry by message type is :mod:`serq.worker.handlers`.
 """
 
@@ -11,21 +14,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from serq.errors import InvalidRequest
 from serq.schemas import ErrorReply, PredictionResult
-from serq.schemas.contract import AUDIO_CONTENT_TYPES, error_key, result_key, type_name
+from serq.schemas.contract import error_key, result_key, type_name
 
 if TYPE_CHECKING:
     import pika
 
     from serq.settings import Settings
     from serq.worker.engine.model import LoadedModel
-
-Headers = TypeVar("Headers", bound=BaseModel)
 
 
 @dataclass(frozen=True)
@@ -53,12 +53,17 @@ class Reply:
 
 @dataclass(frozen=True)
 class Context:
-    """What a handler may use besides the message: settings, the model of this request, who we are."""
+    """What a handler may use besides the message: settings, the model of this request, who we are.
+
+    ``headers``: the request's AMQP headers as they came; ``fields``: the same, checked, as the
+    contract's model of the request's type (``ClassifyHeaders``, ``EnrollHeaders``, ``TimelineChunkHeaders``).
+    """
 
     settings: "Settings"
     model: "LoadedModel"
     worker: str
     request_id: str
+    fields: BaseModel
     headers: dict = field(default_factory=dict)
     #: The speaker-normalised model the worker serves (announced, else the registry's or the shipped one).
     speaker_model: "LoadedModel | None" = None
@@ -70,20 +75,3 @@ Handler = Callable[[bytes, "pika.BasicProperties", Context], Reply]
 def text(value) -> str:
     """A header value as text (AMQP long strings may arrive as bytes)."""
     return value.decode("utf-8", "replace") if isinstance(value, (bytes, bytearray)) else str(value)
-
-
-def parse_headers(model: type[Headers], headers: dict, request_type: str) -> Headers:
-    """The request's headers as ``model``; :class:`InvalidRequest` naming the first bad header otherwise."""
-    try:
-        return model.model_validate({k: text(v) if isinstance(v, (bytes, bytearray)) else v
-                                     for k, v in headers.items()})
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise InvalidRequest(f"bad {request_type} headers: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
-
-
-def require_audio(props: "pika.BasicProperties") -> None:
-    """Refuse a body that says it is not audio (absent ``content_type`` is accepted)."""
-    ctype = (props.content_type or "").split(";")[0].strip().lower()
-    if ctype and not (ctype.startswith("audio/") or ctype in AUDIO_CONTENT_TYPES):
-        raise InvalidRequest(f"content_type {ctype!r}: send the audio file's bytes as audio/* or application/octet-stream")

@@ -11,12 +11,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from serq.errors import InvalidRequest
-from serq.schemas import EnrollHeaders, EnrollResult
-from serq.schemas.profiles import ENROLL
+from serq.schemas import EnrollResult
 from serq.worker.engine import profiles
 from serq.worker.engine.audio import decode
 from serq.worker.engine.features import FEATURE_NAMES, FEATURE_VERSION, analyse, feature_vector
-from serq.worker.handlers.base import Context, Reply, parse_headers, require_audio
+from serq.worker.handlers.base import Context, Reply
 from serq.worker.handlers.profiles import header_profile, speaker_model
 
 if TYPE_CHECKING:
@@ -25,8 +24,7 @@ if TYPE_CHECKING:
 
 def handle_enroll(body: bytes, props: "pika.BasicProperties", ctx: Context) -> Reply:
     """One clip -> the profile with its features added (a silent clip adds nothing)."""
-    require_audio(props)
-    headers = parse_headers(EnrollHeaders, ctx.headers, ENROLL)
+    headers = ctx.fields
     profile = header_profile(ctx.headers)
     if profile is None:
         if not headers.speaker:

@@ -22,7 +22,6 @@ from serq.errors import BadAudio, InvalidRequest, ModelError, TooLong
 from serq.models.registry import Registry
 from serq.schemas.timeline import (
     STATE_VERSION,
-    TIMELINE_CHUNK,
     TimelineChunkHeaders,
     TimelineChunkResult,
     TimelineStreamState,
@@ -39,28 +38,13 @@ from serq.worker.engine.timeline import (
     sealed_by,
     tail_crc32,
 )
-from serq.worker.handlers.base import Context, Reply, parse_headers
+from serq.worker.handlers.base import Context, Reply
 from serq.worker.handlers.profiles import header_profile, speaker_model
 
 if TYPE_CHECKING:
     import pika
 
     from serq.worker.engine.model import LoadedModel
-
-
-def require_pcm(content_type: str | None) -> None:
-    """Accept ``audio/x-raw`` with ``format=F32LE``, ``rate=16000``, ``channels=1`` (order and case free),
-    or ``application/octet-stream`` (the body is the same raw PCM either way)."""
-    kind, *params = [part.strip().lower() for part in (content_type or "").split(";")]
-    if kind == "application/octet-stream":
-        return
-    fields = dict(p.split("=", 1) for p in params if "=" in p)
-    if kind != "audio/x-raw" or fields.get("format") != "f32le" or fields.get("rate") != str(RATE) \
-            or fields.get("channels", "1") != "1":
-        raise InvalidRequest(
-            f"content_type {content_type!r}: a timeline chunk is raw PCM, "
-            f"'audio/x-raw;format=F32LE;rate={RATE};channels=1' (or application/octet-stream)"
-        )
 
 
 def parse_state(raw: str, headers: TimelineChunkHeaders, keys: bytes | list[bytes], *, shared: bool = True
@@ -118,8 +102,7 @@ def stream_model(ctx: Context, version: str, *, speaker: bool = False) -> "Loade
 
 def handle_chunk(body: bytes, props: "pika.BasicProperties", ctx: Context) -> Reply:
     """Feed one chunk to the stream's processor; reply with the decided segments and the next state."""
-    require_pcm(props.content_type)
-    headers = parse_headers(TimelineChunkHeaders, ctx.headers, TIMELINE_CHUNK)
+    headers: TimelineChunkHeaders = ctx.fields
     if len(body) % 4:
         raise InvalidRequest(f"{len(body)} bytes is not a whole number of float32 samples")
     samples = np.frombuffer(body, dtype="<f4")

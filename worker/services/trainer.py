@@ -221,15 +221,9 @@ class Trainer:
         self.metrics.set_connected(True)
         ready()
         log(logger, "consuming", queue=queue, url=self.settings.redacted_amqp_url)
-        cancelled = False
         try:
-            while True:
-                self.consumer.pump(0.2)
-                if self._stopping and not cancelled:
-                    self.consumer.cancel()  # draining: the running job stops and is requeued, nothing new starts
-                    cancelled = True
-                if cancelled and not self.consumer.in_flight:
-                    break
+            # Draining once stopped: the running job stops (stop() cancels it) and is requeued, nothing new starts.
+            self.consumer.serve(self._stop.is_set)
         finally:
             self.metrics.set_connected(False)
         self.consumer.detach()

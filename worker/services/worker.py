@@ -13,7 +13,8 @@ Threads and their jobs:
 The broker side (one reconnect loop over the nodes of ``SERQ_AMQP_URL``, envelope
 checks, reply-then-ack, re-declaring a deleted queue) is :mod:`serq.transport`'s consumer
 loop; what is particular to serving is its middleware here: size limit, metrics, the
-privacy filter and the results fan-out, logging. A per-request time limit
+request check (type, content type and headers against the contract, so a handler only sees
+requests the contract allows), the privacy filter and the results fan-out, logging. A per-request time limit
 (``SERQ_TIME_LIMIT_S``) interrupts a compute that runs too long, and ``/healthz`` turns 503
 when not consuming or when a request has been in flight longer than that.
 
@@ -63,7 +64,7 @@ from serq.schemas.contract import CLASSIFY
 from serq.settings import Settings
 from serq.transport.connection import serve_forever
 from serq.transport.consumer import Consumer, Delivery
-from serq.transport.middleware import PrivacyFilter, ResultsFanout, SizeLimit
+from serq.transport.middleware import PrivacyFilter, RequestCheck, ResultsFanout, SizeLimit
 from serq.transport.topology import declare_classify, declare_models
 from serq.worker.engine.model import LoadedModel
 from serq.worker.engine.sealing import warn_if_unshared
@@ -183,6 +184,7 @@ class Worker:
             middleware=[
                 SizeLimit(settings.max_bytes),  # before any decoding
                 MetricsMiddleware(self.metrics, known_types(), CLASSIFY),
+                RequestCheck(),  # type, content type, headers: handlers see only requests the contract allows
                 PrivacyFilter(),  # decides what followers see; the fan-out publishes it
                 ResultsFanout(settings.name("results")),
                 LogMiddleware(logger),
@@ -298,15 +300,8 @@ class Worker:
         self.metrics.set_connected(True)
         ready()
         log(logger, "consuming", queue=queue, models=exchange)
-        cancelled = False
         try:
-            while True:
-                self.consumer.pump(0.2)
-                if self._stopping.is_set() and not cancelled:
-                    self.consumer.cancel()  # no new deliveries; undispatched ones go back to the queue
-                    cancelled = True
-                if cancelled and not self.consumer.in_flight:
-                    break
+            self.consumer.serve(self._stopping.is_set)  # once stopping: finish and ack what is in flight
         finally:
             self.metrics.set_connected(False)
         self.consumer.detach()
@@ -343,7 +338,7 @@ class Worker:
         try:
             handler = handler_for(delivery.type)
             ctx = Context(settings=self.settings, model=self.holder.current, worker=self.worker_id,
-                          request_id=delivery.request_id, headers=dict(delivery.headers),
+                          request_id=delivery.request_id, fields=delivery.fields, headers=dict(delivery.headers),
                           speaker_model=self.speaker_model)
             return handler(delivery.body, delivery.props, ctx)
         except TimeLimitExceeded as exc:

@@ -13,7 +13,6 @@ only (:func:`serq.files.audio_files`).
 from __future__ import annotations
 
 import csv
-import errno
 import os
 import re
 import stat
@@ -22,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from serq.errors import AudioError, DatasetError, TooLarge
-from serq.files import audio_files
+from serq.files import FileRefused, audio_files, read_regular
 from serq.labels import EMOTIONS
 from serq.text import counts
 
@@ -164,21 +163,15 @@ def read_clip(path: Path, max_bytes: int) -> bytes:
     a FIFO/device/directory (opened non-blocking and checked on the open descriptor, so a file
     swapped for a FIFO after the scan cannot block either), :class:`AudioError` if unreadable."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError as exc:
-        if exc.errno == errno.ENXIO:  # a FIFO without a writer, opened non-blocking for reading on some systems
+        return read_regular(path, max_bytes)
+    except FileRefused as exc:
+        if exc.reason == "not regular":
             raise NotRegular(f"{path.name}: not a regular file") from None
-        raise AudioError(f"{path.name}: cannot be opened ({exc.strerror or exc.__class__.__name__})") from None
-    with os.fdopen(fd, "rb") as fh:
-        info = os.fstat(fh.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise NotRegular(f"{path.name}: not a regular file")
-        if info.st_size > max_bytes:
-            raise TooLarge(f"{path.name}: {info.st_size} bytes exceeds {max_bytes} (SERQ_TRAIN_MAX_FILE_BYTES)")
-        data = fh.read(max_bytes + 1)
-    if len(data) > max_bytes:  # grew since the fstat
-        raise TooLarge(f"{path.name}: more than {max_bytes} bytes (SERQ_TRAIN_MAX_FILE_BYTES)")
-    return data
+        if exc.reason == "too large":
+            raise TooLarge(f"{path.name}: {exc.size} bytes exceeds {max_bytes} (SERQ_TRAIN_MAX_FILE_BYTES)"
+                           if exc.size is not None else
+                           f"{path.name}: more than {max_bytes} bytes (SERQ_TRAIN_MAX_FILE_BYTES)") from None
+        raise AudioError(f"{path.name}: cannot be opened ({exc.detail})") from None
 
 
 def inside(real: Path, roots: list[Path]) -> bool:

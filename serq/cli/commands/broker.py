@@ -37,8 +37,12 @@ def run_definitions(args: argparse.Namespace) -> int:
         return 2
     text = json.dumps(doc, indent=2) + "\n"
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+        try:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(text)
+        except OSError as exc:
+            print(f"serq broker definitions: cannot write {args.out}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
         print(f"wrote {args.out}", file=sys.stderr)
     else:
         sys.stdout.write(text)
