@@ -10,6 +10,12 @@ from __future__ import annotations
 
 import argparse
 
+from serq.cli.commands.train import run_job
+
+# Only the standard library and serq's light core (already loaded by `serq`) at the top: `serq --help`
+# imports every command module, so each command imports what it runs (pydantic, the broker, the engine)
+# when it runs.
+
 
 def register(sub) -> None:
     p = sub.add_parser("adapt", help="adapt a model to a folder of your own unlabelled clips",
@@ -46,7 +52,6 @@ def build_request(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from serq.cli.commands.train import run_job
     from serq.settings import get_settings
 
     return run_job(build_request(args), args, get_settings(), "adapt")
