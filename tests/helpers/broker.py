@@ -18,6 +18,7 @@ import pytest
 
 from serq.schemas import ErrorInfo, ErrorReply, TrainProgress, TrainResult, type_name
 from serq.settings import Settings
+from serq.transport.topology import consumer_count as topology_consumer_count
 from serq.transport.topology import declare_models, declare_train
 
 
@@ -34,9 +35,7 @@ def consumer_count(url: str, queue: str) -> int:
     except pika.exceptions.AMQPError:
         return 0
     try:
-        return conn.channel().queue_declare(queue, passive=True).method.consumer_count
-    except pika.exceptions.ChannelClosedByBroker:
-        return 0
+        return topology_consumer_count(conn, queue)
     finally:
         if conn.is_open:
             conn.close()
