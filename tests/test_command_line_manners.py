@@ -22,6 +22,8 @@ from serq.client import Client
 from serq.extras import EXTRA_OF_MODULE
 from serq.settings import Settings
 
+from helpers.broker import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "samples"
 
@@ -82,9 +84,7 @@ def consumers(amqp_url: str, queue: str) -> int:
 
 @pytest.mark.broker
 def test_two_workers_on_one_host_both_serve(start_worker, amqp_url, prefix):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     first = start_worker(env={"SERQ_METRICS_PORT": str(port), "SERQ_WORKER_ID": "first"})
     second = start_worker(env={"SERQ_METRICS_PORT": str(port), "SERQ_WORKER_ID": "second"})
     log = Path(second.log_path).read_text()
