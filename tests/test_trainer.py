@@ -222,9 +222,12 @@ def test_bad_training_requests_get_typed_failures_and_touch_nothing(tap, start_t
         assert not result.ok and result.error.code == code, (cid, result)
         assert words in result.error.message, (cid, result.error.message)
         assert result.version is None and not result.activated
-    tap.pump(0.5)
-    failed = {key for key, props, _ in tap.got["events"] if props.type == type_name(TrainResult)}
-    assert {f"train.{cid}.failed" for cid in cases if cid != "not-json"} <= failed
+    # Each result goes out on <p>.events after its reply (another queue): wait for them, do not guess how long.
+    def failed() -> set[str]:
+        return {key for key, props, _ in tap.got["events"] if props.type == type_name(TrainResult)}
+
+    expected = {f"train.{cid}.failed" for cid in cases if cid != "not-json"}
+    tap.pump_until(lambda: expected <= failed(), 60, "every failure on <p>.events")
     assert not tap.got["models"]
     assert registry_state(tmp_path / "models") == ([], None)
 
@@ -248,7 +251,8 @@ def test_a_job_reports_progress_registers_activates_and_announces(tap, start_tra
     assert order == sorted(order), "stages arrive in order"
     assert all(e.job_id == "first" and 0 <= e.done <= e.total for e in progress)
     assert any(e.stage == "extracting" and e.done == e.total == 240 for e in progress)
-    tap.pump(0.5)
+    tap.pump_until(lambda: any(key == "train.first.done" for key, _, _ in tap.got["events"]), 60,
+                   "train.first.done on <p>.events (published after the reply)")
     keys = [key for key, props, _ in tap.got["events"] if props.correlation_id == cid]
     assert {f"train.first.{s}" for s in STAGES} | {"train.first.done"} <= set(keys)
     assert keys[-1] == "train.first.done"
@@ -308,6 +312,7 @@ def test_if_better_keeps_the_active_model_against_a_worse_recipe(amqp_url, prefi
     assert result.baseline is not None and result.baseline.n == result.metrics.n
     assert result.baseline.balanced_accuracy >= result.metrics.balanced_accuracy
     assert registry.active_version() == active
+    tap.pump_until(lambda: tap.got["models"], 60, "the first run's announcement")  # it waited unpumped meanwhile
     tap.pump(0.5)
     assert [ModelActivated.model_validate_json(b).version for _, _, b in tap.got["models"]] == [active]
 
@@ -436,6 +441,8 @@ def test_a_job_outliving_its_connection_is_answered_once_without_retraining(tap,
         pytest.skip("cannot close a connection with rabbitmqctl here")
     result = tap.result(cid)
     assert result.ok and result.activated
+    # `job_answered` is logged after the ack, which follows the reply the tap already has.
+    tap.pump_until(lambda: "job_answered" in proc.log_path.read_text(), 60, "job_answered in the trainer's log")
     tap.pump(1.0)
     log = proc.log_path.read_text()
     assert "broker_lost" in log and "job_redelivered" in log
@@ -477,7 +484,8 @@ def test_models_activate_and_rollback_announce_through_the_same_event(amqp_url, 
     out = serq("activate", default, "--json")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"version": default, "active": True, "published": True}
-    tap.pump(1.0)
+    tap.pump_until(lambda: tap.got["models"], 60, "the activation on <p>.models")
+    tap.pump(0.5)
     [(_, props, body)] = tap.got["models"]
     event = ModelActivated.model_validate_json(body)
     assert props.type == type_name(ModelActivated) and event.reason == "activate" and event.version == default

@@ -160,6 +160,15 @@ class Tap:
         while time.monotonic() < deadline:
             self.conn.process_data_events(time_limit=0.2)
 
+    def pump_until(self, condition, timeout: float, what: str):
+        """Pump until ``condition()`` is truthy (its value is returned); fails naming ``what`` at ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while not (value := condition()):
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+            self.conn.process_data_events(time_limit=0.2)
+        return value
+
     def progress(self, correlation_id: str, kind: str = "reply") -> list[TrainProgress]:
         return [TrainProgress.model_validate_json(b) for _, p, b in self.got[kind]
                 if p.correlation_id == correlation_id and p.type == type_name(TrainProgress)]

@@ -294,16 +294,6 @@ def of_type(tap: Tap, kind: str, amqp_type: str) -> list[bytes]:
     return [body for _, props, body in tap.got[kind] if props.type == amqp_type]
 
 
-def pump_until(tap: Tap, condition, timeout: float, what: str):
-    """Pump ``tap``'s connection until ``condition()`` is truthy (its value); fails naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-        tap.conn.process_data_events(time_limit=0.5)
-    return value
-
-
 def test_a_training_job_survives_the_death_of_its_trainers_node(private_cluster, start_trainer, prefix, ravdess_dir,
                                                                tmp_path):
     from serq.models.registry import Registry
@@ -322,18 +312,17 @@ def test_a_training_job_survives_the_death_of_its_trainers_node(private_cluster,
     try:
         job = tap.send({"job_id": "failover", "dataset": "four", "folds": 2, "hyperparameters": QUICK,
                         "activate": "always"})
-        first = pump_until(tap, lambda: of_type(tap, "reply", "serq.TrainProgress"), 300,
-                               "the job's first progress event")
+        first = tap.pump_until(lambda: of_type(tap, "reply", "serq.TrainProgress"), 300, "the first progress event")
         stage_at_kill = TrainProgress.model_validate_json(first[-1]).stage
         train_leader = queue_info(cluster, f"{prefix}.train")["leader"]
         assert not of_type(tap, "reply", "serq.TrainResult"), "the job ended before the kill"
         kill_node(cluster, trainer_node)
 
-        results = pump_until(tap, lambda: of_type(tap, "reply", "serq.TrainResult"), 900, "the job's TrainResult")
+        results = tap.pump_until(lambda: of_type(tap, "reply", "serq.TrainResult"), 900, "the job's TrainResult")
         # Nothing left to answer: the job is acked (its result was confirmed before the ack), so no second one can come.
         wait_for(lambda: (lambda q: q["messages"] == 0 and q["unacked"] == 0)(queue_info(cluster, f"{prefix}.train")),
                  120, "the job acked")
-        pump_until(tap, lambda: of_type(tap, "models", "serq.ModelActivated"), 60, "the activation announcement")
+        tap.pump_until(lambda: of_type(tap, "models", "serq.ModelActivated"), 60, "the activation announcement")
         tap.conn.process_data_events(time_limit=1.0)
         results = of_type(tap, "reply", "serq.TrainResult")
         announced = of_type(tap, "models", "serq.ModelActivated")
