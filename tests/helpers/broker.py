@@ -169,6 +169,10 @@ class Tap:
             self.conn.process_data_events(time_limit=0.2)
         return value
 
+    def queued(self) -> int:
+        """Jobs ready in the train queue (a requeue reaches a quorum queue's count a moment after the nack)."""
+        return self.ch.queue_declare(self.queue, passive=True).method.message_count
+
     def progress(self, correlation_id: str, kind: str = "reply") -> list[TrainProgress]:
         return [TrainProgress.model_validate_json(b) for _, p, b in self.got[kind]
                 if p.correlation_id == correlation_id and p.type == type_name(TrainProgress)]

@@ -133,7 +133,10 @@ def test_time_limit_and_sigterm_stop_a_job_between_files(start_trainer, amqp_url
     proc.send_signal(signal.SIGTERM)
     code = proc.wait(60)
     stopped_in = time.monotonic() - signalled
-    requeued = tap.ch.queue_declare(tap.queue, passive=True).method.message_count
+    # The nack reaches a quorum queue's count a moment after the trainer exits (a Raft command): polled, bounded.
+    deadline = time.monotonic() + 60
+    while (requeued := tap.queued()) != 1 and time.monotonic() < deadline:
+        tap.pump(0.2)
     start_trainer(env=env)
     drained = tap.result(cid, timeout=600)
     tap.close()
