@@ -45,7 +45,7 @@ def test_enrol_then_classify_with_the_profile_round_trip(client, speaker_version
     followed = []
     with client.subscribe(None, lambda r, key: followed.append(r)):
         result = speakers.classify("caller-11", clip)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60  # the copy goes out after the reply, on the subscription's connection
         while not followed and time.monotonic() < deadline:
             time.sleep(0.05)
     # Followers on <prefix>.results see the result, never the speaker's profile.

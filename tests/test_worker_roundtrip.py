@@ -51,8 +51,10 @@ def test_every_reply_is_also_published_by_routing_key(start_worker, amqp_url, pr
             sent = [client.classify(c, timeout=60) for c in clips]
             with pytest.raises(ServiceError):
                 client.classify(b"not audio at all", timeout=60)
-            deadline = time.monotonic() + 10
-            while len(everything) < 4 and time.monotonic() < deadline:
+            # Each subscription has its own connection and thread: wait for both, generously.
+            expect_chosen = sum(r.label == labels[0] for r in sent)
+            deadline = time.monotonic() + 60
+            while (len(everything) < 4 or len(chosen) < expect_chosen) and time.monotonic() < deadline:
                 time.sleep(0.05)
     by_id = {r.request_id: key for r, key in everything}
     for result in sent:
