@@ -192,7 +192,7 @@ class EchoWorker:
         self._ready = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
-        self._ready.wait(10)
+        assert self._ready.wait(60), "the echo worker did not start consuming within 60 s"
 
     def _run(self) -> None:
         conn = pika.BlockingConnection(pika.URLParameters(self.url))
