@@ -151,21 +151,6 @@ def test_enrolling_too_few_clips_warns_at_once(start_worker, amqp_url, prefix, t
     assert "warning: alice's profile has 3 clip(s)" in done.stderr and "enrol 1 more" in done.stderr, done.stderr
 
 
-def _two_free_ports() -> int:
-    """A port ``p`` with ``p + 1`` free too (both checked by binding them)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        try:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", port + 1))
-            return port
-        except OSError:
-            continue
-    pytest.skip("no two consecutive free ports")
-
-
 @pytest.mark.broker
 def test_worker_processes_each_get_a_port_and_a_taken_one_costs_no_worker(amqp_url, prefix, tmp_path):
     """`serq worker --processes 2` with SERQ_METRICS_PORT taken: the first child warns and serves without
@@ -174,7 +159,7 @@ def test_worker_processes_each_get_a_port_and_a_taken_one_costs_no_worker(amqp_u
     import signal
     import urllib.request
 
-    port = _two_free_ports()
+    port = free_port(consecutive=2)  # the children's ports: p (taken below) and p + 1
     taken = socket.socket()
     taken.bind(("0.0.0.0", port))
     taken.listen()

@@ -22,14 +22,15 @@ from serq.transport.topology import consumer_count as topology_consumer_count
 from serq.transport.topology import declare_models, declare_train
 
 
-def free_port() -> int:
-    """A free port below the kernel's ephemeral range, for a process the test starts (a worker's metrics).
+def free_port(consecutive: int = 1) -> int:
+    """A free port below the kernel's ephemeral range, for a process the test starts (a worker's metrics);
+    with ``consecutive`` > 1, the first of that many free ports in a row (`serq worker --processes N`).
 
     A bind-0 port lies inside that range: in the seconds before the process binds it, any
     connection made on the host can take it as its source port, and the process then finds
     it taken (a worker serves on without /metrics, and the test's scrape fails).
     """
-    return _unlisted_port(0)
+    return _unlisted_port(range(consecutive))
 
 
 def consumer_count(url: str, queue: str) -> int:
@@ -61,19 +62,19 @@ def restartable_port_pair() -> int:
     ``eaddrinuse``. A port outside that range is never handed out as a source port.
     (p + 20000 is RabbitMQ's default distribution port for an AMQP port p.)
     """
-    return _unlisted_port(20000)
+    return _unlisted_port((0, 20000))
 
 
-def _unlisted_port(partner: int) -> int:
-    """A free port p below the ephemeral range, with p + ``partner`` free and below it too (0: p alone)."""
-    high = min(_ephemeral_low(), 65536) - partner
+def _unlisted_port(offsets) -> int:
+    """A port p below the ephemeral range with p + each of ``offsets`` free and below it too."""
+    high = min(_ephemeral_low(), 65536) - max(offsets)
     if high <= 10000:
         raise RuntimeError(f"the ephemeral port range starts at {_ephemeral_low()}: no room for a test port")
     rng = random.Random()
     for _ in range(200):
         port = rng.randrange(10000, high)
         try:
-            for candidate in {port, port + partner}:
+            for candidate in (port + offset for offset in offsets):
                 with socket.socket() as s:
                     s.bind(("127.0.0.1", candidate))
         except OSError:
