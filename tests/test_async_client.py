@@ -143,10 +143,10 @@ def test_duplicate_replies_are_dropped(amqp_url, prefix):
                 messages = []
                 for text in ("first", "second"):
                     with pytest.raises(ServiceError) as info:
-                        await client.classify(text.encode(), timeout=10)
+                        await client.classify(text.encode(), timeout=60)
                     messages.append((info.value.code, info.value.message))
                 items = [f"clip {i}".encode() for i in range(25)]
-                outcomes = [pair async for pair in client.classify_many(items, max_in_flight=5, timeout=10)]
+                outcomes = [pair async for pair in client.classify_many(items, max_in_flight=5, timeout=60)]
             return messages, items, outcomes, worker.seen
 
     messages, items, outcomes, seen = asyncio.run(main())
@@ -161,8 +161,10 @@ def test_unanswered_requests_are_resent_after_a_connection_cut(amqp_url, prefix)
     async def main():
         async with AsyncClient(amqp_url, prefix) as client:
             async with echo_worker(amqp_url, f"{prefix}.classify", skip_first=1) as worker:
-                call = asyncio.create_task(client.classify(b"hello", timeout=30))
+                call = asyncio.create_task(client.classify(b"hello", timeout=120))
+                deadline = time.monotonic() + 60
                 while not worker.seen:  # the first delivery reached the worker, which swallows it
+                    assert time.monotonic() < deadline, "the first delivery never reached the echo worker"
                     await asyncio.sleep(0.05)
                 cut = await asyncio.to_thread(close_broker_connections, f"serq-client {prefix} (asyncio)")
                 with pytest.raises(ServiceError) as info:
