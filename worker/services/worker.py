@@ -317,12 +317,13 @@ class Worker:
 
         Whatever happens here, exactly one reply goes back, so no delivery stays in flight.
         """
-        reply = None
         try:
-            with self.time_limit.running():
-                reply = self._handle(delivery)
-        except TimeLimitExceeded as exc:  # landed outside the handler's own except (as it returned)
-            reply = reply or self._error(delivery, exc.to_dict())
+            reply = self.time_limit.call(self._handle, delivery)
+        except TimeLimitExceeded as exc:
+            self.metrics.time_limited.inc()
+            log(logger, "time limit exceeded", level=logging.ERROR, request_id=delivery.request_id,
+                limit_s=self.settings.time_limit_s)
+            reply = self._error(delivery, exc.to_dict())
         except BaseException as exc:  # noqa: BLE001 - a bug: answer it, never leave the delivery in flight
             log(logger, "internal error", level=logging.ERROR, exc_info=exc, request_id=delivery.request_id)
             reply = self._error(delivery, {"code": "internal", "message": f"internal error ({exc.__class__.__name__})"})
@@ -341,11 +342,8 @@ class Worker:
                           request_id=delivery.request_id, fields=delivery.fields, headers=dict(delivery.headers),
                           speaker_model=self.speaker_model)
             return handler(delivery.body, delivery.props, ctx)
-        except TimeLimitExceeded as exc:
-            self.metrics.time_limited.inc()
-            log(logger, "time limit exceeded", level=logging.ERROR, request_id=delivery.request_id,
-                limit_s=self.settings.time_limit_s)
-            return self._error(delivery, exc.to_dict())
+        except TimeLimitExceeded:
+            raise  # answered by _work, outside the time limit's reach
         except SerqError as exc:
             return self._error(delivery, exc.to_dict())
         except Exception as exc:  # a bug: answer, log the traceback, keep serving
