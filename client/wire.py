@@ -75,6 +75,9 @@ class Request:
     type: str | None = None  # AMQP type of the request (None = classify)
     reply: tuple[str | None, bytes] | None = None
     sent_at: float = field(default_factory=time.monotonic)
+    #: Whether the broker routed it to the request queue (a publish is returned while the queue does not
+    #: exist: no worker has declared it yet; the client publishes it again until its deadline).
+    routed: bool = False
 
 
 def new_request(data: bytes, name: str | None, content_type: str, timeout: float, *,
@@ -101,6 +104,7 @@ def properties(request: Request, now: float | None = None) -> dict:
     return {
         "reply_to": DIRECT_REPLY_TO,
         "correlation_id": request.id,
+        "message_id": request.id,  # how aio-pika matches a publish the broker returns (no request queue yet)
         "content_type": request.content_type,
         "headers": headers or None,
         "type": request.type,
@@ -134,6 +138,16 @@ def outcome(request: Request):
 def timeout_error(request: Request, queue: str, where: str) -> Timeout:
     """The :class:`Timeout` of an unanswered ``request``: says what usually causes it."""
     return Timeout(f"no reply within {request.timeout:g} s: is a worker (`serq worker`) consuming {queue} on {where}?")
+
+
+def unrouted_error(request: Request, queue: str, where: str) -> Timeout:
+    """The :class:`Timeout` of a request the broker returned until its deadline: the queue does not exist."""
+    return Timeout(f"no reply within {request.timeout:g} s: {queue} does not exist on {where}, so no worker "
+                   f"(`serq worker`) has started for this prefix yet (clients do not create it; see docs/deploy.md)")
+
+
+#: How often a request the broker returned (no request queue yet) is published again, in seconds.
+REROUTE_S = 0.25
 
 
 def lost_error(reason: object) -> ConnectionLost:

@@ -23,7 +23,8 @@ from serq.transport.nodes import node_urls, redacted_nodes
 def test_properties_carry_reply_address_id_type_headers_and_the_deadline():
     request = new_request(b"RIFF", "a.wav", "audio/wav", 10.0, headers={"x-serq-profile": "{}"}, type="enroll")
     props = properties(request, now=request.deadline - 2.5)
-    assert props == {"reply_to": DIRECT_REPLY_TO, "correlation_id": request.id, "content_type": "audio/wav",
+    assert props == {"reply_to": DIRECT_REPLY_TO, "correlation_id": request.id, "message_id": request.id,
+                     "content_type": "audio/wav",
                      "headers": {"filename": "a.wav", "x-serq-profile": "{}"}, "type": "enroll",
                      "expiration_ms": 2500}
     bare = new_request(b"x", None, "application/octet-stream", 1.0)

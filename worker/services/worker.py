@@ -49,7 +49,7 @@ from functools import partial
 
 from pydantic import ValidationError
 
-from serq.errors import ModelError, SerqError, TimeLimitExceeded
+from serq.errors import ModelError, NotDeclared, SerqError, TimeLimitExceeded
 from serq.models.registry import (
     MAX_METADATA_BYTES,
     Registry,
@@ -65,7 +65,7 @@ from serq.settings import Settings
 from serq.transport.connection import serve_forever
 from serq.transport.consumer import Consumer, Delivery
 from serq.transport.middleware import PrivacyFilter, RequestCheck, ResultsFanout, SizeLimit
-from serq.transport.topology import declare_classify, declare_models
+from serq.transport.topology import declare_classify, ensure_exchange
 from serq.worker.engine.model import LoadedModel
 from serq.worker.engine.sealing import warn_if_unshared
 from serq.worker.handlers import Context, Reply, handler_for, known_types
@@ -292,19 +292,40 @@ class Worker:
             self._loader.submit(self._sync_registry)
         self._sessions += 1
         queue = self.consumer.attach(conn)
-        exchange = declare_models(self.consumer.channel, self.settings)
-        events = conn.channel()
-        mine = events.queue_declare("", exclusive=True, auto_delete=True).method.queue
-        events.queue_bind(mine, exchange)
-        events.basic_consume(mine, self._on_model_event, auto_ack=True)
+        exchange = self._follow_models(conn)
         self.metrics.set_connected(True)
         ready()
-        log(logger, "consuming", queue=queue, models=exchange)
+        log(logger, "consuming", queue=queue, models=exchange or "not yet declared")
         try:
             self.consumer.serve(self._stopping.is_set)  # once stopping: finish and ack what is in flight
         finally:
             self.metrics.set_connected(False)
         self.consumer.detach()
+
+    def _follow_models(self, conn, retry_s: float = 10.0) -> str | None:
+        """Bind an exclusive queue of this worker to ``<p>.models`` (announcements); returns its name.
+
+        The exchange is the trainer's (and the operator's): a worker only finds it (its account may not
+        create or delete it; the broker's definitions create it at boot). Missing, it is looked for again
+        every ``retry_s`` on this connection, and once found the registry is read for what was missed.
+        """
+        try:
+            exchange = ensure_exchange(conn, self.settings, "models")
+        except NotDeclared as exc:
+            log(logger, "not following model announcements yet", level=logging.WARNING, reason=str(exc),
+                retry_s=retry_s)
+            conn.call_later(retry_s, lambda: self._follow_models_late(conn, retry_s))
+            return None
+        events = conn.channel()
+        mine = events.queue_declare("", exclusive=True, auto_delete=True).method.queue
+        events.queue_bind(mine, exchange)
+        events.basic_consume(mine, self._on_model_event, auto_ack=True)
+        return exchange
+
+    def _follow_models_late(self, conn, retry_s: float) -> None:
+        if conn.is_open and not self._stopping.is_set() and self._follow_models(conn, retry_s):
+            log(logger, "following model announcements", models=self.settings.name("models"))
+            self._loader.submit(self._sync_registry)
 
     # --- requests ----------------------------------------------------------------------------
 
