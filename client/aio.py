@@ -43,6 +43,7 @@ from serq.client.wire import (
     outcome,
     properties,
     request_for,
+    request_headers,
     subscription_keys,
     timeout_error,
     unrouted_error,
@@ -229,15 +230,16 @@ class AsyncClient:
             self._sent_on.pop(request.id, None)
 
     async def classify(self, source: Source, *, timeout: float | None = None, filename: str | None = None,
-                       headers: dict | None = None) -> PredictionResult:
+                       headers: dict | None = None, private: bool = False) -> PredictionResult:
         """Classify one clip (a path or the file's bytes) through the broker.
 
         ``headers``: extra AMQP headers, e.g. ``x-serq-profile`` (see :mod:`serq.client.profiles`).
+        ``private``: no copy of the reply goes to followers on ``<prefix>.results`` (header ``x-serq-private``).
         Raises :class:`~serq.client.ServiceError` (``.code``: ``too_long``, ``unsupported_format``...),
         :class:`~serq.client.Timeout`, :class:`~serq.client.ConnectionLost`, or
         :class:`~serq.client.ClientError` ``not_found``.
         """
-        return await self.call(source, timeout=timeout, filename=filename, headers=headers)
+        return await self.call(source, timeout=timeout, filename=filename, headers=request_headers(headers, private))
 
     async def call(self, source: Source, *, type: str | None = None, headers: dict | None = None,
                    timeout: float | None = None, filename: str | None = None):

@@ -40,12 +40,13 @@ from serq.client.wire import (
     outcome,
     properties,
     request_for,
+    request_headers,
     subscription_keys,
     timeout_error,
     unrouted_error,
 )
 from serq.schemas import ErrorReply, PredictionResult
-from serq.schemas.contract import PRIVATE_HEADER, parse_reply
+from serq.schemas.contract import parse_reply
 from serq.settings import Settings
 from serq.transport.connection import (
     CONNECTION_ERRORS,
@@ -204,9 +205,7 @@ class Client:
         Raises :class:`ServiceError` (``.code``: ``too_long``, ``unsupported_format``...),
         :class:`Timeout`, :class:`ConnectionLost`, or :class:`ClientError` ``not_found``.
         """
-        if private:
-            headers = {**(headers or {}), PRIVATE_HEADER: True}
-        return self.call(source, timeout=timeout, filename=filename, headers=headers)
+        return self.call(source, timeout=timeout, filename=filename, headers=request_headers(headers, private))
 
     def call(self, source: Source, *, type: str | None = None, headers: dict | None = None,
              timeout: float | None = None, filename: str | None = None):

@@ -18,7 +18,7 @@ from typing import Any
 from serq.errors import ClientError, ConnectionLost, ServiceError, Timeout
 from serq.labels import EMOTIONS
 from serq.schemas import ErrorReply
-from serq.schemas.contract import error_key, parse_reply, result_key
+from serq.schemas.contract import PRIVATE_HEADER, error_key, parse_reply, result_key
 from serq.settings import Settings, get_settings
 
 #: RabbitMQ's direct reply-to pseudo-queue: no reply queue to declare or clean up.
@@ -78,6 +78,12 @@ class Request:
     #: Whether the broker routed it to the request queue (a publish is returned while the queue does not
     #: exist: no worker has declared it yet; the client publishes it again until its deadline).
     routed: bool = False
+
+
+def request_headers(headers: dict | None, private: bool = False) -> dict | None:
+    """A request's extra AMQP headers: ``headers``, plus ``x-serq-private: true`` when ``private`` (no copy of
+    the reply goes to followers on ``<prefix>.results``; docs/contract.md)."""
+    return {**(headers or {}), PRIVATE_HEADER: True} if private else headers
 
 
 def new_request(data: bytes, name: str | None, content_type: str, timeout: float, *,
