@@ -49,7 +49,7 @@ def test_no_worker_times_out_and_a_missing_file_is_not_found(amqp_url, prefix):
             return timeout.value, missing.value
 
     timeout, missing = asyncio.run(main())
-    assert "serq worker" in str(timeout) and f"{prefix}.classify" in str(timeout)
+    assert "serq worker" in str(timeout) and f"{prefix}.classify does not exist" in str(timeout)
     assert missing.code == "not_found"
 
 
