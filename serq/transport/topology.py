@@ -96,8 +96,9 @@ def missing(settings: "Settings", suffix: str, where: str = "") -> NotDeclared:
     owner = OWNERS[suffix]
     on = f" on {where}" if where else ""
     return NotDeclared(f"{settings.name(suffix)} does not exist{on}: no {owner} (`serq {owner}`) has started for "
-                       f"SERQ_PREFIX={settings.prefix!r} yet; start one first (clients only use what workers and "
-                       f"the trainer declare, see docs/deploy.md)", code=f"no_{owner}")
+                       f"SERQ_PREFIX={settings.prefix!r} yet (or it was deleted); start one first (an account that "
+                       f"may not create it only uses what the workers and the trainer declare: docs/deploy.md)",
+                       code=f"no_{owner}")
 
 
 def attempt(connection, declare: "Callable[[BlockingChannel], object]", *, refused: tuple[int, ...]) -> bool:

@@ -179,3 +179,25 @@ def test_a_client_finds_no_topology_before_any_worker_and_says_so(accounts, pref
         assert not queue_exists(operator, f"{prefix}.classify")
     finally:
         operator.close()
+
+
+def test_a_worker_without_the_models_exchange_serves_and_follows_it_once_declared(accounts, start_worker, prefix,
+                                                                                  short_clips):
+    """The worker account may only find ``<p>.models``: with the exchange gone (an operator deleted it), a worker
+    serves, says it does not follow announcements yet, and binds once the exchange is back (looked for every 10 s)."""
+    operator = pika.BlockingConnection(pika.URLParameters(accounts["serq-operator"]))
+    try:
+        operator.channel().exchange_delete(f"{prefix}.models")
+        worker = start_worker({"SERQ_AMQP_URL": accounts["serq-worker"]})
+        log = worker.log_path.read_text()
+        assert "not following model announcements yet" in log and 'models="not yet declared"' in log, log[-2000:]
+        settings = Settings(amqp_url=accounts["serq-client"], prefix=prefix)
+        with Client(settings=settings) as client:
+            assert client.classify(short_clips[0], timeout=60).label  # serving meanwhile
+        declare_models(operator.channel(), settings)
+    finally:
+        operator.close()
+    deadline = time.monotonic() + 30
+    while "following model announcements models=" not in worker.log_path.read_text():
+        assert time.monotonic() < deadline and worker.poll() is None, worker.log_path.read_text()[-2000:]
+        time.sleep(0.2)
