@@ -77,7 +77,7 @@ def load_artifact(data: bytes, meta: ModelMetadata) -> LoadedModel:
     Raises :class:`ModelError` for a checksum mismatch, another feature version or
     layout, an unexpected type inside the file, or a file that does not load.
     """
-    from serq.worker.engine.features import FEATURE_NAMES, FEATURE_VERSION
+    from serq.worker.engine.features import FEATURE_NAMES, FEATURE_VERSION  # lazy: numpy/scipy only to load or register
 
     digest = sha256_bytes(data)
     if digest != meta.sha256:
@@ -86,7 +86,7 @@ def load_artifact(data: bytes, meta: ModelMetadata) -> LoadedModel:
         raise ModelError(
             f"model {meta.version} was trained on features {meta.feature_version}; this serq computes {FEATURE_VERSION}"
         )
-    import skops.io as sio
+    import skops.io as sio  # lazy: scikit-learn only to load or write an artifact, not to list versions
 
     try:
         untrusted = set(sio.get_untrusted_types(data=data))
@@ -208,7 +208,7 @@ def serialise(pipeline) -> bytes:
     Adam's two moment arrays per weight matrix are only needed to go on training; left
     in, they triple the artifact that every ``ModelActivated`` event carries.
     """
-    import skops.io as sio
+    import skops.io as sio  # lazy: scikit-learn only to load or write an artifact, not to list versions
 
     lean = copy.deepcopy(pipeline)
     for _, step in getattr(lean, "steps", []):
@@ -490,7 +490,7 @@ def build_model(pipeline, *, labels: list[str], hyperparameters: Hyperparameters
     ``version`` defaults to the time and the artifact's sha256 (:func:`new_version`);
     ``class_statistics`` (:class:`serq.schemas.ClassStatistics`) is what `serq adapt` needs of a plain model.
     """
-    from serq.worker.engine.features import FEATURE_NAMES, FEATURE_VERSION
+    from serq.worker.engine.features import FEATURE_NAMES, FEATURE_VERSION  # lazy: numpy/scipy only to load or register
 
     data = serialise(pipeline)
     digest = sha256_bytes(data)

@@ -165,14 +165,16 @@ class DomainAdaptation(_Model):
     """What an adapted model was adapted to (`serq adapt`): counts only, never file names or paths."""
 
     source_version: str = Field(description="the model whose weights were kept")
-    method: Literal["mixture", "robust", "plain"] = Field(
-        description="'mixture': the domain as a mix of the source's classes (mix estimated, robust to a skewed "
-        "emotion mix); 'robust': median and interquartile range; 'plain': mean and standard deviation")
+    method: Literal["reweighted", "mixture", "robust", "plain"] = Field(
+        description="'reweighted': mean and spread of the clips weighted to the source's class mix (the domain's "
+        "mix estimated from the source model's posteriors; robust to a skewed emotion mix); 'mixture': the domain "
+        "as a mix of the source's classes (EM on its class statistics); 'robust': median and interquartile range; "
+        "'plain': mean and standard deviation")
     clips: int = Field(ge=1, description="unlabelled clips the statistics came from")
     duration_s: float = Field(ge=0, description="their total duration, seconds")
     skipped: dict[str, int] = Field(default_factory=dict, description="files left out, by reason")
     estimated_mix: dict[str, float] | None = Field(
-        None, description="'mixture': the emotion mix the domain's clips were estimated to have")
+        None, description="'reweighted', 'mixture': the emotion mix the domain's clips were estimated to have")
 
 
 class ConditionFigures(_Model):

@@ -62,9 +62,9 @@ class TrainRequest(BaseModel):
     sources: list[DataSource] | None = Field(
         None, min_length=1, max_length=16, description="several labelled sources with weights ('train' only)")
     model: str | None = Field(None, description="'adapt': the version to adapt; null = the active model")
-    adaptation: Literal["auto", "mixture", "robust", "plain"] = Field(
-        "auto", description="'adapt': how the domain's statistics are estimated; 'auto' = 'mixture' when the model "
-        "records class statistics, else 'robust' (see docs/training.md)")
+    adaptation: Literal["auto", "reweighted", "mixture", "robust", "plain"] = Field(
+        "auto", description="'adapt': how the domain's statistics are estimated; 'auto' = 'reweighted' "
+        "(see docs/training.md)")
     emotions: list[str] | None = Field(None, description="subset of the 8 emotions; null = all")
     speakers: list[str] | None = Field(None, description="only these speakers (e.g. '01' or 'ravdess:01'); null = all")
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)

@@ -32,7 +32,10 @@ from serq.worker.training.adaptation import (
     choose_method,
     mixture_moments,
     plain_moments,
+    prior_shift_mix,
+    reweighted_moments,
     robust_moments,
+    source_mix,
 )
 from serq.worker.training.job import run_training
 
@@ -88,6 +91,75 @@ def test_mixture_statistics_on_a_balanced_mix_agree_with_plain_ones():
     assert np.abs(np.asarray(mix) - 0.25).max() < 0.05
 
 
+def _gaussian_classes(rng, k=4, f=12, n=400):
+    """``k`` classes in ``f`` features (means ~3 apart, unit spread), ``n`` clips each, and a model fitted on them."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    means = rng.normal(0, 1.5, (k, f))
+    labels = np.repeat(np.arange(k), n)
+    X = means[labels] + rng.normal(0, 1, (k * n, f))
+    names = np.array([f"c{i}" for i in range(k)])
+    model = Pipeline([("scale", StandardScaler()), ("lr", LogisticRegression(max_iter=2000))]).fit(X, names[labels])
+    return means, model
+
+
+def test_reweighted_statistics_take_a_skewed_mix_out_using_only_the_model():
+    """A domain 85 % of one class, through a mild channel: the model's own posteriors estimate the mix, and the
+    clips weighted back to the training mix give the channel's mean and spread where plain statistics do not."""
+    rng = np.random.default_rng(2)
+    means, model = _gaussian_classes(rng)
+    source = np.full(4, 0.25)
+    skewed = np.array([0.85, 0.05, 0.05, 0.05])
+    labels = rng.choice(4, size=1500, p=skewed)
+    shift, scale = rng.normal(0, 0.3, 12), rng.uniform(0.9, 1.2, 12)
+    X = (means[labels] + rng.normal(0, 1, (1500, 12))) * scale + shift
+    # what the channel does to the source's (balanced) clips: the statistics a perfect adaptation finds
+    balanced = (means[rng.choice(4, size=20000)] + rng.normal(0, 1, (20000, 12))) * scale + shift
+    target_mean, target_sd = balanced.mean(axis=0), balanced.std(axis=0)
+    mean, spread, mix = reweighted_moments(model, X, source)
+    naive_mean, naive_sd = plain_moments(X)
+    assert np.abs(mix - skewed).max() < 0.05
+    error = np.abs(mean - target_mean) / target_sd
+    assert error.mean() < 0.12
+    assert (np.abs(naive_mean - target_mean) / target_sd).mean() > 3 * error.mean()
+    assert np.abs(spread / target_sd - 1).mean() < 0.1
+    assert np.abs(naive_sd / target_sd - 1).mean() > 2 * np.abs(spread / target_sd - 1).mean()
+    # on a domain in the training mix, the weights stay ~1: the plain statistics
+    labels = rng.choice(4, size=1500)
+    X = (means[labels] + rng.normal(0, 1, (1500, 12))) * scale + shift
+    mean, spread, mix = reweighted_moments(model, X, source)
+    assert np.abs(mix - 0.25).max() < 0.05
+    assert (np.abs(mean - X.mean(axis=0)) / X.std(axis=0)).max() < 0.1
+
+
+def test_prior_shift_mix_recovers_the_mix_behind_calibrated_posteriors():
+    # Posteriors of a 2-class problem trained 50/50, on a domain that is 80/20: the EM finds 0.8.
+    rng = np.random.default_rng(3)
+    y = rng.random(4000) < 0.8
+    x = rng.normal(np.where(y, 1.0, -1.0), 1.0)
+    p1 = 1 / (1 + np.exp(-2 * x))  # exact posterior of class 1 under equal priors
+    mix, adjusted = prior_shift_mix(np.stack([p1, 1 - p1], axis=1), np.array([0.5, 0.5]))
+    assert abs(mix[0] - 0.8) < 0.03 and np.allclose(adjusted.sum(axis=1), 1)
+
+
+def test_the_source_mix_comes_from_class_statistics_else_the_cross_validated_supports():
+    from serq.models.registry import load_default
+
+    shipped = load_default()
+    mix = dict(zip([str(c) for c in shipped.pipeline.classes_], source_mix(shipped.pipeline, shipped.meta)))
+    supports = {k: v["support"] for k, v in shipped.meta.metrics.per_class.items()}
+    total = sum(supports.values())
+    assert all(abs(mix[k] - supports[k] / total) < 1e-9 for k in mix)
+    stats = ClassStatistics(labels=sorted(mix), priors=[0.5] + [0.5 / 7] * 7, means=[[0.0]] * 8,
+                            variances=[[1.0]] * 8)
+    mix = source_mix(shipped.pipeline, shipped.meta.model_copy(update={"class_statistics": stats}))
+    assert abs(mix[0] - 0.5) < 1e-9
+    uniform = source_mix(shipped.pipeline, shipped.meta.model_copy(update={"metrics": None}))
+    assert np.allclose(uniform, 1 / 8)
+
+
 def test_an_adapted_pipeline_keeps_the_network_and_standardises_by_the_domain(tmp_path):
     from serq.models.registry import load_default
 
@@ -102,7 +174,7 @@ def test_an_adapted_pipeline_keeps_the_network_and_standardises_by_the_domain(tm
     assert np.array_equal(adapted.named_steps["scale"].mean_, mean)
     assert adapted.named_steps["scale"].scale_[0] == source.named_steps["scale"].scale_[0]
     assert adapted.named_steps["scale"].scale_[1] == 2.0
-    assert choose_method("auto", None) == "robust"
+    assert choose_method("auto", None) == "reweighted" and choose_method("robust", None) == "robust"
 
 
 def test_adapt_requests_are_validated():
@@ -151,8 +223,8 @@ def test_adapting_on_turev_speakers_helps_the_other_speakers_even_with_a_skewed_
                                                                                      monkeypatch):
     """Half of TurEV's speakers, unlabelled, adapt a RAVDESS model; the other half is scored.
 
-    Adapted on a folder that is 75 % calm ("mostly neutral" traffic), the mixture method
-    stays at least as good as zero-shot and close to what a balanced folder gives.
+    Adapted on a folder that is 75 % calm ("mostly neutral" traffic), the default method
+    (``reweighted``) stays at least as good as zero-shot and close to what a balanced folder gives.
     """
     from serq.worker.training.datasets import scan
     from serq.worker.training.extraction import training_set
@@ -182,7 +254,7 @@ def test_adapting_on_turev_speakers_helps_the_other_speakers_even_with_a_skewed_
         result = run_training(TrainRequest(kind="adapt", dataset=str(folder), activate="never"), settings, n_jobs=1)
         assert result.ok and not result.activated, result
         meta = registry.metadata(result.version)
-        assert meta.adaptation.method == "mixture" and meta.adaptation.clips == len(clips)
+        assert meta.adaptation.method == "reweighted" and meta.adaptation.clips == len(clips)
         assert meta.adaptation.source_version == trained.version
         figures[name] = _restricted_balanced_accuracy(registry.load(result.version), test.X, test.y)
         figures[name + " mix"] = meta.adaptation.estimated_mix
@@ -205,8 +277,8 @@ def test_serq_adapt_local_registers_a_card_without_paths_and_refuses_what_it_can
     registry = Registry(tmp_path / "models")
     assert registry.active_version() == result["version"]
     meta = registry.metadata(result["version"])
-    # The shipped model records no class statistics: the robust fallback, said so.
-    assert meta.adaptation.method == ("mixture" if default_metadata().class_statistics else "robust")
+    # The default method needs only the model: the shipped one (no class statistics) is reweighted too.
+    assert meta.adaptation.method == "reweighted" and set(meta.adaptation.estimated_mix) == set(meta.labels)
     assert meta.adaptation.clips == 24 and meta.adaptation.duration_s > 5
     folder_text = (registry.folder(result["version"]) / "MODEL_CARD.md").read_text()
     assert "24 unlabelled clips" in folder_text
@@ -290,7 +362,7 @@ def test_adapt_over_the_queue_hot_swaps_the_workers_after_a_multi_source_trainin
         for stage in ("scanning", "extracting", "fitting", "registering"):  # the trainer's progress events
             assert stage in adapted.stderr, adapted.stderr
         version = re.search(r"^model (\S+) registered; activated: True", adapted.stdout, re.M).group(1)
-        assert f"adapted {result.version} to 30 clips" in adapted.stdout and "method mixture" in adapted.stdout
+        assert f"adapted {result.version} to 30 clips" in adapted.stdout and "method reweighted" in adapted.stdout
         assert version != result.version
         _wait_for_version(client, clip, version)
         registry = Registry(tmp_path / "models")

@@ -14,7 +14,7 @@ from serq.client.errors import ClientError
 from serq.schemas import PredictionResult
 
 from conftest import REPO, close_broker_connections, ravdess_clip
-from helpers.broker import EchoWorker
+from helpers.broker import echo_worker
 
 pytest.importorskip("aio_pika", reason="AsyncClient needs the async extra: pip install 'serq[async]'")
 
@@ -139,8 +139,7 @@ def test_classify_many_is_ordered_bounded_and_per_item_errors(start_worker, amqp
 def test_duplicate_replies_are_dropped(amqp_url, prefix):
     async def main():
         async with AsyncClient(amqp_url, prefix) as client:
-            worker = await asyncio.to_thread(EchoWorker, amqp_url, f"{prefix}.classify", copies=2)
-            try:
+            async with echo_worker(amqp_url, f"{prefix}.classify", copies=2) as worker:
                 messages = []
                 for text in ("first", "second"):
                     with pytest.raises(ServiceError) as info:
@@ -148,8 +147,6 @@ def test_duplicate_replies_are_dropped(amqp_url, prefix):
                     messages.append((info.value.code, info.value.message))
                 items = [f"clip {i}".encode() for i in range(25)]
                 outcomes = [pair async for pair in client.classify_many(items, max_in_flight=5, timeout=10)]
-            finally:
-                await asyncio.to_thread(worker.stop)
             return messages, items, outcomes, worker.seen
 
     messages, items, outcomes, seen = asyncio.run(main())
@@ -163,16 +160,13 @@ def test_duplicate_replies_are_dropped(amqp_url, prefix):
 def test_unanswered_requests_are_resent_after_a_connection_cut(amqp_url, prefix):
     async def main():
         async with AsyncClient(amqp_url, prefix) as client:
-            worker = await asyncio.to_thread(EchoWorker, amqp_url, f"{prefix}.classify", skip_first=1)
-            try:
+            async with echo_worker(amqp_url, f"{prefix}.classify", skip_first=1) as worker:
                 call = asyncio.create_task(client.classify(b"hello", timeout=30))
                 while not worker.seen:  # the first delivery reached the worker, which swallows it
                     await asyncio.sleep(0.05)
                 cut = await asyncio.to_thread(close_broker_connections, f"serq-client {prefix} (asyncio)")
                 with pytest.raises(ServiceError) as info:
                     await call
-            finally:
-                await asyncio.to_thread(worker.stop)
             return cut, info.value, worker.seen
 
     cut, error, seen = asyncio.run(main())

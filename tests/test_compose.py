@@ -22,12 +22,12 @@ import uuid
 import zipfile
 from pathlib import Path
 
-import pika
 import pytest
 import yaml
 
 from serq.transport.accounts import ACCOUNTS
 
+from helpers.broker import consumer_count
 from helpers.dockerfile import stages as _stages
 
 REPO = Path(__file__).resolve().parents[1]
@@ -300,21 +300,6 @@ def _containers(request) -> list[dict]:
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
-def _consumers(url: str, queue: str) -> int:
-    """Consumers of ``queue`` now; 0 while the broker or the queue is not there yet."""
-    try:
-        conn = pika.BlockingConnection(pika.URLParameters(url))
-    except pika.exceptions.AMQPError:
-        return 0
-    try:
-        return conn.channel().queue_declare(queue, passive=True).method.consumer_count
-    except pika.exceptions.ChannelClosedByBroker:
-        return 0
-    finally:
-        if conn.is_open:
-            conn.close()
-
-
 @pytest.mark.docker
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
@@ -338,8 +323,8 @@ def test_compose_up_serves_classifies_and_hot_swaps(request):
     running = [c["Service"] for c in containers if c.get("State") == "running"]
     assert sorted(running) == ["rabbitmq", "trainer", "worker", "worker"], containers
     operator = f"amqp://serq-operator:{BROKER_PASSWORDS['BROKER_OPERATOR_PASSWORD']}@127.0.0.1:{port}/%2F"
-    services.wait_until_responsive(lambda: _consumers(operator, "serq.classify") == 2, timeout=180, pause=1)
-    services.wait_until_responsive(lambda: _consumers(operator, "serq.train") == 1, timeout=180, pause=1)
+    services.wait_until_responsive(lambda: consumer_count(operator, "serq.classify") == 2, timeout=180, pause=1)
+    services.wait_until_responsive(lambda: consumer_count(operator, "serq.train") == 1, timeout=180, pause=1)
 
     clips = [ravdess_clip(actor, emotion, intensity=2) for actor in (7, 8) for emotion in (3, 4, 5, 6)]
     default = default_metadata().version

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import random
@@ -16,6 +18,7 @@ import pytest
 
 from serq.schemas import ErrorInfo, ErrorReply, TrainProgress, TrainResult, type_name
 from serq.settings import Settings
+from serq.transport.topology import consumer_count as topology_consumer_count
 from serq.transport.topology import declare_classify, declare_models, declare_train
 
 
@@ -23,6 +26,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def consumer_count(url: str, queue: str) -> int:
+    """Consumers of ``queue`` now; 0 while the broker or the queue is not there (yet)."""
+    try:
+        conn = pika.BlockingConnection(pika.URLParameters(url))
+    except pika.exceptions.AMQPError:
+        return 0
+    try:
+        return topology_consumer_count(conn, queue)
+    finally:
+        if conn.is_open:
+            conn.close()
 
 
 def _ephemeral_low() -> int:
@@ -174,9 +190,19 @@ class EchoWorker:
             reply = ErrorReply(error=error, request_id=props.correlation_id)
             for _ in range(self.copies):
                 ch.basic_publish("", props.reply_to, reply.model_dump_json().encode(), pika.BasicProperties(
-                    correlation_id=props.correlation_id, type="serq.ErrorReply", content_type="application/json"))
+                    correlation_id=props.correlation_id, type=type_name(ErrorReply), content_type="application/json"))
         ch.basic_ack(method.delivery_tag)
 
     def stop(self) -> None:
         self._stop.set()
         self.thread.join(10)
+
+
+@contextlib.asynccontextmanager
+async def echo_worker(url: str, queue: str, **options):
+    """An :class:`EchoWorker` on ``queue`` for an async test, started and stopped off its event loop."""
+    worker = await asyncio.to_thread(EchoWorker, url, queue, **options)
+    try:
+        yield worker
+    finally:
+        await asyncio.to_thread(worker.stop)

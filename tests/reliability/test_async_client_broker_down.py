@@ -13,7 +13,7 @@ import pytest
 from serq.client import ConnectionLost, ServiceError
 from serq.settings import Settings
 
-from helpers.broker import EchoWorker
+from helpers.broker import echo_worker
 
 pytest.importorskip("aio_pika", reason="AsyncClient needs the async extra: pip install 'serq[async]'")
 
@@ -34,12 +34,9 @@ def test_broker_down_is_connection_lost_then_the_client_reconnects(private_broke
             waited = asyncio.get_running_loop().time() - started
             await asyncio.to_thread(private_broker.ctl, "start_app")
             await asyncio.to_thread(private_broker.ctl, "await_startup")
-            worker = await asyncio.to_thread(EchoWorker, private_broker.url, f"{prefix}.classify")
-            try:
+            async with echo_worker(private_broker.url, f"{prefix}.classify"):
                 with pytest.raises(ServiceError) as answered:
                     await client.classify(b"back again", timeout=60)
-            finally:
-                await asyncio.to_thread(worker.stop)
             return lost.value, waited, answered.value
 
     lost, waited, answered = asyncio.run(main())

@@ -17,12 +17,13 @@ worker (as docs/contract.md tells operators to do) must be declared and consumed
 from __future__ import annotations
 
 import json
-import socket
 import sys
 import time
 
 import pika
 import pytest
+
+from helpers.broker import consumer_count, free_port
 
 from .conftest import health, record
 from .payloads import encode, tone
@@ -155,21 +156,8 @@ def test_poison_messages_cost_no_innocent_request(start_worker, amqp_url, prefix
     assert row["lost"] == 0, row
 
 
-def _consumers(url: str, queue: str) -> int:
-    conn = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        return conn.channel().queue_declare(queue, passive=True).method.consumer_count
-    except pika.exceptions.ChannelClosedByBroker:
-        return 0
-    finally:
-        if conn.is_open:
-            conn.close()
-
-
 def test_a_deleted_queue_is_declared_again_and_consumed(start_worker, amqp_url, prefix):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = start_worker({"SERQ_METRICS_PORT": str(port)})
     queue = f"{prefix}.classify"
     assert health(port)[0] == 200
@@ -177,7 +165,7 @@ def test_a_deleted_queue_is_declared_again_and_consumed(start_worker, amqp_url, 
     conn.channel().queue_delete(queue)
     conn.close()
     deadline = time.monotonic() + 60
-    while _consumers(amqp_url, queue) < 1:  # the worker declares it again and consumes
+    while consumer_count(amqp_url, queue) < 1:  # the worker declares it again and consumes
         assert time.monotonic() < deadline and proc.poll() is None, proc.log_path.read_text()[-3000:]
         time.sleep(0.1)
     caller = Caller(amqp_url, queue)

@@ -24,6 +24,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import soxr
 from scipy import fft as sfft
 
 #: Bump whenever the vector's layout or meaning changes; models store it and refuse a mismatch.
@@ -108,7 +109,7 @@ FILTERBANKS = Path(__file__).with_name("filterbanks.npz")
 def librosa_filterbanks() -> dict[str, np.ndarray]:
     """The mel (``(N_MELS, N_FFT // 2 + 1)``, Slaney) and chroma (``(N_CHROMA, N_FFT // 2 + 1)``)
     filterbanks and the mel band centres in Hz (``(N_MELS,)``), computed by librosa."""
-    import librosa
+    import librosa  # lazy: about a second of import, only to check or rebuild filterbanks.npz
 
     return {
         "mel": librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS, fmin=0.0,
@@ -141,9 +142,7 @@ def _window() -> np.ndarray:
 @lru_cache(maxsize=4)
 def _dct_matrix(n_in: int = N_MELS, n_out: int = N_MFCC) -> np.ndarray:
     """Orthonormal DCT-II as a matrix (what librosa's mfcc applies to log-mel)."""
-    from scipy.fft import dct
-
-    return dct(np.eye(n_in), type=2, norm="ortho", axis=0)[:n_out].T.astype(np.float32)
+    return sfft.dct(np.eye(n_in), type=2, norm="ortho", axis=0)[:n_out].T.astype(np.float32)
 
 
 def frame_signal(samples: np.ndarray, frame_length: int = N_FFT, hop: int = HOP) -> np.ndarray:
@@ -211,8 +210,6 @@ def pitch_track(samples: np.ndarray, active: np.ndarray, sr: int = SAMPLE_RATE) 
     YIN runs at half the analysis rate (speech f0 < 600 Hz needs no more) on every
     other active frame (20 ms): a quarter of the work, the same statistics.
     """
-    import soxr
-
     half = soxr.resample(samples, sr, sr // 2, quality="LQ").astype(np.float32, copy=False)
     frames = frame_signal(half, N_FFT // 2, HOP)  # 32 ms frames, every 20 ms at sr/2
     # Coarse frame k is centred on analysis frame 2k and stands for frames 2k and 2k+1.
@@ -256,7 +253,6 @@ def analyse(samples: np.ndarray, sr: int = SAMPLE_RATE) -> Analysis:
     if sr != SAMPLE_RATE:
         raise ValueError(f"features are defined at {SAMPLE_RATE} Hz, got {sr} Hz: resample first")
     recorded = np.asarray(samples, dtype=np.float32)
-    mel_fb, chroma_fb, freqs, _ = _filterbanks()
     frames = frame_signal(recorded)
     frame_power = np.einsum("ij,ij->i", frames, frames).astype(np.float64) / N_FFT
     # Levels down to 1e-30 (-300 dB): no floor that a gain of -30 dB could reach.
@@ -266,8 +262,27 @@ def analyse(samples: np.ndarray, sr: int = SAMPLE_RATE) -> Analysis:
     level = speech_level_db(frame_power, active_all)
     gain_db = float(np.clip(LEVEL_TARGET_DBFS - level, -150.0, 150.0)) if np.isfinite(level) else 0.0
     samples = recorded * np.float32(10 ** (gain_db / 20))
-    frames = frame_signal(samples)
-    rms_db_all = level_db + gain_db
+    described = _describe(samples, frame_signal(samples), level_db + gain_db, active_all)
+    _, _, freqs, _ = _filterbanks()
+    described["frame"]["alpha_ratio"], described["frame"]["hammarberg"] = _effort(described["power"], freqs)
+
+    peak = float(np.abs(recorded).max(initial=0.0))
+    total_rms = float(np.sqrt(np.dot(recorded, recorded) / len(recorded))) if len(recorded) else 0.0
+    return Analysis(
+        **described,
+        peak_dbfs=20 * np.log10(peak + AMIN),
+        rms_dbfs=20 * np.log10(total_rms + AMIN),
+        loudest_dbfs=float(level_db.max(initial=-300.0)),
+        gain_db=gain_db,
+    )
+
+
+def _describe(samples: np.ndarray, frames: np.ndarray, rms_db_all: np.ndarray, active_all: np.ndarray) -> dict:
+    """The descriptors of :class:`Analysis` that follow from the waveform, its frames and
+    which of them are active (all but the level fields and the vocal effort), as a dict
+    of its fields. ``bench/fe2.py`` feeds it the previous recipe's activity rule.
+    """
+    mel_fb, chroma_fb, freqs, _ = _filterbanks()
     # Trim leading/trailing silence: everything below is computed on the span from the
     # first to the last active frame (about half of a RAVDESS clip); `active` then also
     # excludes the pauses inside it.
@@ -295,29 +310,20 @@ def analyse(samples: np.ndarray, sr: int = SAMPLE_RATE) -> Analysis:
     flatness = np.exp(np.mean(np.log(power + AMIN), axis=1)) / (np.mean(power, axis=1) + AMIN)
     signs = np.signbit(raw)
     zcr = np.mean(signs[:, 1:] != signs[:, :-1], axis=1)
-    alpha_ratio, hammarberg = _effort(power, freqs)
-    f0 = pitch_track(samples[first * HOP : (last + 1) * HOP + N_FFT], active, sr)
-    voiced = f0 > 0
-
-    peak = float(np.abs(recorded).max(initial=0.0))
-    total_rms = float(np.sqrt(np.dot(recorded, recorded) / len(recorded))) if len(recorded) else 0.0
-    return Analysis(
-        power=power,
-        logmel=logmel.astype(np.float32),
-        frame={
+    f0 = pitch_track(samples[first * HOP : (last + 1) * HOP + N_FFT], active, SAMPLE_RATE)
+    return {
+        "power": power,
+        "logmel": logmel.astype(np.float32),
+        "frame": {
             "rms_db": rms_db, "centroid": centroid, "bandwidth": bandwidth, "rolloff": rolloff,
-            "flatness": flatness, "zcr": zcr, "alpha_ratio": alpha_ratio, "hammarberg": hammarberg, "f0": f0,
+            "flatness": flatness, "zcr": zcr, "f0": f0,
         },
-        matrices={"mfcc": mfcc, "mfcc_delta": delta(mfcc), "chroma": chroma, "contrast": contrast},
-        active=active,
-        voiced=voiced,
-        n_frames=len(frames),
-        duration=len(samples) / sr,
-        peak_dbfs=20 * np.log10(peak + AMIN),
-        rms_dbfs=20 * np.log10(total_rms + AMIN),
-        loudest_dbfs=float(level_db.max(initial=-300.0)),
-        gain_db=gain_db,
-    )
+        "matrices": {"mfcc": mfcc, "mfcc_delta": delta(mfcc), "chroma": chroma, "contrast": contrast},
+        "active": active,
+        "voiced": f0 > 0,
+        "n_frames": len(frames),
+        "duration": len(samples) / SAMPLE_RATE,
+    }
 
 
 def _effort(power: np.ndarray, freqs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -351,14 +357,14 @@ def _spectral_contrast(power: np.ndarray, freqs: np.ndarray, fmin: float = 100.0
 _FRAME_SCALARS = ("rms_db", "centroid", "bandwidth", "rolloff", "flatness", "zcr", "alpha_ratio", "hammarberg")
 
 
-def _layout() -> tuple[str, ...]:
+def _layout(frame_scalars: tuple[str, ...] = _FRAME_SCALARS) -> tuple[str, ...]:
     names: list[str] = []
     blocks = [("mfcc", N_MFCC), ("mfcc_delta", N_MFCC), ("chroma", N_CHROMA),
               ("contrast", CONTRAST_BANDS + 1), ("logmel", N_MELS)]
     for block, width in blocks:
         for stat in ("mean", "std"):
             names += [f"{block}_{i:02d}_{stat}" for i in range(width)]
-    for name in _FRAME_SCALARS:
+    for name in frame_scalars:
         names += [f"{name}_{stat}" for stat in ("mean", "std", "p10", "p90")]
     names += [f"f0_{stat}" for stat in ("mean", "std", "p10", "p50", "p90", "slope")]
     names += ["voiced_fraction", "active_fraction", "active_seconds"]
@@ -390,7 +396,11 @@ def feature_vector(analysis: Analysis) -> np.ndarray:
     Pitch statistics are over voiced frames, in semitones relative to 100 Hz
     (so a speaker's register and its range are on a perceptual scale).
     """
-    a = analysis
+    return _statistics(analysis, _FRAME_SCALARS)
+
+
+def _statistics(a: Analysis, frame_scalars: tuple[str, ...]) -> np.ndarray:
+    """:func:`feature_vector` over the named frame descriptors (``bench/fe2.py`` names fewer)."""
     sel = a.active if a.active.any() else np.ones_like(a.active)
     parts: list[np.ndarray] = []
     # All matrix blocks side by side: one mean and one std pass instead of one per block.
@@ -400,7 +410,7 @@ def feature_vector(analysis: Analysis) -> np.ndarray:
     edges = np.cumsum([0] + [b.shape[1] for b in blocks])
     for lo, hi in zip(edges[:-1], edges[1:]):
         parts += [means[lo:hi], stds[lo:hi]]
-    scalars = np.stack([a.frame[name][sel] for name in _FRAME_SCALARS])
+    scalars = np.stack([a.frame[name][sel] for name in frame_scalars])
     p10, p90 = percentiles(scalars, (10, 90))
     parts.append(np.stack([scalars.mean(axis=1), scalars.std(axis=1), p10, p90], axis=1).ravel())
     f0 = a.frame["f0"][a.voiced]

@@ -13,11 +13,13 @@ evaluation and inference all go through it, so the three cannot drift apart.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 import numpy as np
+from pydantic import ValidationError
 
 from serq.errors import InvalidRequest
 from serq.schemas import SpeakerPrior, SpeakerProfile
@@ -126,8 +128,6 @@ def to_json(profile: SpeakerProfile) -> str:
 
 def from_json(text: str | bytes) -> SpeakerProfile:
     """Parse a profile; :class:`InvalidRequest` with the first problem if it is not one."""
-    from pydantic import ValidationError
-
     try:
         return SpeakerProfile.model_validate_json(text)
     except ValidationError as exc:
@@ -181,8 +181,6 @@ def usable(profile: SpeakerProfile | None, speaker_model: "LoadedModel | None", 
 
 def digest(profile: SpeakerProfile) -> str:
     """sha256 of the profile's wire form: names the profile a timeline stream was started with."""
-    import hashlib
-
     return hashlib.sha256(to_json(profile).encode()).hexdigest()
 
 

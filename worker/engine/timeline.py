@@ -53,6 +53,10 @@ from serq.schemas.timeline import (
     VadState,
     WindowState,
 )
+from serq.worker.engine.features import FEATURE_NAMES, FEATURE_VERSION, analyse, feature_vector
+from serq.worker.engine.inference import probabilities
+from serq.worker.engine.profiles import digest, model_input, usable
+from serq.worker.engine.sealing import mac, verify
 
 if TYPE_CHECKING:
     from serq.schemas.profiles import SpeakerProfile
@@ -101,10 +105,6 @@ def window_probabilities(samples: np.ndarray, model: "LoadedModel",
     to that speaker (see :func:`choose_model`). A window without speech energy (the
     engine's ``silent``) gets uniform probabilities.
     """
-    from serq.worker.engine.features import analyse, feature_vector
-    from serq.worker.engine.inference import probabilities
-    from serq.worker.engine.profiles import model_input
-
     analysis = analyse(np.ascontiguousarray(samples, dtype=np.float32), RATE)
     n = len(model.meta.labels)
     if analysis.silent:
@@ -122,9 +122,6 @@ def choose_model(plain: "LoadedModel", profile: "SpeakerProfile | None", speaker
     The same rule as a classify request (:func:`serq.worker.engine.profiles.route`): a usable
     profile selects the speaker-normalised model, anything else the plain one.
     """
-    from serq.worker.engine.features import FEATURE_NAMES, FEATURE_VERSION
-    from serq.worker.engine.profiles import usable
-
     status = usable(profile, speaker_model, FEATURE_VERSION, len(FEATURE_NAMES))
     return (speaker_model, profile, status) if status == "used" else (plain, None, status)
 
@@ -166,8 +163,6 @@ class TimelineProcessor:
 
     def __init__(self, model: "LoadedModel", state: TimelineStreamState, tail: np.ndarray | None = None,
                  profile: "SpeakerProfile | None" = None):
-        from serq.worker.engine.profiles import digest
-
         if (digest(profile) if profile is not None else None) != state.profile_sha256:
             raise ValueError("the profile is not the one the stream started with")
         self.model = model
@@ -189,8 +184,6 @@ class TimelineProcessor:
     def new(cls, model: "LoadedModel", params: TimelineParams | None = None, stream_id: str = "local", *,
             profile: "SpeakerProfile | None" = None, profile_status: str | None = None) -> "TimelineProcessor":
         """A fresh stream; ``profile``/``profile_status`` as :func:`choose_model` returned them."""
-        from serq.worker.engine.profiles import digest
-
         state = TimelineStreamState(
             stream_id=stream_id, next_seq=0, model_version=model.version, labels=list(model.meta.labels),
             params=params or TimelineParams(), position=0, received=0, keep_from=0, vad=VadState(),
@@ -435,16 +428,12 @@ def _canonical(state: TimelineStreamState) -> bytes:
 
 def seal_state(state: TimelineStreamState, key: bytes) -> TimelineStreamState:
     """A copy of ``state`` with its seal: the MAC of every other field under ``key``."""
-    from serq.worker.engine.sealing import mac
-
     return state.model_copy(update={"seal": mac(key, STATE_PURPOSE, _canonical(state))})
 
 
 def sealed_by(state: TimelineStreamState, keys: bytes | list[bytes]) -> bool:
     """Whether ``state.seal`` is the MAC of its fields under ``keys`` (one of them): a worker of this
     deployment wrote it."""
-    from serq.worker.engine.sealing import verify
-
     payload = _canonical(state)
     candidates = [keys] if isinstance(keys, bytes) else keys
     return any(verify(key, STATE_PURPOSE, payload, state.seal) for key in candidates)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import logging
 import os
 import signal
@@ -47,7 +48,10 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from functools import partial
 
+import numpy as np
+import soundfile as sf
 from pydantic import ValidationError
+from threadpoolctl import threadpool_limits
 
 from serq.errors import ModelError, NotDeclared, SerqError, TimeLimitExceeded
 from serq.models.registry import (
@@ -66,10 +70,11 @@ from serq.transport.connection import serve_forever
 from serq.transport.consumer import Consumer, Delivery
 from serq.transport.middleware import PrivacyFilter, RequestCheck, ResultsFanout, SizeLimit
 from serq.transport.topology import declare_classify, ensure_exchange
+from serq.worker.engine.inference import classify
 from serq.worker.engine.model import LoadedModel
 from serq.worker.engine.sealing import warn_if_unshared
 from serq.worker.handlers import Context, Reply, handler_for, known_types
-from serq.worker.services.logging import log
+from serq.worker.services.logging import log, setup
 from serq.worker.services.metrics import Metrics, serve
 from serq.worker.services.middleware import LogMiddleware, MetricsMiddleware
 from serq.worker.services.timelimit import TimeLimit
@@ -238,13 +243,6 @@ class Worker:
 
     def warm_up(self) -> None:
         """Classify a synthetic clip once, so the first real request does not pay for lazy imports and JIT."""
-        import io
-
-        import numpy as np
-        import soundfile as sf
-
-        from serq.worker.engine.inference import classify
-
         t = np.arange(16_000, dtype=np.float32) / 16_000
         buf = io.BytesIO()
         sf.write(buf, 0.3 * np.sin(2 * np.pi * 220 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t)), 16_000, format="WAV")
@@ -254,8 +252,6 @@ class Worker:
 
     def run(self) -> int:
         """Serve until stopped, reconnecting with backoff; returns the exit code (0)."""
-        from threadpoolctl import threadpool_limits
-
         # A clip's matrix products are small: BLAS threads would only spin against the other
         # workers on the machine (serq scales by processes, `--scale worker=N`), halving throughput.
         threadpool_limits(limits=1)
@@ -448,8 +444,6 @@ class Worker:
 
 def main(settings: Settings) -> int:
     """``serq worker``: configure logging, load the active model, serve until SIGTERM/SIGINT."""
-    from serq.worker.services.logging import setup
-
     setup(settings.log_level, settings.log_json)
     worker = Worker(settings)
     worker.install_signal_handlers()

@@ -9,13 +9,18 @@ the way it saw its own.
 
 The catch is the emotion mix. Real traffic is mostly neutral, so the domain's plain mean
 and spread are not the channel's: they carry the mix (a mostly-neutral folder would make
-neutral look "average", and everything else look extreme). The default method,
+neutral look "average", and everything else look extreme). The first method written,
 ``mixture``, models the domain's clips as a mix of the source model's classes (their
 per-class statistics, recorded at training time in ``ModelMetadata.class_statistics``),
 shifted and scaled per feature by the channel: it estimates the mix by EM and removes
-what the mix explains before standardising. A model without class statistics (one
-trained before they were recorded) falls back to ``robust`` (median and interquartile
-range), and says so in its card.
+what the mix explains before standardising. With the level-free features ``serq-fe-3``
+that EM collapses onto one class (docs/training.md), so the default (``auto``) is now
+``reweighted``: the source model's own posteriors on the domain's clips estimate the
+domain's emotion mix (the EM of Saerens et al., 2002, for a shift in class priors), and
+each clip is weighted so that the weighted folder has the source's training mix before
+its mean and spread are taken. It needs only the model (its training mix comes from its
+class statistics or its cross-validated per-class supports), so it also adapts models
+that record no class statistics, such as the shipped one.
 
 The functions of the statistics are pure (numpy in, numpy out); :func:`run_adaptation`
 is the job (scan, extract, estimate, register, activate) that `serq adapt --local` and the
@@ -51,6 +56,10 @@ MIXTURE_STEPS = 30
 VARIANCE_FLOOR = 1e-2
 #: A domain spread below this (a constant feature) keeps the source's scale.
 MIN_SPREAD = 1e-8
+#: EM steps of :func:`prior_shift_mix` (Saerens et al.'s EM; it settles well within these).
+PRIOR_STEPS = 100
+#: An estimated class share below this counts as this when clips are weighted (no division by ~0).
+MIN_SHARE = 1e-3
 
 
 # ---------------------------------------------------------------- statistics (pure)
@@ -138,9 +147,72 @@ def _channel(mu, sd, pi, m, v, centre) -> tuple[np.ndarray, np.ndarray]:
     return mu - scale * (expected_mean - centre), scale
 
 
-def domain_moments(X: np.ndarray, method: str, stats: ClassStatistics | None
-                   ) -> tuple[np.ndarray, np.ndarray, dict[str, float] | None]:
-    """``(mean, scale, estimated mix or None)`` of the domain ``X`` by ``method`` (see :class:`DomainAdaptation`)."""
+def prior_shift_mix(proba: np.ndarray, source_mix: np.ndarray, steps: int = PRIOR_STEPS
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """The domain's class mix from a model's posteriors on it: ``(mix, adjusted posteriors)``.
+
+    Saerens, Latinne & Decaestecker (2002): posteriors trained under the mix ``source_mix``
+    are re-weighted by ``mix / source_mix`` and renormalised; ``mix`` is the mean of the
+    re-weighted posteriors; repeat. ``proba``: shape ``(n, k)``, columns as ``source_mix``.
+    """
+    proba = np.asarray(proba, np.float64)
+    source_mix = np.asarray(source_mix, np.float64) / np.sum(source_mix)
+    mix, adjusted = source_mix.copy(), proba
+    for _ in range(steps):
+        adjusted = proba * (mix / source_mix)
+        adjusted /= np.maximum(adjusted.sum(axis=1, keepdims=True), 1e-300)
+        mix = adjusted.mean(axis=0)
+    return mix, adjusted
+
+
+def reweighted_moments(pipeline, X: np.ndarray, source_mix: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The domain's mean and spread as if its clips came in the source's class mix: ``(mean, scale, mix)``.
+
+    ``pipeline`` (the source model, unchanged) gives each clip's class posteriors; they
+    estimate the domain's mix (:func:`prior_shift_mix`), and clip ``i`` weighs
+    ``sum_k p_ik * source_k / mix_k``: the importance weight that turns the domain's mix
+    into the source's. A mostly-neutral folder then counts its neutral clips down, so its
+    mean is the channel's, not neutral's. ``source_mix`` is in ``pipeline.classes_`` order.
+    The posteriors come from the source model before any adaptation: with level-free,
+    channel-augmented features it is already the least biased judge of the mix.
+    """
+    X = np.asarray(X, np.float64)
+    source_mix = np.asarray(source_mix, np.float64) / np.sum(source_mix)
+    mix, adjusted = prior_shift_mix(pipeline.predict_proba(X), source_mix)
+    weights = adjusted @ (source_mix / np.maximum(mix, MIN_SHARE))
+    mean = np.average(X, axis=0, weights=weights)
+    scale = np.sqrt(np.average((X - mean) ** 2, axis=0, weights=weights))
+    return mean, scale, mix
+
+
+def source_mix(pipeline, meta: ModelMetadata) -> np.ndarray:
+    """The class mix ``pipeline`` was trained under, in ``pipeline.classes_`` order.
+
+    From its class statistics when recorded, else from its cross-validated per-class
+    supports (every clip is scored once), else uniform.
+    """
+    classes = [str(c) for c in pipeline.classes_]
+    shares: dict[str, float] = {}
+    if meta.class_statistics is not None:
+        shares = dict(zip(meta.class_statistics.labels, meta.class_statistics.priors))
+    elif meta.metrics is not None and meta.metrics.per_class:
+        shares = {label: float(v.get("support", 0)) for label, v in meta.metrics.per_class.items()}
+    mix = np.array([shares.get(c, 0.0) for c in classes], np.float64)
+    return mix / mix.sum() if mix.sum() > 0 and (mix > 0).all() else np.full(len(classes), 1.0 / len(classes))
+
+
+def domain_moments(X: np.ndarray, method: str, stats: ClassStatistics | None, *, pipeline=None,
+                   mix: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, float] | None]:
+    """``(mean, scale, estimated mix or None)`` of the domain ``X`` by ``method`` (see :class:`DomainAdaptation`).
+
+    ``reweighted`` needs the source ``pipeline`` and its training ``mix`` (:func:`source_mix`).
+    """
+    if method == "reweighted":
+        if pipeline is None or mix is None:
+            raise ValueError("method 'reweighted' needs the source pipeline and its training mix")
+        mean, scale, estimated = reweighted_moments(pipeline, X, mix)
+        return mean, scale, {str(c): round(float(p), 4) for c, p in zip(pipeline.classes_, estimated)}
     if method == "mixture":
         if stats is None:
             raise ModelError("method 'mixture' needs the model's class statistics (models trained since "
@@ -169,11 +241,9 @@ def adapted_pipeline(pipeline, mean: np.ndarray, scale: np.ndarray):
     return out
 
 
-def choose_method(requested: str, stats: ClassStatistics | None) -> str:
-    """``auto``: ``mixture`` when the model has class statistics, else ``robust``."""
-    if requested == "auto":
-        return "mixture" if stats is not None else "robust"
-    return requested
+def choose_method(requested: str, stats: ClassStatistics | None = None) -> str:
+    """``auto``: ``reweighted``, for every plain model (it needs only the model; ``stats`` are not needed)."""
+    return "reweighted" if requested == "auto" else requested
 
 
 # ---------------------------------------------------------------- the job
@@ -229,7 +299,8 @@ def run_adaptation(request: TrainRequest, settings: Settings, report, n_jobs: in
     report("fitting", 0, 1)
     stats = source.meta.class_statistics
     method = choose_method(request.adaptation, stats)
-    mean, scale, mix = domain_moments(X, method, stats)
+    mean, scale, mix = domain_moments(X, method, stats, pipeline=source.pipeline,
+                                      mix=source_mix(source.pipeline, source.meta))
     pipeline = adapted_pipeline(source.pipeline, mean, scale)
     report("fitting", 1, 1)
 

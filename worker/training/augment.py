@@ -115,7 +115,7 @@ def room_impulse_response(rt60: float, seed: int, rate: int = RATE) -> np.ndarra
     Room size (4-8 x 3-6 x 2.5-3.5 m), source and microphone positions are drawn
     from ``seed``; wall absorption comes from Sabine's formula for ``rt60`` seconds.
     """
-    import pyroomacoustics as pra  # the worker extra's heaviest import: only when a room is built
+    import pyroomacoustics as pra  # lazy: the train extra's heaviest import, only when a room is built
 
     rng = np.random.default_rng(seed)
     dims = np.array([rng.uniform(4, 8), rng.uniform(3, 6), rng.uniform(2.5, 3.5)])
@@ -154,6 +154,7 @@ def room_impulse_responses(folder: Path, n: int = N_ROOMS, seed: int = ROOM_SEED
 
 def _transforms():
     """The audiomentations transform classes serq adds (imported only where a chain is built)."""
+    # lazy: the train extra; the evaluation conditions (.conditions) import this module without needing it
     from audiomentations.core.transforms_interface import BaseWaveformTransform
 
     class PhoneLine(BaseWaveformTransform):
@@ -198,7 +199,7 @@ def channel_chain(rooms: Path):
     with probability 0.7; coloured noise at 0-30 dB SNR with 0.6; a lossy codec with
     0.3; a pitch shift of up to 1.5 semitones with 0.3; a gain of -12..+6 dB with 0.5.
     """
-    import audiomentations as A
+    import audiomentations as A  # lazy: the train extra (see _transforms)
 
     PhoneLine, LossyCodec = _transforms()
     return A.Compose([

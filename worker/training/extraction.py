@@ -114,12 +114,12 @@ class Channel:
 
     @property
     def key(self) -> str:
-        from .augment import AUGMENT_VERSION
+        from .augment import AUGMENT_VERSION  # lazy: audiomentations is the train extra
 
         return f"{AUGMENT_VERSION}-{self.index}"
 
     def apply(self, samples: np.ndarray, digest: str) -> np.ndarray:
-        from .augment import channel_copy
+        from .augment import channel_copy  # lazy: the train extra
 
         return channel_copy(samples, digest, self.index, Path(self.rooms))
 
@@ -127,7 +127,7 @@ class Channel:
 def rooms_folder(cache_dir: str | Path | None) -> Path:
     """Where the training chain's simulated rooms live (built once; under the cache, else the temp dir)."""
 
-    from .augment import AUGMENT_VERSION, room_impulse_responses
+    from .augment import AUGMENT_VERSION, room_impulse_responses  # lazy: the train extra
 
     root = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "serq"
     return room_impulse_responses(root / f"rooms-{AUGMENT_VERSION}")
@@ -148,7 +148,7 @@ def perturbations_for(*recipes: Hyperparameters, cache_dir: str | Path | None = 
 
 def recipe_keys(hp: Hyperparameters) -> list[str]:
     """Keys of the copies recipe ``hp`` trains on (what :meth:`TrainingSet.copies` picks)."""
-    from .augment import AUGMENT_VERSION
+    from .augment import AUGMENT_VERSION  # lazy: the train extra
 
     return [Speed(s).key for s in hp.augment_speeds] + [f"{AUGMENT_VERSION}-{i}" for i in range(hp.channel_copies)]
 

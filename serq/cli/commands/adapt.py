@@ -10,6 +10,12 @@ from __future__ import annotations
 
 import argparse
 
+from serq.cli.commands.train import run_job
+
+# Only the standard library and serq's light core (already loaded by `serq`) at the top: `serq --help`
+# imports every command module, so each command imports what it runs (pydantic, the broker, the engine)
+# when it runs.
+
 
 def register(sub) -> None:
     p = sub.add_parser("adapt", help="adapt a model to a folder of your own unlabelled clips",
@@ -18,9 +24,9 @@ def register(sub) -> None:
                                    "mix of the folder may be skewed (mostly neutral): see docs/training.md.")
     p.add_argument("--data", required=True, metavar="DIR", help="folder of audio clips (no labels needed)")
     p.add_argument("--model", metavar="VERSION", help="the model to adapt (default: the active one)")
-    p.add_argument("--method", choices=["auto", "mixture", "robust", "plain"], default="auto",
-                   help="how the folder's statistics are estimated (default auto: mixture when the model records "
-                        "class statistics, else robust)")
+    p.add_argument("--method", choices=["auto", "reweighted", "mixture", "robust", "plain"],
+                   default="auto", help="how the folder's statistics are estimated (default auto: reweighted, the "
+                                        "clips weighted to the model's training mix by its own posteriors)")
     p.add_argument("--activate", nargs="?", const="always", default="never", choices=["always", "if_better", "never"],
                    help="activation policy (default never; if_better cannot compare without labels, so it never "
                         "activates)")
@@ -46,7 +52,6 @@ def build_request(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from serq.cli.commands.train import run_job
     from serq.settings import get_settings
 
     return run_job(build_request(args), args, get_settings(), "adapt")

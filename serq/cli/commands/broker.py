@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+# Only the standard library at the top: `serq --help` imports every command module, so each command
+# imports what it runs (pydantic, the broker, the engine) when it runs.
 
 
 def register(sub) -> None:
@@ -23,7 +27,6 @@ def register(sub) -> None:
 
 def run_definitions(args: argparse.Namespace) -> int:
     import json
-    from pathlib import Path
 
     from serq.settings import get_settings
     from serq.transport.accounts import definitions, passwords_from_env

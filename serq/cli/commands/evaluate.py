@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import argparse
 
-# Only the standard library at the top: `serq --help` imports every command module, so each command
-# imports what it runs (pydantic, the broker, the engine) when it runs.
+from serq.errors import InvalidRequest
+
+# Only the standard library and serq's light core (already loaded by `serq`) at the top: `serq --help`
+# imports every command module, so each command imports what it runs (pydantic, the broker, the engine)
+# when it runs.
 
 
 def register(sub) -> None:
@@ -46,8 +49,6 @@ def run(args: argparse.Namespace) -> int:
     registry = Registry(settings.model_dir)
     model = registry.load(args.model) if args.model else registry.load_active()
     if args.conditions and args.speaker_profiles:
-        from serq.errors import InvalidRequest
-
         raise InvalidRequest("--conditions and --speaker-profiles are separate evaluations: give one")
     if args.conditions:  # issue 16: logic in serq.worker.training.evaluation
         from serq.models.card import conditions_table

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+# Only the standard library at the top: `serq --help` imports every command module, so each command
+# imports what it runs (pydantic, the broker, the engine) when it runs.
+
 
 def register(sub) -> None:
     p = sub.add_parser("keys", help="create the key pair that signs models")

@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-# Only the standard library at the top: `serq --help` imports every command module, so each command
-# imports what it runs (pydantic, the broker, the engine) when it runs.
+from serq.errors import BrokerUnavailable
+
+# Only the standard library and serq's light core (already loaded by `serq`) at the top: `serq --help`
+# imports every command module, so each command imports what it runs (pydantic, the broker, the engine)
+# when it runs.
 
 
 def register(sub) -> None:
@@ -95,7 +98,6 @@ def announce(meta, args, verb: str, reason: str) -> int:
 
     published, note = False, "not published (--no-publish)"
     if not args.no_publish:
-        from serq.client.errors import BrokerUnavailable
         from serq.settings import get_settings
 
         settings = get_settings()

@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-# Only the standard library at the top: `serq --help` imports every command module, so each command
-# imports what it runs (pydantic, the broker, the engine) when it runs.
+from serq.errors import SerqError
+
+# Only the standard library and serq's light core (already loaded by `serq`) at the top: `serq --help`
+# imports every command module, so each command imports what it runs (pydantic, the broker, the engine)
+# when it runs.
 
 
 def register(sub) -> None:
@@ -21,7 +24,6 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from serq.cli.output import expand_paths, format_result, print_json
-    from serq.errors import SerqError
     from serq.models.registry import Registry
     from serq.schemas import ErrorInfo, ErrorReply
     from serq.settings import get_settings

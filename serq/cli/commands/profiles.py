@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from serq.cli.commands.models import announce_options, rebuild_options
+from serq.cli.commands.models import announce, announce_options, rebuild_options
 
-# Only the standard library (and the models command's option helpers) at the top: `serq --help` imports every command module, so each command
-# imports what it runs (pydantic, the broker, the engine) when it runs.
+# Only the standard library (and the models command's helpers) at the top: `serq --help` imports every command
+# module, so each command imports what it runs (pydantic, the broker, the engine) when it runs.
 
 
 def register(sub) -> None:
@@ -134,7 +134,6 @@ def run_delete(args: argparse.Namespace) -> int:
 
 def run_activate(args: argparse.Namespace) -> int:
     """Point the profile path at VERSION (or the shipped model) and announce it, like `serq models activate`."""
-    from serq.cli.commands.models import announce
     from serq.models.registry import Registry, activate_speaker, shipped_speaker_metadata
     from serq.settings import get_settings
 

@@ -6,8 +6,11 @@ import argparse
 import os
 import sys
 
-# Only the standard library at the top: `serq --help` imports every command module, so each command
-# imports what it runs (pydantic, the broker, the engine) when it runs.
+from serq.errors import SerqError
+
+# Only the standard library and serq's light core (already loaded by `serq`) at the top: `serq --help`
+# imports every command module, so each command imports what it runs (pydantic, the broker, the engine)
+# when it runs.
 
 
 def register(sub) -> None:
@@ -34,7 +37,6 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from serq.cli.output import print_json
     from serq.cli.timeline_view import render_timeline, save_png
-    from serq.errors import SerqError
     from serq.settings import get_settings
 
     settings = get_settings()

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import argparse
 
-# Only the standard library at the top: `serq --help` imports every command module, so each command
-# imports what it runs (pydantic, the broker, the engine) when it runs.
+from serq.errors import InvalidRequest, SerqError
+
+# Only the standard library and serq's light core (already loaded by `serq`) at the top: `serq --help`
+# imports every command module, so each command imports what it runs (pydantic, the broker, the engine)
+# when it runs.
 
 
 def register(sub) -> None:
@@ -47,7 +50,6 @@ def register(sub) -> None:
 def build_request(args: argparse.Namespace, default_data: str):
     from pydantic import ValidationError
 
-    from serq.errors import InvalidRequest, SerqError
     from serq.schemas import DataSource, TrainRequest
     from serq.schemas.training import request_error
 
@@ -99,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
 def run_job(request, args: argparse.Namespace, settings, what: str = "train") -> int:
     """A training or adaptation request: to the trainer over the queue, or here with ``--local``."""
     if not args.local:
-        from serq.cli.commands.train_remote import run_remote
+        from serq.cli.commands.train_remote import run_remote  # lazy: not needed by `serq --help`
 
         return run_remote(request, args, settings)
     from serq.cli.output import show_train_result

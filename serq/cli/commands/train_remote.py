@@ -16,10 +16,11 @@ import argparse
 import sys
 import time
 
-from serq.errors import SerqError
+from serq.errors import BrokerUnavailable, ConnectionLost, SerqError, Timeout
 
-# Only the standard library at the top: `serq --help` imports every command module, so each command
-# imports what it runs (pydantic, the broker, the engine) when it runs.
+# Only the standard library and serq's light core (already loaded by `serq`) at the top: `serq --help`
+# imports every command module, so each command imports what it runs (pydantic, the broker, the engine)
+# when it runs.
 
 #: Seconds of silence after which the waiting client checks the trainer is still there.
 QUIET_CHECK_S = 5.0
@@ -96,8 +97,7 @@ class _Waiter:
         self.printers: dict = {}
 
     def on_message(self, channel, method, props, body: bytes) -> None:
-        from serq.schemas import TrainProgress, TrainResult
-        from serq.schemas.contract import type_name
+        from serq.schemas import TrainProgress, TrainResult, type_name
 
         if props.correlation_id != self.job_id:
             return
@@ -112,8 +112,6 @@ class _Waiter:
 
     def _follow_again(self, deadline: float) -> None:
         """After a lost connection: connect again and follow the job on ``<p>.events`` (its reply-to died)."""
-        from serq.client.errors import ConnectionLost
-        from serq.errors import BrokerUnavailable
         from serq.transport.connection import close_quietly, connect_retrying
 
         close_quietly(self.conn)
@@ -128,7 +126,6 @@ class _Waiter:
         print(f"reconnected; following job {self.job_id} on {self.settings.name('events')}", file=sys.stderr)
 
     def wait(self, queue: str, timeout: float):
-        from serq.client.errors import Timeout
         from serq.transport.connection import CONNECTION_ERRORS
         from serq.transport.topology import consumer_count
 
