@@ -33,6 +33,7 @@ import aio_pika
 
 from serq.client.wire import (
     DIRECT_REPLY_TO,
+    REROUTE_S,
     Request,
     Source,
     accept_reply,
@@ -42,8 +43,10 @@ from serq.client.wire import (
     outcome,
     properties,
     request_for,
+    request_headers,
     subscription_keys,
     timeout_error,
+    unrouted_error,
 )
 from serq.errors import BrokerUnavailable, ClientError, ConnectionLost
 from serq.schemas import PredictionResult
@@ -51,7 +54,7 @@ from serq.schemas.contract import parse_reply
 from serq.settings import Settings
 from serq.transport.aio import CONNECTION_ERRORS, close_quietly, connect, reconnect
 from serq.transport.nodes import redacted_nodes
-from serq.transport.topology import declare_classify_async, declare_results_async
+from serq.transport.topology import ensure_exchange_async
 
 logger = logging.getLogger("serq.client")
 
@@ -94,8 +97,8 @@ class AsyncClient:
     async def _open(self) -> None:
         conn = await connect(self.settings, f"serq-client {self.settings.prefix} (asyncio)")
         try:
-            channel = await conn.channel(publisher_confirms=True)
-            await declare_classify_async(channel, self.settings)  # a request waits in the queue until a worker starts
+            # <p>.classify is the workers' to declare: a publish returned while it is missing raises PublishError
+            channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
             replies = await channel.get_queue(DIRECT_REPLY_TO, ensure=False)
             await replies.consume(self._on_reply, no_ack=True)
         except BaseException:
@@ -171,11 +174,25 @@ class AsyncClient:
             waiter.set_result(None)
 
     async def _publish(self, request: Request) -> None:
+        """Publish ``request`` (confirmed); one the broker returns (no ``<p>.classify``: no worker has
+        declared it yet) leaves ``request.routed`` false."""
         props = properties(request)
         ttl_s = props.pop("expiration_ms") / 1000  # aio-pika takes seconds
         self._sent_on[request.id] = self._generation
-        await self._channel.default_exchange.publish(
-            aio_pika.Message(request.body, expiration=ttl_s, **props), routing_key=self._queue, mandatory=True)
+        try:
+            await self._channel.default_exchange.publish(
+                aio_pika.Message(request.body, expiration=ttl_s, **props), routing_key=self._queue, mandatory=True)
+            request.routed = True
+        except aio_pika.exceptions.PublishError:
+            request.routed = False
+
+    async def _publish_until_routed(self, request: Request) -> None:
+        """Publish ``request``, and again every REROUTE_S while the broker returns it (the caller bounds the time)."""
+        await self._publish(request)
+        while not request.routed:
+            await asyncio.sleep(REROUTE_S)
+            if self._connected.is_set() and not request.routed:  # else the reconnect under way sends it
+                await self._publish(request)
 
     async def _request(self, source: Source, timeout: float, filename: str | None, headers: dict | None,
                        type: str | None) -> Request:
@@ -193,9 +210,11 @@ class AsyncClient:
         try:
             if self._connected.is_set():  # else the reconnect under way sends it
                 try:
-                    await asyncio.wait_for(self._publish(request), max(0.001, request.deadline - time.monotonic()))
+                    await asyncio.wait_for(self._publish_until_routed(request),
+                                           max(0.001, request.deadline - time.monotonic()))
                 except TimeoutError:
-                    raise timeout_error(request, self._queue, self._where) from None
+                    error = timeout_error if request.routed else unrouted_error
+                    raise error(request, self._queue, self._where) from None
                 except CONNECTION_ERRORS as exc:
                     self._lost(exc)
             try:
@@ -211,15 +230,16 @@ class AsyncClient:
             self._sent_on.pop(request.id, None)
 
     async def classify(self, source: Source, *, timeout: float | None = None, filename: str | None = None,
-                       headers: dict | None = None) -> PredictionResult:
+                       headers: dict | None = None, private: bool = False) -> PredictionResult:
         """Classify one clip (a path or the file's bytes) through the broker.
 
         ``headers``: extra AMQP headers, e.g. ``x-serq-profile`` (see :mod:`serq.client.profiles`).
+        ``private``: no copy of the reply goes to followers on ``<prefix>.results`` (header ``x-serq-private``).
         Raises :class:`~serq.client.ServiceError` (``.code``: ``too_long``, ``unsupported_format``...),
         :class:`~serq.client.Timeout`, :class:`~serq.client.ConnectionLost`, or
         :class:`~serq.client.ClientError` ``not_found``.
         """
-        return await self.call(source, timeout=timeout, filename=filename, headers=headers)
+        return await self.call(source, timeout=timeout, filename=filename, headers=request_headers(headers, private))
 
     async def call(self, source: Source, *, type: str | None = None, headers: dict | None = None,
                    timeout: float | None = None, filename: str | None = None):
@@ -303,8 +323,8 @@ class AsyncSubscription:
         """Connect and bind; raises :class:`BrokerUnavailable` on the first attempt's failure."""
         conn = await connect(self.settings, f"serq-subscriber {self.settings.prefix} (asyncio)")
         try:
+            exchange = await ensure_exchange_async(conn, self.settings, "results")  # NotDeclared before any worker
             channel = await conn.channel()
-            exchange = await declare_results_async(channel, self.settings)
             queue = await channel.declare_queue("", exclusive=True, auto_delete=True)
             for key in self.keys:
                 await queue.bind(exchange, routing_key=key)

@@ -32,6 +32,7 @@ from serq.client.errors import (
 )
 from serq.client.wire import (
     DIRECT_REPLY_TO,
+    REROUTE_S,
     Request,
     Source,
     accept_reply,
@@ -39,11 +40,13 @@ from serq.client.wire import (
     outcome,
     properties,
     request_for,
+    request_headers,
     subscription_keys,
     timeout_error,
+    unrouted_error,
 )
 from serq.schemas import ErrorReply, PredictionResult
-from serq.schemas.contract import PRIVATE_HEADER, parse_reply
+from serq.schemas.contract import parse_reply
 from serq.settings import Settings
 from serq.transport.connection import (
     CONNECTION_ERRORS,
@@ -53,7 +56,7 @@ from serq.transport.connection import (
     connect_retrying,
     serve_forever,
 )
-from serq.transport.topology import declare_classify, declare_results
+from serq.transport.topology import ensure_exchange
 
 logger = logging.getLogger("serq.client")
 
@@ -87,8 +90,7 @@ class Client:
         conn = conn or connect(self.settings, f"serq-client {self.settings.prefix}")
         try:
             ch = conn.channel()
-            ch.confirm_delivery()
-            declare_classify(ch, self.settings)  # a request waits in the queue until a worker starts
+            ch.confirm_delivery()  # <p>.classify is the workers' to declare: a client only publishes to it
             ch.basic_consume(DIRECT_REPLY_TO, self._on_reply, auto_ack=True)
         except BaseException:
             conn.close()
@@ -135,6 +137,8 @@ class Client:
 
         A quorum queue nacks what it cannot take while it has no leader: for the seconds after
         the node leading it died, until the others elect one. :class:`Timeout` at the deadline.
+        A publish the broker returns (no ``<p>.classify``: no worker has declared it yet) leaves
+        ``pending.routed`` false; :meth:`_wait` publishes it again until its deadline.
         """
         backoff = Backoff(self.settings.reconnect_max_s, base=0.1)
         while True:
@@ -143,6 +147,10 @@ class Client:
             try:
                 self._ch.basic_publish("", self._queue, pending.body,
                                        pika.BasicProperties(**props, expiration=str(ttl_ms)), mandatory=True)
+                pending.routed = True
+                return
+            except pika.exceptions.UnroutableError:
+                pending.routed = False
                 return
             except pika.exceptions.NackError:
                 logger.info("the broker refused request %s (nack): publishing it again", pending.id)
@@ -165,11 +173,23 @@ class Client:
         while pending.reply is None:
             left = pending.deadline - time.monotonic()
             if left <= 0:
-                raise timeout_error(pending, self._queue, self.settings.redacted_amqp_url)
+                error = timeout_error if pending.routed else unrouted_error
+                raise error(pending, self._queue, self.settings.redacted_amqp_url)
             try:
-                self._conn.process_data_events(time_limit=min(left, 0.5))
+                self._reroute()
+                self._conn.process_data_events(time_limit=min(left, 0.5 if pending.routed else REROUTE_S))
             except CONNECTION_ERRORS:
                 self._reconnect(pending.deadline)
+
+    def _reroute(self) -> None:
+        """Publish again every request the broker returned (all of them: they wait for the same queue)."""
+        now = time.monotonic()
+        for request in list(self._pending.values()):
+            if not request.routed and request.reply is None and request.deadline > now:
+                try:
+                    self._publish(request)
+                except Timeout:  # refused until its deadline: its own _wait says so
+                    pass
 
     def _outcome(self, pending: Request) -> PredictionResult:
         """The reply as a result, or :class:`ServiceError` for an error reply."""
@@ -185,9 +205,7 @@ class Client:
         Raises :class:`ServiceError` (``.code``: ``too_long``, ``unsupported_format``...),
         :class:`Timeout`, :class:`ConnectionLost`, or :class:`ClientError` ``not_found``.
         """
-        if private:
-            headers = {**(headers or {}), PRIVATE_HEADER: True}
-        return self.call(source, timeout=timeout, filename=filename, headers=headers)
+        return self.call(source, timeout=timeout, filename=filename, headers=request_headers(headers, private))
 
     def call(self, source: Source, *, type: str | None = None, headers: dict | None = None,
              timeout: float | None = None, filename: str | None = None):
@@ -271,6 +289,11 @@ class Subscription:
         self._ready = threading.Event()
         self._name = f"serq-subscriber {settings.prefix}"
         first = connect(settings, self._name)  # the first attempt fails loudly in subscribe()
+        try:
+            ensure_exchange(first, settings, "results")  # as loudly: NotDeclared (no_worker) before any worker
+        except BaseException:
+            close_quietly(first)
+            raise
         self._thread = threading.Thread(target=self._run, args=(first,), name="serq-subscription", daemon=True)
         self._thread.start()
         self._ready.wait()
@@ -282,8 +305,8 @@ class Subscription:
             self._ready.set()
 
     def _session(self, conn: pika.BlockingConnection, ready) -> None:
+        exchange = ensure_exchange(conn, self.settings, "results")
         ch = conn.channel()
-        exchange = declare_results(ch, self.settings)
         queue = ch.queue_declare("", exclusive=True, auto_delete=True).method.queue
         for key in self.keys:
             ch.queue_bind(queue, exchange, routing_key=key)

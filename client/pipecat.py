@@ -179,13 +179,18 @@ class SerqEmotionProcessor(FrameProcessor):
         turn_frames: ``"user"``: turns are ``UserStarted/StoppedSpeakingFrame`` (the user
             aggregator's turns); ``"vad"``: ``VADUserStarted/StoppedSpeakingFrame`` (a bare VAD).
         timeout: seconds to wait for serq's answer (default ``SERQ_REQUEST_TIMEOUT``).
+        private: no copy of a turn's result goes to followers on ``<prefix>.results``
+            (``AsyncClient.classify(private=True)``). Default ``False``, as the clients': a
+            deployment's followers (dashboards, ``serq follow``) see every turn's emotion, never its
+            audio or file name; set it when nobody else should learn how the user sounds.
     """
 
     def __init__(self, *, client: AsyncClient | None = None, settings: Settings | None = None,
                  speaker: str | None = None, profiles: ProfileStore | str | Path | None = None,
                  llm_note: bool = False, note: str = NOTE, min_confidence: float = 0.0,
                  min_turn_s: float = 0.5, silence_dbfs: float = -60.0, preroll_s: float = 0.5,
-                 turn_frames: Literal["user", "vad"] = "user", timeout: float | None = None, **kwargs):
+                 turn_frames: Literal["user", "vad"] = "user", timeout: float | None = None,
+                 private: bool = False, **kwargs):
         super().__init__(**kwargs)
         self._own_client = client is None
         self._client = client or AsyncClient(settings=settings or get_settings())
@@ -195,6 +200,7 @@ class SerqEmotionProcessor(FrameProcessor):
         self.llm_note, self.note, self.min_confidence = llm_note, note, min_confidence
         self.min_turn_s, self.silence_dbfs = min_turn_s, silence_dbfs
         self.timeout = timeout or self.settings.request_timeout
+        self.private = private
         if turn_frames == "user":
             self._starts, self._stops = UserStartedSpeakingFrame, UserStoppedSpeakingFrame
         elif turn_frames == "vad":
@@ -266,7 +272,7 @@ class SerqEmotionProcessor(FrameProcessor):
             body = await asyncio.to_thread(wav_bytes, pcm, rate)  # a minute of audio is 2 MB to copy
             profile = await asyncio.to_thread(self.profiles.get, speaker) if speaker else None
             result = await self._client.classify(body, timeout=self.timeout, filename="turn.wav",
-                                                 headers=profile_headers(profile))
+                                                 headers=profile_headers(profile), private=self.private)
             if (updated := updated_profile(profile, result)) is not None:
                 await asyncio.to_thread(self.profiles.put, updated)
         except SerqError as exc:

@@ -18,7 +18,7 @@ from typing import Any
 from serq.errors import ClientError, ConnectionLost, ServiceError, Timeout
 from serq.labels import EMOTIONS
 from serq.schemas import ErrorReply
-from serq.schemas.contract import error_key, parse_reply, result_key
+from serq.schemas.contract import PRIVATE_HEADER, error_key, parse_reply, result_key
 from serq.settings import Settings, get_settings
 
 #: RabbitMQ's direct reply-to pseudo-queue: no reply queue to declare or clean up.
@@ -75,6 +75,15 @@ class Request:
     type: str | None = None  # AMQP type of the request (None = classify)
     reply: tuple[str | None, bytes] | None = None
     sent_at: float = field(default_factory=time.monotonic)
+    #: Whether the broker routed it to the request queue (a publish is returned while the queue does not
+    #: exist: no worker has declared it yet; the client publishes it again until its deadline).
+    routed: bool = False
+
+
+def request_headers(headers: dict | None, private: bool = False) -> dict | None:
+    """A request's extra AMQP headers: ``headers``, plus ``x-serq-private: true`` when ``private`` (no copy of
+    the reply goes to followers on ``<prefix>.results``; docs/contract.md)."""
+    return {**(headers or {}), PRIVATE_HEADER: True} if private else headers
 
 
 def new_request(data: bytes, name: str | None, content_type: str, timeout: float, *,
@@ -101,6 +110,7 @@ def properties(request: Request, now: float | None = None) -> dict:
     return {
         "reply_to": DIRECT_REPLY_TO,
         "correlation_id": request.id,
+        "message_id": request.id,  # how aio-pika matches a publish the broker returns (no request queue yet)
         "content_type": request.content_type,
         "headers": headers or None,
         "type": request.type,
@@ -134,6 +144,16 @@ def outcome(request: Request):
 def timeout_error(request: Request, queue: str, where: str) -> Timeout:
     """The :class:`Timeout` of an unanswered ``request``: says what usually causes it."""
     return Timeout(f"no reply within {request.timeout:g} s: is a worker (`serq worker`) consuming {queue} on {where}?")
+
+
+def unrouted_error(request: Request, queue: str, where: str) -> Timeout:
+    """The :class:`Timeout` of a request the broker returned until its deadline: the queue does not exist."""
+    return Timeout(f"no reply within {request.timeout:g} s: {queue} does not exist on {where}, so no worker "
+                   f"(`serq worker`) has started for this prefix yet (clients do not create it; see docs/deploy.md)")
+
+
+#: How often a request the broker returned (no request queue yet) is published again, in seconds.
+REROUTE_S = 0.25
 
 
 def lost_error(reason: object) -> ConnectionLost:

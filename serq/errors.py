@@ -149,6 +149,14 @@ class Timeout(ClientError):
     code = "timeout"
 
 
+class NotDeclared(ClientError):
+    """A shared queue or exchange does not exist: whoever declares it (a worker, the trainer) has never
+    started for this prefix. Clients use what workers and the trainer declare, never create or delete it;
+    ``code`` is ``no_worker`` or ``no_trainer``."""
+
+    code = "no_worker"
+
+
 class ServiceError(ClientError):
     """The worker answered with an error reply; ``code`` is the reply's code (``too_long``, ...).
 

@@ -49,7 +49,7 @@ def test_no_worker_times_out_and_a_missing_file_is_not_found(amqp_url, prefix):
             return timeout.value, missing.value
 
     timeout, missing = asyncio.run(main())
-    assert "serq worker" in str(timeout) and f"{prefix}.classify" in str(timeout)
+    assert "serq worker" in str(timeout) and f"{prefix}.classify does not exist" in str(timeout)
     assert missing.code == "not_found"
 
 
@@ -245,3 +245,44 @@ def test_async_profiles_enrol_and_classify(start_worker, amqp_url, prefix, ravde
     assert plain.normalisation == "none" and plain.profile_status is None
     assert gone and after is None
 
+
+
+def _seen_by_followers(client: Client, send) -> list[str]:
+    """The request ids followers on ``<p>.results`` get while ``send()`` runs, ``send`` returning the ids it sent;
+    the last one sent must be public (a marker: once its copy is in, every earlier copy would be too)."""
+    seen: list[str] = []
+    with client.subscribe(None, lambda result, key: seen.append(result.request_id)):
+        marker = send()[-1]
+        deadline = time.monotonic() + 30
+        while marker not in seen and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert marker in seen, "the public marker's copy never reached the follower"
+    return seen
+
+
+@pytest.mark.broker
+def test_a_private_request_is_copied_to_no_follower_from_either_client(start_worker, amqp_url, prefix):
+    """``private=True`` on AsyncClient.classify as on Client.classify (one header builder, client/wire.py): the
+    caller gets its reply, followers on ``<p>.results`` never see it; the public request after it is copied."""
+    start_worker()
+
+    async def send_async() -> list[str]:
+        async with AsyncClient(amqp_url, prefix, timeout=60) as client:
+            hidden = await client.classify(SAMPLES[0], private=True)
+            shown = await client.classify(SAMPLES[1])
+        assert hidden.label and hidden.file == SAMPLES[0].name
+        return [hidden.request_id, shown.request_id]
+
+    with Client(amqp_url, prefix, timeout=60) as follower, Client(amqp_url, prefix, timeout=60) as sync:
+        sent_async: list[str] = []
+        seen_async = _seen_by_followers(follower, lambda: sent_async.extend(asyncio.run(send_async())) or sent_async)
+        sent_sync: list[str] = []
+
+        def send_sync() -> list[str]:
+            sent_sync.append(sync.classify(SAMPLES[2], private=True).request_id)
+            sent_sync.append(sync.classify(SAMPLES[3]).request_id)
+            return sent_sync
+
+        seen_sync = _seen_by_followers(follower, send_sync)
+    assert sent_async[0] not in seen_async and sent_async[1] in seen_async, (sent_async, seen_async)
+    assert sent_sync[0] not in seen_sync and sent_sync[1] in seen_sync, (sent_sync, seen_sync)

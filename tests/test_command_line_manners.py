@@ -83,6 +83,23 @@ def consumers(amqp_url: str, queue: str) -> int:
 
 
 @pytest.mark.broker
+def test_a_trainer_whose_metrics_port_is_taken_names_its_own_setting(start_trainer, prefix):
+    """The warning tells a trainer about SERQ_TRAINER_METRICS_PORT, the setting it reads (it used to name the
+    worker's SERQ_METRICS_PORT, which changes nothing for a trainer)."""
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        trainer = start_trainer(env={"SERQ_TRAINER_METRICS_PORT": str(port)})
+        log = Path(trainer.log_path).read_text()
+    warning = next(line for line in log.splitlines() if "metrics port" in line)
+    assert f"metrics port {port} is taken" in warning and "SERQ_TRAINER_METRICS_PORT" in warning, warning
+    assert "SERQ_METRICS_PORT" not in warning.replace("SERQ_TRAINER_METRICS_PORT", ""), warning
+    assert "serq trainer" in warning and "--processes" not in warning, warning
+    assert trainer.poll() is None  # serves on
+
+
+@pytest.mark.broker
 def test_two_workers_on_one_host_both_serve(start_worker, amqp_url, prefix):
     port = free_port()
     first = start_worker(env={"SERQ_METRICS_PORT": str(port), "SERQ_WORKER_ID": "first"})

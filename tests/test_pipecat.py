@@ -297,6 +297,38 @@ def test_short_and_silent_turns_give_no_frame(start_worker, amqp_url, prefix):
 
 
 @pytest.mark.broker
+def test_private_turns_are_copied_to_no_follower(start_worker, amqp_url, prefix):
+    """``private=True``: the turn's EmotionFrame comes, and followers on ``<p>.results`` see no copy of it (the
+    default, as the clients', copies each turn's result: the public turn after it is the marker)."""
+    start_worker()
+    pcm, rate = sf.read(ANGRY, dtype="int16")
+    settings = Settings(amqp_url=amqp_url, prefix=prefix)
+    seen: list[str] = []
+
+    async def two_turns():
+        async with AsyncClient(settings=settings, timeout=60) as client:
+            subscription = await client.subscribe(None, lambda result, key: seen.append(result.request_id))
+            frames = []
+            for private in (True, False):
+                processor = SerqEmotionProcessor(client=client, private=private, preroll_s=0.0)
+                down, _ = await run_test(processor, frames_to_send=turn(pcm, rate, trailing_s=0.5), start_timeout=30.0)
+                frames.append([f for f in down if isinstance(f, EmotionFrame)])
+            public = frames[1][0].result.request_id
+            deadline = time.monotonic() + 30
+            while public not in seen and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            await subscription.close()
+            return frames
+
+    frames = asyncio.run(two_turns())
+    assert [len(f) for f in frames] == [1, 1]
+    hidden, shown = frames[0][0].result.request_id, frames[1][0].result.request_id
+    # One worker answers in order and publishes a copy right after its reply: a copy of the private turn would
+    # have come before the public turn's (sent only once the private one was answered).
+    assert shown in seen and hidden not in seen, (hidden, shown, seen)
+
+
+@pytest.mark.broker
 def test_serq_errors_are_warnings_never_a_broken_pipeline(start_worker, amqp_url, prefix, caplog):
     start_worker(env={"SERQ_MAX_SECONDS": "2"})  # the worker refuses the 3.8 s turn: too_long
     pcm, rate = sf.read(ANGRY, dtype="int16")

@@ -116,6 +116,13 @@ def test_broker_definitions_hash_passwords_and_anchor_every_regex():
     assert not re.match(rules["serq-client"]["write"], "acme.modelsx") and not re.match(rules["serq-client"]["read"],
                                                                                        "acme.classify")
     assert not re.match(rules["serq-trainer"]["write"], "other.models")  # another deployment's prefix
+    # configure is the right to create and delete: never on a shared name that is not the account's to declare
+    shared = [f"acme.{suffix}" for suffix in ("classify", "dead", "results", "train", "events", "models")]
+    assert not [name for name in shared if re.match(rules["serq-client"]["configure"], name)]
+    assert re.match(rules["serq-client"]["configure"], "amq.gen-abc")  # its own reply and follower queues
+    assert not re.match(rules["serq-worker"]["configure"], "acme.models")
+    assert {(x["name"], x["type"]) for x in doc["exchanges"]} == {
+        ("acme.dead", "fanout"), ("acme.results", "topic"), ("acme.events", "topic"), ("acme.models", "fanout")}
     assert "serq-keda" in [u["name"] for u in definitions("acme", passwords | {"serq-keda": "k"})["users"]]
     with pytest.raises(ValueError, match="BROKER_CLIENT_PASSWORD"):
         definitions("acme", passwords | {"serq-client": ""})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import struct
+import threading
 import time
 from types import SimpleNamespace
 
@@ -104,14 +105,93 @@ def test_privacy_rules_of_the_results_exchange():
 def test_the_time_limit_interrupts_a_python_loop_and_nothing_after_it():
     limit = TimeLimit(0.3, poll_s=0.05)
     started = time.monotonic()
+
+    def endless():
+        while True:  # a forged state's endless loop
+            pass
+
     with pytest.raises(TimeLimitExceeded) as err:
-        with limit.running():
-            while True:  # a forged state's endless loop
-                pass
+        limit.call(endless)
     assert time.monotonic() - started < 5 and err.value.code == "time_limit" and limit.exceeded == 1
-    with limit.running():
-        time.sleep(0.05)  # within the limit: untouched
-    time.sleep(0.5)  # nothing pending lands after the block
+    assert limit.call(time.sleep, 0.05) is None  # within the limit: untouched
+    time.sleep(0.5)  # nothing pending lands after the call
+    limit.close()
+
+
+def test_the_time_limit_fires_again_when_an_interruption_is_swallowed():
+    """soundfile's cffi callbacks swallow an exception raised in them: the watchdog must not fire only once."""
+    limit = TimeLimit(0.1, poll_s=0.05)
+    swallowed = []
+
+    def swallowing_then_looping():
+        while len(swallowed) < 3:  # as a decode through cffi callbacks would, three times
+            try:
+                time.sleep(0.01)
+            except TimeLimitExceeded:
+                swallowed.append(time.monotonic())
+        while True:
+            pass
+
+    started = time.monotonic()
+    with pytest.raises(TimeLimitExceeded):
+        limit.call(swallowing_then_looping)
+    assert len(swallowed) == 3 and time.monotonic() - started < 5 and limit.exceeded == 1
+
+    def swallowing_everything():  # and returns as if nothing happened: the result is not trusted
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            try:
+                time.sleep(0.01)
+            except TimeLimitExceeded:
+                pass
+        return "a result from a decode cut short"
+
+    with pytest.raises(TimeLimitExceeded):
+        limit.call(swallowing_everything)
+    assert limit.exceeded == 2
+    assert limit.call(lambda: "quick") == "quick"
+    limit.close()
+
+
+def test_the_time_limit_survives_an_interruption_landing_in_its_own_finally():
+    """An interruption that lands as :meth:`TimeLimit.call` cleans up (before it takes its lock) leaves no stale
+    entry: nothing lands in the thread after the call, and the next request is limited again."""
+    limit = TimeLimit(0.1, poll_s=0.05)
+    real_lock, me = limit._lock, threading.get_ident()
+
+    class LandsInTheFinally:
+        armed = False
+
+        def __enter__(self):
+            if self.armed and threading.get_ident() == me:
+                self.armed = False
+                raise TimeLimitExceeded()  # where the watchdog's exception could land
+            return real_lock.__enter__()
+
+        def __exit__(self, *exc):
+            return real_lock.__exit__(*exc)
+
+    lock = limit._lock = LandsInTheFinally()
+
+    def arm():
+        lock.armed = True
+        return "done"
+
+    with pytest.raises(TimeLimitExceeded):
+        limit.call(arm)
+    assert not lock.armed  # it landed there, so the call could not clean up after itself
+    for _ in range(40):  # 0.4 s of Python code in this thread, past the deadline: nothing may land here
+        time.sleep(0.01)
+    assert not limit._running, "the watchdog forgets a call that has ended"
+
+    def endless():
+        while True:
+            pass
+
+    started = time.monotonic()
+    with pytest.raises(TimeLimitExceeded):
+        limit.call(endless)
+    assert time.monotonic() - started < 5
     limit.close()
 
 

@@ -14,21 +14,32 @@ from serq.client.wire import (
     new_request,
     outcome,
     properties,
+    request_headers,
     subscription_keys,
 )
 from serq.schemas import ErrorInfo, ErrorReply
+from serq.schemas.contract import PRIVATE_HEADER
 from serq.transport.nodes import node_urls, redacted_nodes
 
 
 def test_properties_carry_reply_address_id_type_headers_and_the_deadline():
     request = new_request(b"RIFF", "a.wav", "audio/wav", 10.0, headers={"x-serq-profile": "{}"}, type="enroll")
     props = properties(request, now=request.deadline - 2.5)
-    assert props == {"reply_to": DIRECT_REPLY_TO, "correlation_id": request.id, "content_type": "audio/wav",
+    assert props == {"reply_to": DIRECT_REPLY_TO, "correlation_id": request.id, "message_id": request.id,
+                     "content_type": "audio/wav",
                      "headers": {"filename": "a.wav", "x-serq-profile": "{}"}, "type": "enroll",
                      "expiration_ms": 2500}
     bare = new_request(b"x", None, "application/octet-stream", 1.0)
     assert properties(bare, now=time.monotonic() + 60)["expiration_ms"] == 1  # past its deadline: expires at once
     assert properties(bare)["headers"] is None and properties(bare)["type"] is None
+
+
+def test_request_headers_add_the_private_flag_for_both_clients():
+    assert request_headers(None) is None and request_headers({"x-serq-profile": "{}"}) == {"x-serq-profile": "{}"}
+    assert request_headers(None, private=True) == {PRIVATE_HEADER: True}
+    mine = {"x-serq-profile": "{}"}
+    assert request_headers(mine, private=True) == {"x-serq-profile": "{}", PRIVATE_HEADER: True}
+    assert mine == {"x-serq-profile": "{}"}  # the caller's dict is left alone
 
 
 def test_a_reply_is_taken_once_and_unknown_or_duplicate_ones_are_dropped():

@@ -1,24 +1,29 @@
 """Least-privilege RabbitMQ accounts: the definitions (users, vhost, permissions) a broker imports.
 
 Four accounts, each allowed only what its role needs (``<p>`` = ``SERQ_PREFIX``; RabbitMQ
-permissions are three regexes per user and vhost, over queue *and* exchange names):
+permissions are three regexes per user and vhost, over queue *and* exchange names; *configure*
+is the right to create **and delete** a name):
 
 ===============  =====================================================================
 account          may
 ===============  =====================================================================
-serq-client      declare and publish requests (classify, train), read its replies
-                 (direct reply-to) and follow ``<p>.results`` / ``<p>.events``
-serq-worker      consume ``<p>.classify``, publish replies and ``<p>.results``, read
-                 ``<p>.models``
+serq-client      publish requests (classify, train) through the default exchange, read
+                 its replies (direct reply-to) and follow ``<p>.results`` /
+                 ``<p>.events`` from queues of its own; it configures only its own
+                 server-named queues, so it can neither create nor delete a shared name
+serq-worker      declare and consume ``<p>.classify`` (+ ``<p>.dead``), publish replies
+                 and ``<p>.results``, listen on ``<p>.models`` (not create or delete it)
 serq-trainer     consume ``<p>.train``, publish ``<p>.events`` and ``<p>.models``
 serq-operator    everything (``serq models activate``, the management UI)
 serq-keda        (optional) read queue depths over the management API, nothing else:
                  KEDA's RabbitMQ scaler (deploy/kubernetes/40-keda.yaml)
 ===============  =====================================================================
 
-Only the trainer and the operator may publish to ``<p>.models``. Passwords never live
-in a file of the repository: :func:`definitions` hashes the ones it is given (from the
-environment at deploy time) the way RabbitMQ does (salted SHA-256). See docs/deploy.md.
+Only the trainer and the operator may publish to ``<p>.models``. The definitions also hold the
+deployment's exchanges (``topology.EXCHANGES``), so they exist from the broker's boot for the
+accounts that may only find them. Passwords never live in a file of the repository:
+:func:`definitions` hashes the ones it is given (from the environment at deploy time) the way
+RabbitMQ does (salted SHA-256). See docs/deploy.md.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ import base64
 import hashlib
 import os
 import re
+
+from serq.transport.topology import EXCHANGES
 
 #: Account name -> the environment variable its password comes from at deploy time.
 ACCOUNTS = {
@@ -63,15 +70,15 @@ def permissions(prefix: str) -> dict[str, dict[str, str]]:
             "write": _names(prefix, "train", "dead", "events", "models", extra=("amq\\.default", _SERVER_NAMED)),
             "read": _names(prefix, "train", "dead", extra=(_SERVER_NAMED,)),
         },
-        "serq-worker": {
-            "configure": _names(prefix, "classify", "dead", "results", "models", extra=(_SERVER_NAMED,)),
+        "serq-worker": {  # <p>.models is found, never declared: configure on it would let a worker delete it
+            "configure": _names(prefix, "classify", "dead", "results", extra=(_SERVER_NAMED,)),
             "write": _names(prefix, "classify", "dead", "results", extra=("amq\\.default", _SERVER_NAMED)),
             "read": _names(prefix, "classify", "dead", "models", extra=(_SERVER_NAMED,)),
         },
-        "serq-client": {
-            "configure": _names(prefix, "classify", "dead", "results", "train", "events", extra=(_SERVER_NAMED,)),
-            "write": _names(prefix, "classify", "dead", "train", extra=("amq\\.default", _SERVER_NAMED)),
-            "read": _names(prefix, "dead", "results", "events", extra=(_SERVER_NAMED,)),
+        "serq-client": {  # shared names only found (passive declares need no permission) and published to
+            "configure": _names(prefix, extra=(_SERVER_NAMED,)),
+            "write": _names(prefix, extra=("amq\\.default", _SERVER_NAMED)),
+            "read": _names(prefix, "results", "events", extra=(_SERVER_NAMED,)),
         },
     }
 
@@ -92,7 +99,9 @@ def definitions(prefix: str, passwords: dict[str, str], vhost: str = "/") -> dic
     users = [{"name": name, "password_hash": password_hash(passwords[name]),
               "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": tags.get(name, [])} for name in names]
     perms = [{"user": name, "vhost": vhost, **rules} for name, rules in permissions(prefix).items() if name in names]
-    return {"users": users, "vhosts": [{"name": vhost}], "permissions": perms}
+    exchanges = [{"name": f"{prefix}.{suffix}", "vhost": vhost, "type": kind, "durable": True, "auto_delete": False,
+                  "internal": False, "arguments": {}} for suffix, kind in EXCHANGES.items()]
+    return {"users": users, "vhosts": [{"name": vhost}], "permissions": perms, "exchanges": exchanges}
 
 
 def passwords_from_env(env=os.environ) -> dict[str, str]:

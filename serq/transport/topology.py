@@ -28,7 +28,11 @@ from typing import TYPE_CHECKING
 
 import pika.exceptions
 
+from serq.errors import NotDeclared
+
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from pika.adapters.blocking_connection import BlockingChannel
 
     from serq.settings import Settings
@@ -75,6 +79,76 @@ def consumer_count(connection, queue: str) -> int:
     finally:
         if channel.is_open:
             channel.close()
+
+
+#: The exchanges of a deployment and their kinds. `serq broker definitions` creates them at the
+#: broker's boot, so least-privilege accounts find them without the right to create (or delete) them.
+EXCHANGES = {"dead": "fanout", "results": "topic", "events": "topic", "models": "fanout"}
+
+#: Who declares each shared name in a running deployment: a client (or a worker, for ``<p>.models``)
+#: that finds it missing says who has not started (codes ``no_worker``, ``no_trainer``).
+OWNERS = {"classify": "worker", "results": "worker", "dead": "worker", "train": "trainer", "events": "trainer",
+          "models": "trainer"}
+
+
+def missing(settings: "Settings", suffix: str, where: str = "") -> NotDeclared:
+    """The typed error of a shared queue or exchange that does not exist (nobody who declares it has started)."""
+    owner = OWNERS[suffix]
+    on = f" on {where}" if where else ""
+    return NotDeclared(f"{settings.name(suffix)} does not exist{on}: no {owner} (`serq {owner}`) has started for "
+                       f"SERQ_PREFIX={settings.prefix!r} yet (or it was deleted); start one first (an account that "
+                       f"may not create it only uses what the workers and the trainer declare: docs/deploy.md)",
+                       code=f"no_{owner}")
+
+
+def attempt(connection, declare: "Callable[[BlockingChannel], object]", *, refused: tuple[int, ...]) -> bool:
+    """``declare(channel)`` on a channel of its own (a refusal closes the channel, never the caller's):
+    ``True``, or ``False`` when the broker refuses with one of the ``refused`` codes (404: absent,
+    403: not this account's to create)."""
+    channel = connection.channel()
+    try:
+        declare(channel)
+        return True
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code not in refused:
+            raise
+        return False
+    finally:
+        if channel.is_open:
+            channel.close()
+
+
+def ensure_exchange(connection, settings: "Settings", suffix: str) -> str:
+    """The shared exchange ``<p>.<suffix>``: found by a passive declare (which needs no permission),
+    else declared if this account may create it (a development broker's single account); a
+    least-privilege account gets :class:`NotDeclared`. Returns the exchange's name."""
+    name, kind = settings.name(suffix), EXCHANGES[suffix]
+    for passive in (True, False):
+        if attempt(connection, lambda ch, p=passive: ch.exchange_declare(name, exchange_type=kind, durable=True,
+                                                                          passive=p), refused=(403, 404)):
+            return name
+    raise missing(settings, suffix)
+
+
+async def ensure_exchange_async(connection, settings: "Settings", suffix: str):
+    """:func:`ensure_exchange` on an aio-pika connection; returns the exchange."""
+    import aiormq.exceptions
+
+    name = settings.name(suffix)
+    for passive in (True, False):
+        channel = await connection.channel()
+        try:
+            exchange = await channel.declare_exchange(name, EXCHANGES[suffix], durable=True, passive=passive)
+            return exchange
+        except (aiormq.exceptions.ChannelNotFoundEntity, aiormq.exceptions.ChannelAccessRefused):
+            if not channel.is_closed:
+                await channel.close()
+    raise missing(settings, suffix)
+
+
+def queue_exists(connection, queue: str) -> bool:
+    """Whether ``queue`` exists (a passive declare, which needs no permission)."""
+    return attempt(connection, lambda ch: ch.queue_declare(queue, passive=True), refused=(404,))
 
 
 def dead_queue_arguments() -> dict:

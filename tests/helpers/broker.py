@@ -19,7 +19,7 @@ import pytest
 from serq.schemas import ErrorInfo, ErrorReply, TrainProgress, TrainResult, type_name
 from serq.settings import Settings
 from serq.transport.topology import consumer_count as topology_consumer_count
-from serq.transport.topology import declare_models, declare_train
+from serq.transport.topology import declare_classify, declare_models, declare_train
 
 
 def free_port(consecutive: int = 1) -> int:
@@ -198,6 +198,8 @@ class EchoWorker:
     def _run(self) -> None:
         conn = pika.BlockingConnection(pika.URLParameters(self.url))
         ch = conn.channel()
+        # declared as a worker declares it (clients never do)
+        declare_classify(ch, Settings(amqp_url=self.url, prefix=self.queue.rsplit(".", 1)[0]))
         ch.basic_consume(self.queue, self._on_request)
         self._ready.set()
         while not self._stop.is_set():

@@ -59,17 +59,17 @@ def with_total_samples(flac: bytes, total: int) -> bytes:
     return bytes(data)
 
 
-def ten_minute_flac(unknown_length: bool = False) -> bytes:
+def ten_minute_flac(unknown_length: bool = False, *, rate: int = 16_000, channels: int = 1) -> bytes:
     """600 s of near-silence with a tone burst every 10 s, as a small FLAC (a few hundred KB).
 
     ``unknown_length``: the header says the length is unknown, so only reading can tell.
+    ``rate``, ``channels``: 48 kHz stereo makes it decode-heavy (about 0.75 s on one core) at 620 kB.
     """
-    rate = 16_000
-    x = np.zeros(600 * rate, dtype=np.float32)
+    x = np.zeros((600 * rate, channels), dtype=np.float32)
     burst = tone(0.5, rate)
     for start in range(0, 600 * rate, 10 * rate):
-        x[start:start + len(burst)] = burst
-    data = encode(x, rate, "FLAC")
+        x[start:start + len(burst)] = burst[:, None]
+    data = encode(x if channels > 1 else x[:, 0], rate, "FLAC")
     return with_total_samples(data, 0) if unknown_length else data
 
 

@@ -16,7 +16,7 @@ import pika
 import pytest
 
 from .conftest import health, record
-from .payloads import encode, tone, with_total_samples
+from .payloads import encode, ten_minute_flac, tone, with_total_samples
 from helpers.broker import Rpc, free_port
 
 pytestmark = pytest.mark.broker
@@ -117,8 +117,7 @@ def test_a_request_past_the_time_limit_is_interrupted_answered_and_shown_by_heal
     port, n = free_port(), 3
     # A 15-minute WAV (allowed by a raised SERQ_MAX_SECONDS): decoded in a fraction of a second, then seconds of
     # feature work, past the 0.75 s limit on any machine; the watchdog looks every 0.25 s, so it fires during the
-    # features. (Not a FLAC: its decoding calls back into Python through soundfile's cffi callbacks, which swallow
-    # an exception landing there, and the request then runs to its end: a bug of the time limit, reported.)
+    # features. (A FLAC, decoded through soundfile's cffi callbacks, is the next test's case.)
     proc = start_worker({"SERQ_TIME_LIMIT_S": "0.75", "SERQ_MAX_SECONDS": "1000", "SERQ_PREFETCH": str(n),
                          "SERQ_METRICS_PORT": str(port)})
     assert health(port)[0] == 200
@@ -134,3 +133,33 @@ def test_a_request_past_the_time_limit_is_interrupted_answered_and_shown_by_heal
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     assert f"serq_time_limit_exceeded_total {float(n)}" in text
     assert proc.poll() is None
+
+
+def test_a_request_past_the_time_limit_while_decoding_a_flac_is_interrupted(start_worker, amqp_url, prefix):
+    """The time limit holds while soundfile decodes: it decodes bytes through cffi callbacks into Python, and an
+    interruption landing in one is swallowed ("Exception ignored from cffi callback"). The watchdog used to fire
+    once, so such a request ran to its end and came back as a normal result (a 10-minute FLAC under
+    SERQ_TIME_LIMIT_S=0.05: a result after 4.9 s). Now it fires at every poll while a request is past its
+    deadline, and a request it fired at is answered ``time_limit`` whatever swallowed the interruption."""
+    port, n = free_port(), 3
+    proc = start_worker({"SERQ_TIME_LIMIT_S": "0.05", "SERQ_MAX_SECONDS": "1000", "SERQ_PREFETCH": "1",
+                         "SERQ_METRICS_PORT": str(port)})
+    # 620 kB that take about 0.75 s to decode (48 kHz stereo): the watchdog polls every 0.25 s, so its first fire
+    # (0.05 to 0.3 s in) lands during the decode, inside soundfile's callbacks
+    clip = ten_minute_flac(rate=48_000, channels=2)
+    rpc = Rpc(amqp_url, f"{prefix}.classify")
+    codes, took = [], []
+    for i in range(n):
+        started = time.monotonic()
+        _, reply = rpc.call(clip, content_type="audio/flac", timeout=120)
+        took.append(time.monotonic() - started)
+        codes.append(reply.get("error", {}).get("code", "result"))
+    rpc.conn.close()
+    swallowed = proc.log_path.read_text().count("Exception ignored from cffi callback")
+    record(f"{n} ten-minute FLACs past SERQ_TIME_LIMIT_S=0.05 (interrupted while decoding)", n, codes,
+           "pytest tests/reliability/test_limits.py -k flac", seconds=[round(t, 1) for t in took],
+           swallowed_in_cffi=swallowed)
+    assert codes == ["time_limit"] * n, (codes, took)
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert f"serq_time_limit_exceeded_total {float(n)}" in text
+    assert health(port)[0] == 200 and proc.poll() is None

@@ -85,11 +85,19 @@ class Metrics:
         return (200 if status == "ok" else 503), body
 
 
-def serve(metrics: Metrics, port: int, host: str = "0.0.0.0") -> ThreadingHTTPServer | None:
+#: What a taken port's warning tells each service to do (the setting it names is that service's own).
+_PORT_ADVICE = {
+    "worker": "give each worker its own SERQ_METRICS_PORT, or run one `serq worker --processes N`, which numbers "
+              "the ports from SERQ_METRICS_PORT up",
+    "trainer": "give each trainer its own SERQ_TRAINER_METRICS_PORT",
+}
+
+
+def serve(metrics: Metrics, port: int, host: str = "0.0.0.0", *, service: str = "worker") -> ThreadingHTTPServer | None:
     """Serve ``/metrics`` and ``/healthz`` on a daemon thread; ``server.shutdown()`` stops it.
 
     A port already taken (a second ``serq worker`` on one host) is no reason to stop serving
-    requests: one warning that says what to do, and ``None``.
+    requests: one warning that says what to do (with ``service``'s own setting), and ``None``.
     """
 
     class Handler(BaseHTTPRequestHandler):
@@ -115,9 +123,8 @@ def serve(metrics: Metrics, port: int, host: str = "0.0.0.0") -> ThreadingHTTPSe
     except OSError as exc:
         if exc.errno != errno.EADDRINUSE:
             raise
-        logger.warning("metrics port %d is taken (another serq worker on this host?): serving requests without "
-                       "/metrics and /healthz; give each worker its own SERQ_METRICS_PORT, or run one "
-                       "`serq worker --processes N`, which numbers the ports from SERQ_METRICS_PORT up", port)
+        logger.warning("metrics port %d is taken (another serq %s on this host?): serving requests without "
+                       "/metrics and /healthz; %s", port, service, _PORT_ADVICE[service])
         return None
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="serq-metrics", daemon=True).start()

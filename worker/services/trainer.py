@@ -182,7 +182,7 @@ class Trainer:
             log(logger, "no SERQ_SIGNING_KEY: models are registered and announced unsigned, and workers refuse them",
                 level=logging.WARNING)
         port = self.settings.trainer_metrics_port
-        server = serve(self.metrics, port) if port else None
+        server = serve(self.metrics, port, service="trainer") if port else None
         try:
             serve_forever(self.settings, self.name, self._session, stop=self._stop, on_lost=self._on_lost)
         finally:

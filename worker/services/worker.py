@@ -53,7 +53,7 @@ import soundfile as sf
 from pydantic import ValidationError
 from threadpoolctl import threadpool_limits
 
-from serq.errors import ModelError, SerqError, TimeLimitExceeded
+from serq.errors import ModelError, NotDeclared, SerqError, TimeLimitExceeded
 from serq.models.registry import (
     MAX_METADATA_BYTES,
     Registry,
@@ -69,7 +69,7 @@ from serq.settings import Settings
 from serq.transport.connection import serve_forever
 from serq.transport.consumer import Consumer, Delivery
 from serq.transport.middleware import PrivacyFilter, RequestCheck, ResultsFanout, SizeLimit
-from serq.transport.topology import declare_classify, declare_models
+from serq.transport.topology import declare_classify, ensure_exchange
 from serq.worker.engine.inference import classify
 from serq.worker.engine.model import LoadedModel
 from serq.worker.engine.sealing import warn_if_unshared
@@ -288,19 +288,40 @@ class Worker:
             self._loader.submit(self._sync_registry)
         self._sessions += 1
         queue = self.consumer.attach(conn)
-        exchange = declare_models(self.consumer.channel, self.settings)
-        events = conn.channel()
-        mine = events.queue_declare("", exclusive=True, auto_delete=True).method.queue
-        events.queue_bind(mine, exchange)
-        events.basic_consume(mine, self._on_model_event, auto_ack=True)
+        exchange = self._follow_models(conn)
         self.metrics.set_connected(True)
         ready()
-        log(logger, "consuming", queue=queue, models=exchange)
+        log(logger, "consuming", queue=queue, models=exchange or "not yet declared")
         try:
             self.consumer.serve(self._stopping.is_set)  # once stopping: finish and ack what is in flight
         finally:
             self.metrics.set_connected(False)
         self.consumer.detach()
+
+    def _follow_models(self, conn, retry_s: float = 10.0) -> str | None:
+        """Bind an exclusive queue of this worker to ``<p>.models`` (announcements); returns its name.
+
+        The exchange is the trainer's (and the operator's): a worker only finds it (its account may not
+        create or delete it; the broker's definitions create it at boot). Missing, it is looked for again
+        every ``retry_s`` on this connection, and once found the registry is read for what was missed.
+        """
+        try:
+            exchange = ensure_exchange(conn, self.settings, "models")
+        except NotDeclared as exc:
+            log(logger, "not following model announcements yet", level=logging.WARNING, reason=str(exc),
+                retry_s=retry_s)
+            conn.call_later(retry_s, lambda: self._follow_models_late(conn, retry_s))
+            return None
+        events = conn.channel()
+        mine = events.queue_declare("", exclusive=True, auto_delete=True).method.queue
+        events.queue_bind(mine, exchange)
+        events.basic_consume(mine, self._on_model_event, auto_ack=True)
+        return exchange
+
+    def _follow_models_late(self, conn, retry_s: float) -> None:
+        if conn.is_open and not self._stopping.is_set() and self._follow_models(conn, retry_s):
+            log(logger, "following model announcements", models=self.settings.name("models"))
+            self._loader.submit(self._sync_registry)
 
     # --- requests ----------------------------------------------------------------------------
 
@@ -313,12 +334,13 @@ class Worker:
 
         Whatever happens here, exactly one reply goes back, so no delivery stays in flight.
         """
-        reply = None
         try:
-            with self.time_limit.running():
-                reply = self._handle(delivery)
-        except TimeLimitExceeded as exc:  # landed outside the handler's own except (as it returned)
-            reply = reply or self._error(delivery, exc.to_dict())
+            reply = self.time_limit.call(self._handle, delivery)
+        except TimeLimitExceeded as exc:
+            self.metrics.time_limited.inc()
+            log(logger, "time limit exceeded", level=logging.ERROR, request_id=delivery.request_id,
+                limit_s=self.settings.time_limit_s)
+            reply = self._error(delivery, exc.to_dict())
         except BaseException as exc:  # noqa: BLE001 - a bug: answer it, never leave the delivery in flight
             log(logger, "internal error", level=logging.ERROR, exc_info=exc, request_id=delivery.request_id)
             reply = self._error(delivery, {"code": "internal", "message": f"internal error ({exc.__class__.__name__})"})
@@ -337,11 +359,8 @@ class Worker:
                           request_id=delivery.request_id, fields=delivery.fields, headers=dict(delivery.headers),
                           speaker_model=self.speaker_model)
             return handler(delivery.body, delivery.props, ctx)
-        except TimeLimitExceeded as exc:
-            self.metrics.time_limited.inc()
-            log(logger, "time limit exceeded", level=logging.ERROR, request_id=delivery.request_id,
-                limit_s=self.settings.time_limit_s)
-            return self._error(delivery, exc.to_dict())
+        except TimeLimitExceeded:
+            raise  # answered by _work, outside the time limit's reach
         except SerqError as exc:
             return self._error(delivery, exc.to_dict())
         except Exception as exc:  # a bug: answer, log the traceback, keep serving

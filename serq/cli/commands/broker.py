@@ -1,4 +1,4 @@
-"""`serq broker definitions`: RabbitMQ users, vhost and permissions of a least-privilege deployment."""
+"""`serq broker definitions`: RabbitMQ users, vhost, permissions and exchanges of a least-privilege deployment."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ def register(sub) -> None:
     bsub = p.add_subparsers(dest="broker_command", metavar="ACTION", required=True)
     d = bsub.add_parser("definitions", help="print (or write) the definitions file the broker imports",
                         description="Users serq-operator, serq-trainer, serq-worker and serq-client with the "
-                                    "permissions of docs/deploy.md, for SERQ_PREFIX. Passwords come from "
+                                    "permissions of docs/deploy.md, and the exchanges (<p>.dead, .results, .events, "
+                                    ".models) the broker creates at boot, for SERQ_PREFIX. Passwords come from "
                                     "BROKER_OPERATOR_PASSWORD, BROKER_TRAINER_PASSWORD, BROKER_WORKER_PASSWORD and "
                                     "BROKER_CLIENT_PASSWORD (and, for an autoscaler's monitoring account "
                                     "serq-keda, BROKER_KEDA_PASSWORD) and are written only as salted hashes.")

@@ -35,12 +35,14 @@ class NoTrainer(SerqError):
 
 def run_remote(request, args: argparse.Namespace, settings) -> int:
     """Publish ``request``; with ``args.wait`` follow it to its result. Returns the exit code."""
+    from functools import partial
+
     import pika
 
     from serq.cli.output import print_json, show_train_result
     from serq.schemas.contract import type_name
     from serq.transport.connection import close_quietly, connect
-    from serq.transport.topology import consumer_count, declare_train
+    from serq.transport.topology import attempt, consumer_count, declare_train, missing, queue_exists
 
     if not args.data:  # the client's default corpus, by absolute path (same path on the trainer's side)
         request = request.model_copy(update={"dataset": str(settings.ravdess_dir.expanduser().resolve())})
@@ -49,7 +51,11 @@ def run_remote(request, args: argparse.Namespace, settings) -> int:
     try:
         channel = conn.channel()
         channel.confirm_delivery()
-        queue = declare_train(channel, settings)  # a job sent before any trainer starts waits, never vanishes
+        queue = settings.name("train")  # the trainer's to declare: a client account only publishes to it
+        # a development broker's one account may declare it, so the job waits for a trainer that starts later
+        if not queue_exists(conn, queue) and not attempt(conn, partial(declare_train, settings=settings),
+                                                         refused=(403,)):
+            raise missing(settings, "train", settings.redacted_amqp_url)  # no trainer has ever started: no_trainer
         trainers = consumer_count(conn, queue)
         if args.wait and trainers == 0:
             raise NoTrainer(f"no trainer is running for prefix {settings.prefix!r} (nobody consumes {queue}); "
