@@ -14,7 +14,7 @@ from helpers.forgeries import profile_json
 
 from serq.errors import InvalidRequest, SerqError
 from serq.schemas import SpeakerProfile
-from serq.schemas.profiles import MAX_PROFILE_CLIPS, MAX_PROFILE_STATISTIC
+from serq.schemas.profiles import MAX_PROFILE_CLIPS, MAX_PROFILE_LEVEL_DB, MAX_PROFILE_STATISTIC, MIN_PROFILE_LEVEL_DB
 from serq.settings import Settings
 from serq.worker.engine import profiles
 from serq.worker.engine.features import FEATURE_NAMES, FEATURE_VERSION
@@ -61,7 +61,9 @@ def test_a_profile_at_the_bounds_is_served(models, clip):
     edge = [MAX_PROFILE_STATISTIC] * N
     for text in (profile_json(count=MAX_PROFILE_CLIPS, mean=edge, m2=edge),
                  profile_json(count=MAX_PROFILE_CLIPS, mean=[-v for v in edge], m2=[0.0] * N),
-                 profile_json(count=4, mean=[0.0] * N, m2=[0.0] * N)):
+                 profile_json(count=4, mean=[0.0] * N, m2=[0.0] * N),
+                 profile_json(count=4, mean=[0.0] * N, m2=[0.0] * N, level_db=MAX_PROFILE_LEVEL_DB),
+                 profile_json(count=4, mean=[0.0] * N, m2=[0.0] * N, level_db=MIN_PROFILE_LEVEL_DB)):
         result = classify(models, clip, text)
         assert not isinstance(result, Exception), result
         assert result.profile_status == "used" and 0 <= result.confidence <= 1

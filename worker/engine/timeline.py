@@ -101,7 +101,7 @@ def window_probabilities(samples: np.ndarray, model: "LoadedModel",
     to that speaker (see :func:`choose_model`). A window without speech energy (the
     engine's ``silent``) gets uniform probabilities.
     """
-    from serq.worker.engine.features import analyse, feature_vector
+    from serq.worker.engine.features import analyse, feature_vector, speech_level
     from serq.worker.engine.inference import probabilities
     from serq.worker.engine.profiles import model_input
 
@@ -111,7 +111,7 @@ def window_probabilities(samples: np.ndarray, model: "LoadedModel",
         return np.full(n, 1.0 / n)
     vector = feature_vector(analysis)
     if profile is not None:
-        vector = model_input(vector, profile, model.meta.speaker_prior)
+        vector = model_input(vector, profile, model.meta.speaker_prior, speech_level(analysis))
     return probabilities(model, vector)[0].astype(np.float64)
 
 

@@ -17,7 +17,7 @@ import hashlib
 import os
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -29,7 +29,7 @@ from serq.errors import AudioError
 from serq.labels import in_canonical_order
 from serq.schemas import Hyperparameters
 from serq.worker.engine.audio import ANALYSIS_RATE, decode
-from serq.worker.engine.features import FEATURE_NAMES, FEATURE_VERSION, extract
+from serq.worker.engine.features import FEATURE_NAMES, FEATURE_VERSION, extract, waveform_speech_level
 from serq.worker.training.datasets import Clip, Dataset, read_clip
 
 #: Largest training file read when the caller names no limit (``SERQ_TRAIN_MAX_FILE_BYTES``'s default).
@@ -226,6 +226,51 @@ def extract_clips(
     return matrix, ok, errors
 
 
+def _level_one(path: Path, max_seconds: float | None, perturbation: Perturbation | None,
+               max_bytes: int) -> tuple[str | None, float]:
+    """``(content sha256, speech level in dB)``; NaN for a silent or unusable file."""
+    try:
+        data = read_clip(path, max_bytes)
+        digest = hashlib.sha256(data).hexdigest()
+        audio = decode(data, max_bytes=max(len(data), 1), max_seconds=max_seconds)
+    except AudioError:
+        return None, float("nan")
+    samples = audio.samples if perturbation is None else perturbation.apply(audio.samples, digest)
+    level = waveform_speech_level(samples)
+    return digest, float("nan") if level is None else level
+
+
+def extract_levels(clips: Sequence[Clip], cache_dir: str | Path | None, *, perturbation: Perturbation | None = None,
+                   n_jobs: int = -1, max_seconds: float | None = 60.0, max_bytes: int = DEFAULT_MAX_BYTES
+                   ) -> np.ndarray:
+    """Each clip's speech level in dB (:func:`serq.worker.engine.features.speech_level`), after
+    ``perturbation`` when given: shape ``(len(clips),)``, NaN for a silent or unreadable clip.
+
+    Only the speaker-profile path reads it (relative to the speaker's level); cached beside the
+    feature vectors under ``<version>[-<perturbation>]-level``.
+    """
+    version = FEATURE_VERSION if perturbation is None else f"{FEATURE_VERSION}-{perturbation.key}"
+    cache = FeatureCache(cache_dir, version=f"{version}-level", width=1) if cache_dir else None
+    out = np.full(len(clips), np.nan)
+    todo = []
+    for i, clip in enumerate(clips):
+        digest = file_digest(clip.path, max_bytes) if cache else None
+        hit = cache.get(digest) if digest else None
+        if hit is not None:
+            out[i] = float(hit[0])
+        else:
+            todo.append(i)
+    if todo:
+        jobs = 1 if len(todo) < 16 else n_jobs
+        results = Parallel(n_jobs=jobs, return_as="generator", batch_size=16)(
+            delayed(_level_one)(clips[i].path, max_seconds, perturbation, max_bytes) for i in todo)
+        for i, (digest, level) in zip(todo, results):
+            out[i] = level
+            if cache and digest:
+                cache.put(digest, np.array([level]))
+    return out
+
+
 def extract_training_set(
     clips: Sequence[Clip],
     cache_dir: str | Path | None,
@@ -276,6 +321,9 @@ class TrainingSet:
     clips: list[Clip]
     augmented: dict[str, np.ndarray]
     skipped: dict[str, int]
+    #: Speech level per row in dB (NaN: silent), and per copy: only when asked for (the speaker path reads it).
+    levels: np.ndarray | None = None
+    augmented_levels: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def labels(self) -> list[str]:
@@ -285,6 +333,12 @@ class TrainingSet:
     def copies(self, hp: Hyperparameters) -> list[np.ndarray]:
         """The perturbed copies recipe ``hp`` trains on (speed, then channel copies), those that were extracted."""
         return [self.augmented[k] for k in recipe_keys(hp) if k in self.augmented]
+
+    def copy_levels(self, hp: Hyperparameters) -> list[np.ndarray] | None:
+        """The speech levels of :meth:`copies` (same order), or ``None`` when levels were not extracted."""
+        if self.levels is None:
+            return None
+        return [self.augmented_levels[k] for k in recipe_keys(hp) if k in self.augmented]
 
 
 def training_set(
@@ -296,8 +350,10 @@ def training_set(
     max_seconds: float | None = 60.0,
     progress: Progress | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    levels: bool = False,
 ) -> TrainingSet:
-    """Extract (cached) ``dataset`` and the perturbed copies the ``recipes`` train on into a :class:`TrainingSet`."""
+    """Extract (cached) ``dataset`` and the perturbed copies the ``recipes`` train on into a :class:`TrainingSet`
+    (``levels``: also every clip's and copy's speech level, for the speaker-profile path)."""
     perturbations = perturbations_for(*recipes, cache_dir=cache_dir)
     X, ok, errors, copies = extract_training_set(dataset.clips, cache_dir, perturbations, n_jobs=n_jobs,
                                                  max_seconds=max_seconds, progress=progress, max_bytes=max_bytes)
@@ -306,8 +362,14 @@ def training_set(
     for reason in errors.values():  # by code: "unreadable audio (too_large)", "... (too_long)", "... (bad_audio)"
         key = f"unreadable audio ({reason.split(':', 1)[0]})"
         skipped[key] = skipped.get(key, 0) + 1
+    level, copy_levels = None, {}
+    if levels:
+        kw = {"n_jobs": n_jobs, "max_seconds": max_seconds, "max_bytes": max_bytes}
+        level = extract_levels(clips, cache_dir, **kw)
+        copy_levels = {p.key: extract_levels(clips, cache_dir, perturbation=p, **kw) for p in perturbations}
     return TrainingSet(X=X, y=np.array([c.label for c in clips]), groups=np.array([c.speaker for c in clips]),
-                       clips=clips, augmented={p.key: A for p, A in zip(perturbations, copies)}, skipped=skipped)
+                       clips=clips, augmented={p.key: A for p, A in zip(perturbations, copies)}, skipped=skipped,
+                       levels=level, augmented_levels=copy_levels)
 
 
 _digest_memo: dict[tuple[str, int, int], str] = {}

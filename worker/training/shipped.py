@@ -85,14 +85,17 @@ def build_default_speaker(data: str | Path, out: str | Path | None = None, *, re
     # speaker on one line (the conditions table shows what that costs).
     hp = Hyperparameters(channel_copies=0)
     settings = get_settings()
-    training = training_set(dataset, settings.cache_dir, [hp], progress=progress("extracting"))
-    labels, copies = training.labels, training.copies(hp)
+    training = training_set(dataset, settings.cache_dir, [hp], progress=progress("extracting"),
+                            levels=recipe.relative_level)
+    labels, copies, copy_levels = training.labels, training.copies(hp), training.copy_levels(hp)
     evaluations = evaluate_modes(training.X, training.y, training.groups, hp, labels=labels,
                                  modes=[f"enroll:{recipe.enrol_clips}", "online"], recipe=recipe, k=folds,
-                                 progress=progress("cross-validating"), skipped=training.skipped, augmented=copies)
+                                 progress=progress("cross-validating"), skipped=training.skipped, augmented=copies,
+                                 levels=training.levels, augmented_levels=copy_levels)
     conditions = speaker_conditions_report(training, hp, recipe, labels, settings, k=folds,
                                            progress=progress("conditions"))
-    model, prior = fit_speaker_model(training.X, training.y, training.groups, hp, recipe, copies)
+    model, prior = fit_speaker_model(training.X, training.y, training.groups, hp, recipe, copies,
+                                     training.levels, copy_levels)
     summary = dataset.training_summary(training.clips, "RAVDESS speech (Zenodo record 1188976), 16 kHz FLAC")
     enrol = evaluations[f"enroll:{recipe.enrol_clips}"]
     extra = [CARD_NOTE, "", "## Beside the plain model (same folds, same clips)"]
