@@ -145,6 +145,21 @@ def test_classify_uses_the_profile_or_falls_back_and_says_which(trained, workdir
     louder = classify(clip, plain, settings, profile=quieter, speaker_model=speaker_model)
     assert louder.profile_status == "used" and louder.probabilities != used.probabilities
     assert classify(clip, plain, settings).probabilities == none.probabilities
+    # The speaker enrolled and heard through the same gain: the same answer at any gain (only relative level).
+    import io
+
+    import soundfile as sf
+
+    from serq.worker.engine.audio import decode
+
+    samples = decode(clip).samples
+    for gain_db in (-18.0, 6.0):
+        buf = io.BytesIO()
+        sf.write(buf, samples * np.float32(10 ** (gain_db / 20)), 16000, format="WAV", subtype="FLOAT")
+        shifted = enrolled.model_copy(update={"level_db": enrolled.level_db + gain_db})
+        again = classify(buf.getvalue(), plain, settings, profile=shifted, speaker_model=speaker_model)
+        assert again.label == used.label
+        np.testing.assert_allclose(list(again.probabilities.values()), list(used.probabilities.values()), atol=0.01)
 
     small = profiles.build("caller-9", _vectors(calm[:2]), FEATURE_VERSION)
     fallback = classify(clip, plain, settings, profile=small, speaker_model=speaker_model)

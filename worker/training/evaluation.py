@@ -354,7 +354,7 @@ def evaluate_profiles_on(model: LoadedModel, data: str, settings, mode: str, *, 
     hp = model.meta.hyperparameters
     training = training_set(dataset, settings.cache_dir, [hp], max_seconds=settings.max_seconds,
                             progress=progress_printer("extracting") if progress == "stderr" else None,
-                            levels=recipe.relative_level)
+                            levels=recipe.relative_level, per_speaker_channels=True)
     return evaluate_profiles(training.X, training.y, training.groups, hp, labels=labels, mode=mode, recipe=recipe,
                              k=folds, progress=progress_printer("cross-validating") if progress == "stderr" else None,
                              skipped=training.skipped, augmented=training.copies(hp), levels=training.levels,

@@ -124,6 +124,27 @@ class Channel:
         return channel_copy(samples, digest, self.index, Path(self.rooms))
 
 
+@dataclass(frozen=True)
+class SpeakerChannel:
+    """Channel copy ``index`` of one speaker's clips, all through the same channel
+    (:func:`.augment.speaker_channel_copy`): the speaker-profile path's channel copies."""
+
+    index: int
+    rooms: str
+    speaker: str
+
+    @property
+    def key(self) -> str:
+        from .augment import AUGMENT_VERSION
+
+        return f"{AUGMENT_VERSION}-speaker{self.index}-{hashlib.sha256(self.speaker.encode()).hexdigest()[:12]}"
+
+    def apply(self, samples: np.ndarray, digest: str) -> np.ndarray:
+        from .augment import speaker_channel_copy
+
+        return speaker_channel_copy(samples, self.speaker, self.index, Path(self.rooms))
+
+
 def rooms_folder(cache_dir: str | Path | None) -> Path:
     """Where the training chain's simulated rooms live (built once; under the cache, else the temp dir)."""
 
@@ -351,13 +372,22 @@ def training_set(
     progress: Progress | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
     levels: bool = False,
+    per_speaker_channels: bool = False,
 ) -> TrainingSet:
     """Extract (cached) ``dataset`` and the perturbed copies the ``recipes`` train on into a :class:`TrainingSet`
-    (``levels``: also every clip's and copy's speech level, for the speaker-profile path)."""
+    (``levels``: also every clip's and copy's speech level, for the speaker-profile path;
+    ``per_speaker_channels``: channel copies drawn per speaker, :class:`SpeakerChannel`, the speaker
+    path's, under the same keys as the per-clip ones)."""
     perturbations = perturbations_for(*recipes, cache_dir=cache_dir)
-    X, ok, errors, copies = extract_training_set(dataset.clips, cache_dir, perturbations, n_jobs=n_jobs,
+    channels = [p for p in perturbations if isinstance(p, Channel)] if per_speaker_channels else []
+    per_clip = [p for p in perturbations if p not in channels]
+    X, ok, errors, copies = extract_training_set(dataset.clips, cache_dir, per_clip, n_jobs=n_jobs,
                                                  max_seconds=max_seconds, progress=progress, max_bytes=max_bytes)
     clips = [c for c, good in zip(dataset.clips, ok) if good]
+    for channel in channels:
+        copies.append(_per_speaker(clips, X, channel, cache_dir, n_jobs=n_jobs, max_seconds=max_seconds,
+                                   max_bytes=max_bytes))
+    perturbations = per_clip + channels
     skipped = dict(dataset.skipped)
     for reason in errors.values():  # by code: "unreadable audio (too_large)", "... (too_long)", "... (bad_audio)"
         key = f"unreadable audio ({reason.split(':', 1)[0]})"
@@ -366,10 +396,31 @@ def training_set(
     if levels:
         kw = {"n_jobs": n_jobs, "max_seconds": max_seconds, "max_bytes": max_bytes}
         level = extract_levels(clips, cache_dir, **kw)
-        copy_levels = {p.key: extract_levels(clips, cache_dir, perturbation=p, **kw) for p in perturbations}
+        copy_levels = {p.key: extract_levels(clips, cache_dir, perturbation=p, **kw) for p in per_clip}
+        for channel in channels:
+            copy_levels[channel.key] = _per_speaker(clips, level, channel, cache_dir, levels=True, **kw)
     return TrainingSet(X=X, y=np.array([c.label for c in clips]), groups=np.array([c.speaker for c in clips]),
                        clips=clips, augmented={p.key: A for p, A in zip(perturbations, copies)}, skipped=skipped,
                        levels=level, augmented_levels=copy_levels)
+
+
+def _per_speaker(clips: list[Clip], original: np.ndarray, channel: Channel, cache_dir, *, levels: bool = False,
+                 **kw) -> np.ndarray:
+    """Channel copy ``channel.index`` of ``clips``, each speaker's clips through one channel
+    (:class:`SpeakerChannel`): feature rows, or speech levels with ``levels``; aligned with ``original``,
+    whose row a clip keeps when its copy fails."""
+    out = original.copy()
+    speakers = np.array([c.speaker for c in clips])
+    for speaker in sorted(set(speakers.tolist())):
+        rows = np.flatnonzero(speakers == speaker)
+        mine = [clips[i] for i in rows]
+        perturbation = SpeakerChannel(channel.index, channel.rooms, speaker)
+        if levels:
+            out[rows] = extract_levels(mine, cache_dir, perturbation=perturbation, **kw)
+        else:
+            A, ok, _ = extract_clips(mine, cache_dir, perturbation=perturbation, **kw)
+            out[rows[ok]] = A
+    return out
 
 
 _digest_memo: dict[tuple[str, int, int], str] = {}

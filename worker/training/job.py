@@ -185,7 +185,8 @@ def _run(request: TrainRequest, settings: Settings, report: Report, roots, n_job
     training = training_set(dataset, settings.cache_dir, recipes, n_jobs=n_jobs,
                             max_seconds=settings.train_max_file_seconds, max_bytes=settings.train_max_file_bytes,
                             progress=lambda done, total: report("extracting", done, total),
-                            levels=request.speaker_normalisation and ProfileRecipe().relative_level)
+                            levels=request.speaker_normalisation and ProfileRecipe().relative_level,
+                            per_speaker_channels=request.speaker_normalisation)
     summary = dataset.training_summary(training.clips, name)
     names, weights = sources.rows(training.clips)
     if several:
@@ -230,7 +231,9 @@ def _run_speaker(request: TrainRequest, settings: Settings, report: Report, trai
     Metrics are ``enroll:<enrol_clips>`` figures by speaker-grouped k-fold; the model
     is registered with ``normalisation="speaker"`` and its prior, and activation
     moves the speaker pointer (never the plain model's ACTIVE). A recipe trains on the
-    perturbed copies its ``augment_speeds`` and ``channel_copies`` name.
+    perturbed copies its ``augment_speeds`` and ``channel_copies`` name; the channel copies are
+    drawn per speaker (every clip of a speaker copy on one channel), and every clip's speech
+    level is extracted for the level the model reads relative to the speaker's.
     """
     if request.protocol != "speaker":
         raise DatasetError("a speaker-normalised model is evaluated by speaker only (protocol 'speaker')")

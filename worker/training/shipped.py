@@ -86,7 +86,7 @@ def build_default_speaker(data: str | Path, out: str | Path | None = None, *, re
     hp = Hyperparameters(channel_copies=0)
     settings = get_settings()
     training = training_set(dataset, settings.cache_dir, [hp], progress=progress("extracting"),
-                            levels=recipe.relative_level)
+                            levels=recipe.relative_level, per_speaker_channels=True)
     labels, copies, copy_levels = training.labels, training.copies(hp), training.copy_levels(hp)
     evaluations = evaluate_modes(training.X, training.y, training.groups, hp, labels=labels,
                                  modes=[f"enroll:{recipe.enrol_clips}", "online"], recipe=recipe, k=folds,
