@@ -109,7 +109,7 @@ def test_speaker_channel_copies_put_every_clip_of_a_speaker_copy_on_one_channel(
     """The speaker model's channel copies: one speaker copy, one line. Two different clips of the same
     speaker get the same draws; another speaker or another copy index gets other draws."""
     from serq.worker.training.augment import speaker_channel_copy
-    from serq.worker.training.extraction import SpeakerChannel, rooms_folder
+    from serq.worker.training.extraction import Channel, rooms_folder
 
     rooms = rooms_folder(tmp_path)
     other_clip = np.roll(voice, 4000) * np.float32(0.5)
@@ -125,7 +125,7 @@ def test_speaker_channel_copies_put_every_clip_of_a_speaker_copy_on_one_channel(
             draws[speaker, index] = first
     assert len({repr(d) for d in draws.values()}) == len(draws)  # every speaker copy has a channel of its own
     # Each speaker copy caches apart from the per-clip copies and from every other speaker's.
-    keys = {SpeakerChannel(i, str(rooms), s).key for s in ("ravdess:01", "ravdess:02") for i in range(3)}
+    keys = {Channel(i, str(rooms), s).key for s in ("ravdess:01", "ravdess:02") for i in range(3)}
     assert len(keys) == 6 and not any(k == f"chan-1-{i}" for k in keys for i in range(3))
 
 

@@ -107,41 +107,30 @@ class Speed:
 
 @dataclass(frozen=True)
 class Channel:
-    """Channel-augmented copy ``index`` (:func:`.augment.channel_copy`), rooms simulated into ``rooms``."""
+    """Channel-augmented copy ``index`` (:func:`.augment.channel_copy`), rooms simulated into ``rooms``.
+
+    With ``speaker``, the copy of that speaker's clips, all through one channel
+    (:func:`.augment.speaker_channel_copy`): the speaker-profile path's channel copies,
+    cached apart per speaker copy.
+    """
 
     index: int
     rooms: str
+    speaker: str | None = None
 
     @property
     def key(self) -> str:
         from .augment import AUGMENT_VERSION
 
-        return f"{AUGMENT_VERSION}-{self.index}"
-
-    def apply(self, samples: np.ndarray, digest: str) -> np.ndarray:
-        from .augment import channel_copy
-
-        return channel_copy(samples, digest, self.index, Path(self.rooms))
-
-
-@dataclass(frozen=True)
-class SpeakerChannel:
-    """Channel copy ``index`` of one speaker's clips, all through the same channel
-    (:func:`.augment.speaker_channel_copy`): the speaker-profile path's channel copies."""
-
-    index: int
-    rooms: str
-    speaker: str
-
-    @property
-    def key(self) -> str:
-        from .augment import AUGMENT_VERSION
-
+        if self.speaker is None:
+            return f"{AUGMENT_VERSION}-{self.index}"
         return f"{AUGMENT_VERSION}-speaker{self.index}-{hashlib.sha256(self.speaker.encode()).hexdigest()[:12]}"
 
     def apply(self, samples: np.ndarray, digest: str) -> np.ndarray:
-        from .augment import speaker_channel_copy
+        from .augment import channel_copy, speaker_channel_copy
 
+        if self.speaker is None:
+            return channel_copy(samples, digest, self.index, Path(self.rooms))
         return speaker_channel_copy(samples, self.speaker, self.index, Path(self.rooms))
 
 
@@ -376,7 +365,7 @@ def training_set(
 ) -> TrainingSet:
     """Extract (cached) ``dataset`` and the perturbed copies the ``recipes`` train on into a :class:`TrainingSet`
     (``levels``: also every clip's and copy's speech level, for the speaker-profile path;
-    ``per_speaker_channels``: channel copies drawn per speaker, :class:`SpeakerChannel`, the speaker
+    ``per_speaker_channels``: channel copies drawn per speaker (:class:`Channel` with ``speaker``), the speaker
     path's, under the same keys as the per-clip ones)."""
     perturbations = perturbations_for(*recipes, cache_dir=cache_dir)
     channels = [p for p in perturbations if isinstance(p, Channel)] if per_speaker_channels else []
@@ -407,14 +396,14 @@ def training_set(
 def _per_speaker(clips: list[Clip], original: np.ndarray, channel: Channel, cache_dir, *, levels: bool = False,
                  **kw) -> np.ndarray:
     """Channel copy ``channel.index`` of ``clips``, each speaker's clips through one channel
-    (:class:`SpeakerChannel`): feature rows, or speech levels with ``levels``; aligned with ``original``,
+    (:class:`Channel` with ``speaker``): feature rows, or speech levels with ``levels``; aligned with ``original``,
     whose row a clip keeps when its copy fails."""
     out = original.copy()
     speakers = np.array([c.speaker for c in clips])
     for speaker in sorted(set(speakers.tolist())):
         rows = np.flatnonzero(speakers == speaker)
         mine = [clips[i] for i in rows]
-        perturbation = SpeakerChannel(channel.index, channel.rooms, speaker)
+        perturbation = Channel(channel.index, channel.rooms, speaker)
         if levels:
             out[rows] = extract_levels(mine, cache_dir, perturbation=perturbation, **kw)
         else:
