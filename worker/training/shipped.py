@@ -77,7 +77,9 @@ with its own profile. The channel copies are drawn per speaker: every clip of a 
 through the same channel, as a profile sees one caller on one line (drawn per clip, as the plain model's
 are, they would give a profile a different line for every clip). Beside the level-free features and
 their z-scores, the model reads each clip's speech level minus its speaker's (`level_db` of the profile):
-loudness relative to the speaker, which the volume knob cannot move."""
+loudness relative to the speaker, which the volume knob cannot move. So unlike the plain model's, its
+labels can change under peak normalisation (each clip gets a gain of its own, which moves its level relative
+to the speaker: the conditions table's `peak` row), while a gain applied to enrolment and clips alike cannot."""
 
 
 def build_default_speaker(data: str | Path, out: str | Path | None = None, *, recipe: ProfileRecipe = ProfileRecipe(),
