@@ -31,6 +31,10 @@ MAX_PROFILE_CLIPS = 10**9
 #: Largest magnitude of a profile's statistics. Real features are below 1e4 (means) and their sums of
 #: squares far below this; the bound keeps every z-score a worker computes from them finite.
 MAX_PROFILE_STATISTIC = 1e15
+#: Bounds of a profile's speech level (dB re full scale). Real speech lies within about -80 to 0 dBFS;
+#: the engine's own levels stay within -176 to +124 (its gain is clipped to +-150 dB), so these bound
+#: any level it can compute and keep a relative level finite and small enough for a model.
+MIN_PROFILE_LEVEL_DB, MAX_PROFILE_LEVEL_DB = -200.0, 200.0
 
 
 def _now() -> datetime:
@@ -51,6 +55,10 @@ class SpeakerProfile(BaseModel):
     count: int = Field(0, ge=0, le=MAX_PROFILE_CLIPS, description="clips summarised")
     mean: list[float] = Field(description="running mean per feature")
     m2: list[float] = Field(description="running sum of squared deviations per feature (variance = m2 / count)")
+    level_db: float | None = Field(None, ge=MIN_PROFILE_LEVEL_DB, le=MAX_PROFILE_LEVEL_DB, allow_inf_nan=False,
+                                   description="the speaker's speech level: running mean over the clips of their "
+                                               "active-speech levels, in dB re full scale (null: a profile made "
+                                               "before profiles carried a level, or an empty one)")
     updates: bool = Field(False, description="the user allows later clips to update this profile")
     created: datetime = Field(default_factory=_now)
     updated: datetime = Field(default_factory=_now)
@@ -68,8 +76,8 @@ class SpeakerProfile(BaseModel):
             raise ValueError(f"mean has {len(self.mean)} features, m2 {len(self.m2)}")
         if any(v < 0 for v in self.m2):
             raise ValueError("m2 is a sum of squares: it cannot be negative")
-        if self.count == 0 and (any(self.mean) or any(self.m2)):
-            raise ValueError("an empty profile has zero statistics")
+        if self.count == 0 and (any(self.mean) or any(self.m2) or self.level_db is not None):
+            raise ValueError("an empty profile has zero statistics and no level")
         return self
 
 
@@ -89,6 +97,8 @@ class SpeakerPrior(BaseModel):
     min_clips: int = Field(ge=1, description="a profile with fewer clips falls back to the plain model")
     prior_clips: float = Field(ge=0, description="shrinkage strength: pseudo-clips of the population variance")
     std_floor: float = Field(gt=0, description="floor on the std, as a fraction of the population's")
+    relative_level: bool = Field(False, description="the model also reads the clip's speech level minus the "
+                                                    "profile's (dB): input [x, z, level - profile.level_db]")
     mean: list[float] = Field(description="population: mean over training speakers' profile means")
     var: list[float] = Field(description="population: mean over training speakers' profile variances")
 

@@ -92,6 +92,43 @@ def test_channel_copies_are_deterministic_and_differ_per_copy(voice, tmp_path):
     assert all(not np.array_equal(a, c) for c in copies)
 
 
+def _drawn(rooms) -> list:
+    """The parameters the channel chain drew on its last call (which channel, SNR, gain, ...)."""
+    from serq.worker.training.augment import _chain
+
+    def params(t):
+        inner = [params(u) for u in getattr(t, "transforms", [])]
+        # The noise's rms follows each clip's own level (the SNR is what is drawn): left out.
+        drawn = {k: v for k, v in getattr(t, "parameters", {}).items() if k != "desired_noise_rms"}
+        return (type(t).__name__, repr(sorted(drawn.items())), inner)
+
+    return [params(t) for t in _chain(str(rooms)).transforms]
+
+
+def test_speaker_channel_copies_put_every_clip_of_a_speaker_copy_on_one_channel(voice, tmp_path):
+    """The speaker model's channel copies: one speaker copy, one line. Two different clips of the same
+    speaker get the same draws; another speaker or another copy index gets other draws."""
+    from serq.worker.training.augment import speaker_channel_copy
+    from serq.worker.training.extraction import Channel, rooms_folder
+
+    rooms = rooms_folder(tmp_path)
+    other_clip = np.roll(voice, 4000) * np.float32(0.5)
+    draws = {}
+    for speaker in ("ravdess:01", "ravdess:02"):
+        for index in range(3):
+            a = speaker_channel_copy(voice, speaker, index, rooms)
+            first = _drawn(rooms)
+            b = speaker_channel_copy(other_clip, speaker, index, rooms)
+            assert _drawn(rooms) == first, (speaker, index)
+            assert np.array_equal(a, speaker_channel_copy(voice, speaker, index, rooms))  # deterministic
+            assert len(b) == len(voice) and np.isfinite(b).all() and np.abs(b).max() <= 1.0
+            draws[speaker, index] = first
+    assert len({repr(d) for d in draws.values()}) == len(draws)  # every speaker copy has a channel of its own
+    # Each speaker copy caches apart from the per-clip copies and from every other speaker's.
+    keys = {Channel(i, str(rooms), s).key for s in ("ravdess:01", "ravdess:02") for i in range(3)}
+    assert len(keys) == 6 and not any(k == f"chan-1-{i}" for k in keys for i in range(3))
+
+
 def test_add_noise_leaves_digital_silence_alone():
     zeros = np.zeros(16000, np.float32)
     assert np.array_equal(add_noise(zeros, 10.0, np.random.default_rng(0)), zeros)

@@ -91,3 +91,23 @@ def test_the_property_can_fail(model, clips):
 
     p0, p1 = probabilities(model, vec)[0], probabilities(model, moved)[0]
     assert np.abs(p1 - p0).max() > 0.01
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.sampled_from([p.name for p in SAMPLES]), gain_db=st.floats(-30.0, 10.0))
+def test_the_speech_level_the_profile_path_reads_moves_exactly_with_the_gain(clips, name, gain_db):
+    """The one level serq keeps (for the speaker profile path, relative to the speaker's own level):
+    a gain of g dB moves it by g dB, and training's shortcut computes the same number as serving."""
+    x = clips[name]
+    y = x * np.float32(10 ** (gain_db / 20))
+    assume(np.abs(y).max() <= 1.0)
+    a, b = F.analyse(x), F.analyse(y)
+    assume(not b.silent)
+    assert F.speech_level(b) - F.speech_level(a) == pytest.approx(gain_db, abs=1e-3)
+    assert F.waveform_speech_level(y) == pytest.approx(F.speech_level(b), abs=1e-6)
+    np.testing.assert_allclose(F.feature_vector(b), F.feature_vector(a), rtol=1e-3, atol=1e-3)  # features: none
+
+
+def test_a_silent_clip_has_no_speech_level():
+    quiet = np.zeros(F.SAMPLE_RATE, np.float32)
+    assert F.speech_level(F.analyse(quiet)) is None and F.waveform_speech_level(quiet) is None

@@ -50,8 +50,8 @@ def test_json_round_trip_is_compact_and_exact_enough():
     back = profiles.from_json(text)
     assert back == p
     np.testing.assert_allclose(back.mean, x.mean(axis=0), rtol=1e-5, atol=1e-4)
-    assert set(p.model_dump()) == {"speaker_key", "feature_version", "count", "mean", "m2", "updates", "created",
-                                   "updated"}
+    assert set(p.model_dump()) == {"speaker_key", "feature_version", "count", "mean", "m2", "level_db", "updates",
+                                   "created", "updated"}
 
 
 @pytest.mark.parametrize("bad", [
@@ -60,6 +60,13 @@ def test_json_round_trip_is_compact_and_exact_enough():
     '{"speaker_key": "a", "feature_version": "f", "count": 1, "mean": [1], "m2": [-1]}',
     '{"speaker_key": "a", "feature_version": "f", "count": 1, "mean": [1], "m2": [0], "audio": "AAAA"}',
     '{"speaker_key": "", "feature_version": "f", "count": 0, "mean": [], "m2": []}',
+    # The speaker's level: finite, within the bounds, and only in a profile that summarises clips.
+    '{"speaker_key": "a", "feature_version": "f", "count": 1, "mean": [1], "m2": [0], "level_db": NaN}',
+    '{"speaker_key": "a", "feature_version": "f", "count": 1, "mean": [1], "m2": [0], "level_db": Infinity}',
+    '{"speaker_key": "a", "feature_version": "f", "count": 1, "mean": [1], "m2": [0], "level_db": 1e308}',
+    '{"speaker_key": "a", "feature_version": "f", "count": 1, "mean": [1], "m2": [0], "level_db": -201}',
+    '{"speaker_key": "a", "feature_version": "f", "count": 1, "mean": [1], "m2": [0], "level_db": "loud"}',
+    '{"speaker_key": "a", "feature_version": "f", "count": 0, "mean": [0], "m2": [0], "level_db": -20}',
 ])
 def test_a_bad_profile_is_a_typed_error(bad):
     with pytest.raises(InvalidRequest):
@@ -180,7 +187,8 @@ def test_training_set_normalises_each_speaker_by_its_own_profile():
     offsets = {"a": 0.0, "b": 100.0, "c": -50.0}
     X = rng.normal(size=(36, F)) + np.array([offsets[g] for g in groups])[:, None]
     y = np.tile(np.array(["calm", "angry", "sad", "neutral"]), 9)
-    inputs, labels, prior = speaker_training_set(X, y, groups, ProfileRecipe(enrolment="mixed", enrol_clips=4))
+    inputs, labels, prior = speaker_training_set(X, y, groups, ProfileRecipe(enrolment="mixed", enrol_clips=4,
+                                                                           relative_level=False))
     assert inputs.shape == (72, 2 * F) and len(labels) == 72  # one neutral/calm and one random profile each
     z = inputs[:, F:]
     assert np.abs(z).mean() < 5  # the speakers' offsets (50..100 std) are gone
@@ -208,8 +216,103 @@ def test_speed_perturbed_copies_are_speakers_of_their_own():
     X = np.arange(12.0).reshape(4, 3)
     y = np.array(["calm", "sad", "calm", "sad"])
     groups = np.array(["a", "a", "b", "b"])
-    Xa, ya, ga = with_copies(X, y, groups, [X + 100, X + 200])
+    Xa, ya, ga, la = with_copies(X, y, groups, [X + 100, X + 200], np.zeros(4), [np.ones(4), np.full(4, 2.0)])
     assert Xa.shape == (12, 3) and list(ya) == list(y) * 3
+    assert list(la) == [0.0] * 4 + [1.0] * 4 + [2.0] * 4  # each copy's levels follow its rows
     assert list(ga) == ["a", "a", "b", "b", "a@copy1", "a@copy1", "b@copy1", "b@copy1",
                         "a@copy2", "a@copy2", "b@copy2", "b@copy2"]
     assert with_copies(X, y, groups, None)[0] is X
+
+
+# ---------------------------------------------------------------- the speaker's level (issue 16)
+
+
+def _level_prior(**kw) -> SpeakerPrior:
+    return _prior(**kw).model_copy(update={"relative_level": True})
+
+
+def test_profile_level_is_the_running_mean_of_its_clips_levels_in_batch_or_one_by_one():
+    rng = np.random.default_rng(8)
+    x, levels = rng.normal(size=(9, F)), rng.uniform(-45.0, -15.0, 9)
+    p = profiles.build("s", x, "fv", levels=levels)
+    assert p.level_db == pytest.approx(levels.mean(), abs=1e-4)
+    q = profiles.new_profile("s", F, "fv")
+    for row, level in zip(x, levels):  # a worker's enrolment: one clip at a time
+        q = profiles.add(q, row, [level])
+    assert q.level_db == pytest.approx(p.level_db, abs=1e-4)
+    assert profiles.from_json(profiles.to_json(p)).level_db == p.level_db
+    with pytest.raises(ValueError):
+        profiles.add(p, x[:2], [-20.0])  # one level per clip
+
+
+def test_the_level_model_reads_the_clips_level_relative_to_the_speakers():
+    rng = np.random.default_rng(9)
+    x, levels = rng.normal(size=(6, F)), np.array([-30.0, -28.0, -32.0, -30.0, -29.0, -31.0])
+    p = profiles.build("s", x, "fv", levels=levels)  # level_db -30
+    prior = _level_prior()
+    inp = profiles.model_input(x[:2], p, prior, [-20.0, -36.0])
+    assert inp.shape == (2, 2 * F + 1)
+    np.testing.assert_allclose(inp[:, -1], [10.0, -6.0], atol=1e-4)
+    np.testing.assert_array_equal(inp[:, :2 * F], profiles.model_input(x[:2], p, _prior()))
+    # The same speaker recorded 18 dB quieter, enrolment and clip alike: the same input (only relative level).
+    quiet = profiles.build("s", x, "fv", levels=levels - 18.0)
+    np.testing.assert_allclose(profiles.model_input(x[:2], quiet, prior, [-38.0, -54.0]), inp, atol=1e-4)
+    # Without a level the model's input cannot be made; the plain [x, z] model does not need one.
+    with pytest.raises(ValueError):
+        profiles.model_input(x[:2], p, prior)
+    inp, status = profiles.route(x[0], p, _Model(prior), "fv", -24.0)
+    assert status == "used" and inp[0, -1] == pytest.approx(6.0, abs=1e-4)
+
+
+def test_a_profile_without_a_level_is_a_typed_error_for_the_level_model_and_stays_without():
+    """A profile from before profiles carried a level: JSON without ``level_db``. The level model
+    refuses it with a typed error that says what to do; the older [x, z] model still uses it."""
+    rng = np.random.default_rng(10)
+    x = rng.normal(size=(5, F))
+    old = profiles.build("caller-1", x, "fv")
+    text = profiles.to_json(old).replace(',"level_db":null', "")
+    assert "level_db" not in text
+    old = profiles.from_json(text)
+    assert old.level_db is None
+    with pytest.raises(InvalidRequest, match="no speech level.*enrol the speaker again"):
+        profiles.model_input(x[:1], old, _level_prior(), [-20.0])
+    with pytest.raises(InvalidRequest, match="no speech level"):
+        profiles.route(x[0], old, _Model(_level_prior()), "fv", -20.0)
+    assert profiles.route(x[0], old, _Model(_prior()), "fv", -20.0)[1] == "used"
+    # Adding clips to it does not invent a level from the later clips only.
+    assert profiles.add(old, x[:2], [-20.0, -21.0]).level_db is None
+    allowed = old.model_copy(update={"updates": True})
+    assert profiles.updated(allowed, x[0], silent=False, status="used", level=-20.0).level_db is None
+
+
+def test_updates_carry_the_level_along():
+    p = profiles.build("s", np.ones((3, F)), "fv", updates=True, levels=[-30.0, -30.0, -30.0])
+    q = profiles.updated(p, np.zeros(F), silent=False, status="used", level=-10.0)
+    assert q.count == 4 and q.level_db == pytest.approx(-25.0)
+    assert profiles.updated(p, np.zeros(F), silent=True, status="used", level=None).level_db == p.level_db
+
+
+def test_level_training_set_and_online_mode_read_each_clip_relative_to_its_speaker():
+    rng = np.random.default_rng(11)
+    groups = np.repeat(["a", "b"], 12)
+    X = rng.normal(size=(24, F))
+    y = np.tile(np.array(["calm", "angry", "sad", "neutral"]), 6)
+    # Speaker b is recorded 20 dB hotter; within each speaker angry is 6 dB above the rest.
+    levels = np.where(groups == "b", -10.0, -30.0) + np.where(y == "angry", 6.0, 0.0)
+    recipe = ProfileRecipe(enrolment="neutral_calm", enrol_clips=4)
+    assert recipe.relative_level  # the default recipe reads the level
+    with pytest.raises(ValueError):
+        speaker_training_set(X, y, groups, recipe)
+    inputs, labels, prior = speaker_training_set(X, y, groups, recipe, levels)
+    assert prior.relative_level and inputs.shape == (24, 2 * F + 1)
+    np.testing.assert_allclose(inputs[labels == "angry", -1], 6.0, atol=1e-4)  # calm enrolment: 0 dB for calm
+    np.testing.assert_allclose(inputs[labels == "calm", -1], 0.0, atol=1e-4)
+    # A silent clip (NaN level) reads as its speaker's level, never NaN.
+    holes = levels.copy()
+    holes[3] = np.nan
+    assert np.isfinite(speaker_training_set(X, y, groups, recipe, holes)[0]).all()
+    # online: each clip relative to the mean level of the clips before it.
+    out = online_inputs(X[:12], prior, np.random.default_rng(5), levels[:12])
+    order = np.random.default_rng(5).permutation(12)
+    for pos, i in enumerate(order[prior.min_clips:], start=prior.min_clips):
+        assert out[i][-1] == pytest.approx(levels[i] - levels[order[:pos]].mean(), abs=1e-4)

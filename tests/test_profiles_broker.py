@@ -38,6 +38,9 @@ def test_enrol_then_classify_with_the_profile_round_trip(client, speaker_version
     actor = 11
     profile = speakers.enroll("caller-11", [ravdess_clip(actor, *c) for c in CALM[:5]], updates=True)
     assert profile.count == 5 and profile.updates and profile.speaker_key == "caller-11"
+    # The profile carries the speaker's speech level: the mean of the enrolment clips' active-speech levels.
+    enrolled_levels = [clip_level(ravdess_clip(actor, *c)) for c in CALM[:5]]
+    assert profile.level_db == pytest.approx(sum(enrolled_levels) / 5, abs=1e-3)
     assert speakers.get("caller-11") == profile  # stored on disk, read back equal
     assert sorted(speakers.store.keys()) == ["caller-11"]
 
@@ -53,6 +56,17 @@ def test_enrol_then_classify_with_the_profile_round_trip(client, speaker_version
     assert result.normalisation == "speaker" and result.profile_status == "used"
     assert result.model_version == speaker_version and result.profile_clips == 5
     assert result.profile.count == 6 and speakers.get("caller-11").count == 6  # the update came back and was kept
+    assert result.profile.level_db == pytest.approx((sum(enrolled_levels) + clip_level(clip)) / 6, abs=1e-3)
+
+    # A profile from before profiles carried a level: the level-reading speaker model refuses it, typed, saying
+    # what to do; a fresh enrolment works.
+    from serq.client import ServiceError
+    from serq.worker.engine import profiles as engine_profiles
+
+    legacy = engine_profiles.to_json(profile.model_copy(update={"level_db": None})).replace(',"level_db":null', "")
+    with pytest.raises(ServiceError) as old:
+        client.classify(clip, headers={"x-serq-profile": legacy})
+    assert old.value.code == "invalid_request" and "enrol the speaker again" in str(old.value)
 
     plain = speakers.classify("someone-unknown", clip)  # no profile: the plain model, and the reply says so
     assert (plain.normalisation, plain.profile_status, plain.profile) == ("none", None, None)
@@ -60,6 +74,14 @@ def test_enrol_then_classify_with_the_profile_round_trip(client, speaker_version
 
     assert speakers.delete("caller-11") and speakers.get("caller-11") is None
     assert not speakers.delete("caller-11")
+
+
+def clip_level(path) -> float:
+    from serq.worker.engine.audio import decode
+    from serq.worker.engine.features import analyse, speech_level
+
+    audio = decode(path)
+    return speech_level(analyse(audio.samples, audio.sample_rate))
 
 
 def test_a_small_profile_falls_back_to_the_plain_model(client, speaker_version):
@@ -113,8 +135,9 @@ def test_raw_pika_enrol_matches_the_contract(client, amqp_url, prefix):
         reply = json.loads(body)
         assert reply["speaker_key"] == "raw-14" and reply["added"] is True
         assert reply["profile"]["count"] == 1 and reply["profile"]["updates"] is True
-        assert set(reply["profile"]) == {"speaker_key", "feature_version", "count", "mean", "m2", "updates",
-                                         "created", "updated"}
+        assert set(reply["profile"]) == {"speaker_key", "feature_version", "count", "mean", "m2", "level_db",
+                                         "updates", "created", "updated"}
+        assert -80.0 < reply["profile"]["level_db"] < 0.0  # a real clip's speech level, dB re full scale
     finally:
         conn.close()
 

@@ -14,7 +14,7 @@ from helpers.forgeries import profile_json
 
 from serq.errors import InvalidRequest, SerqError
 from serq.schemas import SpeakerProfile
-from serq.schemas.profiles import MAX_PROFILE_CLIPS, MAX_PROFILE_STATISTIC
+from serq.schemas.profiles import MAX_PROFILE_CLIPS, MAX_PROFILE_LEVEL_DB, MAX_PROFILE_STATISTIC, MIN_PROFILE_LEVEL_DB
 from serq.settings import Settings
 from serq.worker.engine import profiles
 from serq.worker.engine.features import FEATURE_NAMES, FEATURE_VERSION
@@ -57,11 +57,17 @@ def test_forged_profiles_get_invalid_request(models, clip, name):
 
 
 def test_a_profile_at_the_bounds_is_served(models, clip):
-    """The largest statistics and count the schema accepts still give a result (the z-scores stay finite)."""
+    """The largest statistics, count and levels the schema accepts still give a result (the z-scores and the
+    level relative to the speaker stay finite)."""
     edge = [MAX_PROFILE_STATISTIC] * N
-    for text in (profile_json(count=MAX_PROFILE_CLIPS, mean=edge, m2=edge),
-                 profile_json(count=MAX_PROFILE_CLIPS, mean=[-v for v in edge], m2=[0.0] * N),
-                 profile_json(count=4, mean=[0.0] * N, m2=[0.0] * N)):
+    _, speaker = models
+    assert speaker.meta.speaker_prior.relative_level  # the shipped speaker model reads the level term
+    for text in (profile_json(count=MAX_PROFILE_CLIPS, mean=edge, m2=edge, level_db=MAX_PROFILE_LEVEL_DB),
+                 profile_json(count=MAX_PROFILE_CLIPS, mean=[-v for v in edge], m2=[0.0] * N,
+                              level_db=MIN_PROFILE_LEVEL_DB),
+                 profile_json(count=4, mean=[0.0] * N, m2=[0.0] * N, level_db=-26.0),
+                 profile_json(count=4, mean=[0.0] * N, m2=[0.0] * N, level_db=MAX_PROFILE_LEVEL_DB),
+                 profile_json(count=4, mean=[0.0] * N, m2=[0.0] * N, level_db=MIN_PROFILE_LEVEL_DB)):
         result = classify(models, clip, text)
         assert not isinstance(result, Exception), result
         assert result.profile_status == "used" and 0 <= result.confidence <= 1
@@ -80,3 +86,9 @@ def test_a_full_profile_takes_no_more_clips():
     full = profiles.new_profile("k", N, FEATURE_VERSION).model_copy(update={"count": MAX_PROFILE_CLIPS})
     with pytest.raises(InvalidRequest, match="the most a profile may"):
         profiles.add(full, [0.0] * N)
+
+
+def test_a_profile_without_a_level_is_invalid_request_for_the_shipped_speaker_model(models, clip):
+    """A profile from before profiles carried a level: a typed error that says what to do, never internal."""
+    outcome = classify(models, clip, profile_json(count=4, mean=[0.0] * N, m2=[0.0] * N))
+    assert isinstance(outcome, InvalidRequest) and "enrol the speaker again" in str(outcome)

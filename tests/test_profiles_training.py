@@ -96,6 +96,14 @@ def test_a_speaker_model_never_replaces_the_plain_model(trained, workdir):
     assert worker.speaker_model.version == trained["version"]
 
 
+def _levels(paths):
+    from serq.settings import get_settings
+    from serq.worker.training.datasets import Clip
+    from serq.worker.training.extraction import extract_levels
+
+    return extract_levels([Clip(p, "calm", "x", "ravdess") for p in paths], get_settings().cache_dir)
+
+
 def _vectors(paths):
     from serq.settings import get_settings
     from serq.worker.training.datasets import Clip
@@ -118,7 +126,7 @@ def test_classify_uses_the_profile_or_falls_back_and_says_which(trained, workdir
     actor = 9  # not a training speaker
     calm = [ravdess_clip(actor, 2, intensity, statement, rep) for intensity in (1, 2) for statement in (1, 2)
             for rep in (1, 2)]
-    enrolled = profiles.build("caller-9", _vectors(calm[:5]), FEATURE_VERSION, updates=True)
+    enrolled = profiles.build("caller-9", _vectors(calm[:5]), FEATURE_VERSION, updates=True, levels=_levels(calm[:5]))
     clip = ravdess_clip(actor, 5, 2, 1, 1)
 
     none = classify(clip, plain, settings)
@@ -129,6 +137,29 @@ def test_classify_uses_the_profile_or_falls_back_and_says_which(trained, workdir
     assert used.model_version == trained["version"] and used.profile_clips == 5
     assert used.profile.count == 6  # updates allowed: this clip was added, after it was classified
     np.testing.assert_allclose(used.profile.mean, profiles.add(enrolled, _vectors([clip])).mean, rtol=1e-5, atol=1e-6)
+    assert used.profile.level_db == pytest.approx(profiles.add(enrolled, _vectors([clip]), _levels([clip])).level_db,
+                                                  abs=1e-4)
+    # The speaker model reads the clip's level relative to the speaker's: the same clip 12 dB louder than the
+    # speaker's enrolment (the profile recorded 12 dB quieter) is another input, and the plain model's is unchanged.
+    quieter = enrolled.model_copy(update={"level_db": enrolled.level_db - 12.0})
+    louder = classify(clip, plain, settings, profile=quieter, speaker_model=speaker_model)
+    assert louder.profile_status == "used" and louder.probabilities != used.probabilities
+    assert classify(clip, plain, settings).probabilities == none.probabilities
+    # The speaker enrolled and heard through the same gain: the same answer at any gain (only relative level).
+    import io
+
+    import soundfile as sf
+
+    from serq.worker.engine.audio import decode
+
+    samples = decode(clip).samples
+    for gain_db in (-18.0, 6.0):
+        buf = io.BytesIO()
+        sf.write(buf, samples * np.float32(10 ** (gain_db / 20)), 16000, format="WAV", subtype="FLOAT")
+        shifted = enrolled.model_copy(update={"level_db": enrolled.level_db + gain_db})
+        again = classify(buf.getvalue(), plain, settings, profile=shifted, speaker_model=speaker_model)
+        assert again.label == used.label
+        np.testing.assert_allclose(list(again.probabilities.values()), list(used.probabilities.values()), atol=0.01)
 
     small = profiles.build("caller-9", _vectors(calm[:2]), FEATURE_VERSION)
     fallback = classify(clip, plain, settings, profile=small, speaker_model=speaker_model)

@@ -38,6 +38,14 @@ def vectors(paths) -> np.ndarray:
     return np.stack([extract(decode(p).samples) for p in paths])
 
 
+def levels(paths) -> np.ndarray:
+    """The clips' speech levels (what enrolment records in the profile)."""
+    from serq.worker.engine.audio import decode
+    from serq.worker.engine.features import waveform_speech_level
+
+    return np.array([waveform_speech_level(decode(p).samples) for p in paths])
+
+
 @pytest.fixture(scope="module")
 def models():
     from serq.models.registry import load_default, load_speaker_model
@@ -54,7 +62,7 @@ def profile(ravdess_dir):
     from serq.worker.engine.features import FEATURE_VERSION
 
     paths = [ravdess_clip(ACTOR, e, intensity=i, statement=s, repetition=r) for e, i, s, r in ENROLLED]
-    return profiles.build("caller-11", vectors(paths), FEATURE_VERSION)
+    return profiles.build("caller-11", vectors(paths), FEATURE_VERSION, levels=levels(paths))
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +102,8 @@ def test_a_profile_of_too_few_clips_leaves_the_plain_model(recording, models, pr
 
     path, _ = recording
     plain, speaker = models
-    small = profiles.build("caller-11", np.array(profile.mean, np.float32)[None, :], FEATURE_VERSION)
+    small = profiles.build("caller-11", np.array(profile.mean, np.float32)[None, :], FEATURE_VERSION,
+                           levels=[profile.level_db])
     timeline = timeline_file(path, plain, profile=small, speaker_model=speaker)
     assert (timeline.normalisation, timeline.profile_status, timeline.model_version) == \
         ("none", "too_few_clips", plain.version)

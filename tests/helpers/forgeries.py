@@ -88,6 +88,11 @@ FORGED_PROFILES = {
     "means NaN": (profile_json().replace('"mean": [1.0', '"mean": [NaN'), "finite"),
     "mean and m2 of other lengths": (profile_json(m2=[1.0] * (N - 1)), "features"),
     "negative m2": (profile_json(m2=[-1.0] * N), "negative"),
+    "level 1.7e308 dB": (profile_json(level_db=1.7e308), "level_db"),
+    "level -1e4 dB": (profile_json(level_db=-1e4), "level_db"),
+    "level NaN": (profile_json(level_db=-20.0).replace('"level_db": -20.0', '"level_db": NaN'), "level_db"),
+    "level Infinity": (profile_json(level_db=-20.0).replace('"level_db": -20.0', '"level_db": Infinity'), "level_db"),
+    "level of an empty profile": (profile_json(count=0, mean=[0.0] * N, m2=[0.0] * N, level_db=-20.0), "no level"),
 }
 
 

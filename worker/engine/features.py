@@ -244,6 +244,35 @@ def speech_level_db(frame_power: np.ndarray, active: np.ndarray) -> float:
     return 10 * np.log10(mean) if mean > 0 else -np.inf
 
 
+def _levels(recorded: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """``(frames, frame levels in dB, active frames, active-speech level in dB)`` of a float32 waveform."""
+    frames = frame_signal(recorded)
+    frame_power = np.einsum("ij,ij->i", frames, frames).astype(np.float64) / N_FFT
+    # Levels down to 1e-30 (-300 dB): no floor that a gain of -30 dB could reach.
+    level_db = 10 * np.log10(frame_power + 1e-30)
+    active_all = active_frames(level_db)
+    return frames, level_db, active_all, speech_level_db(frame_power, active_all)
+
+
+def waveform_speech_level(samples: np.ndarray) -> float | None:
+    """:func:`speech_level` of ``samples`` (mono float at :data:`SAMPLE_RATE`) without the rest of
+    :func:`analyse` (training takes it for every clip); ``None`` where :func:`analyse` says silent."""
+    recorded = np.asarray(samples, dtype=np.float32)
+    _, level_db, _, level = _levels(recorded)
+    if not np.isfinite(level) or float(level_db.max(initial=-300.0)) < SILENCE_DBFS:
+        return None
+    return LEVEL_TARGET_DBFS - float(np.clip(LEVEL_TARGET_DBFS - level, -150.0, 150.0))
+
+
+def speech_level(analysis: Analysis) -> float | None:
+    """The clip's active-speech level in dB re full scale (what :func:`analyse` scaled away), ``None`` if silent.
+
+    Level-free features cannot see it; only the speaker-profile path reads it, relative to
+    the speaker's own level (docs/profiles.md).
+    """
+    return None if analysis.silent else LEVEL_TARGET_DBFS - analysis.gain_db
+
+
 def analyse(samples: np.ndarray, sr: int = SAMPLE_RATE) -> Analysis:
     """Compute every frame-level descriptor from one STFT.
 
@@ -253,13 +282,8 @@ def analyse(samples: np.ndarray, sr: int = SAMPLE_RATE) -> Analysis:
     if sr != SAMPLE_RATE:
         raise ValueError(f"features are defined at {SAMPLE_RATE} Hz, got {sr} Hz: resample first")
     recorded = np.asarray(samples, dtype=np.float32)
-    frames = frame_signal(recorded)
-    frame_power = np.einsum("ij,ij->i", frames, frames).astype(np.float64) / N_FFT
-    # Levels down to 1e-30 (-300 dB): no floor that a gain of -30 dB could reach.
-    level_db = 10 * np.log10(frame_power + 1e-30)
-    active_all = active_frames(level_db)
+    _, level_db, active_all, level = _levels(recorded)
     # Level invariance: scale to one active-speech level, then derive everything from that.
-    level = speech_level_db(frame_power, active_all)
     gain_db = float(np.clip(LEVEL_TARGET_DBFS - level, -150.0, 150.0)) if np.isfinite(level) else 0.0
     samples = recorded * np.float32(10 ** (gain_db / 20))
     described = _describe(samples, frame_signal(samples), level_db + gain_db, active_all)

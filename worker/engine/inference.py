@@ -18,6 +18,7 @@ from serq.worker.engine.features import (
     analyse,
     feature_vector,
     spectral_summary,
+    speech_level,
 )
 from serq.worker.engine.profiles import route, updated
 
@@ -49,7 +50,9 @@ def classify(source, model: "LoadedModel", settings: "Settings", *, file: str | 
     vector = feature_vector(analysis)
     spectral = spectral_summary(analysis, audio.original_rate)
     t2 = time.perf_counter()
-    speaker_input, profile_status = route(vector, profile, speaker_model, FEATURE_VERSION)
+    level = speech_level(analysis)
+    speaker_input, profile_status = route(vector, profile, speaker_model, FEATURE_VERSION,
+                                          level if level is not None else 0.0)  # silent: not classified anyway
     if speaker_input is not None:
         model = speaker_model
     labels = list(model.meta.labels)
@@ -78,5 +81,5 @@ def classify(source, model: "LoadedModel", settings: "Settings", *, file: str | 
         normalisation="none" if speaker_input is None else "speaker",
         profile_status=profile_status,
         profile_clips=None if profile is None else profile.count,
-        profile=updated(profile, vector, silent=analysis.silent, status=profile_status),
+        profile=updated(profile, vector, silent=analysis.silent, status=profile_status, level=level),
     )

@@ -53,7 +53,7 @@ from serq.schemas.timeline import (
     VadState,
     WindowState,
 )
-from serq.worker.engine.features import FEATURE_NAMES, FEATURE_VERSION, analyse, feature_vector
+from serq.worker.engine.features import FEATURE_NAMES, FEATURE_VERSION, analyse, feature_vector, speech_level
 from serq.worker.engine.inference import probabilities
 from serq.worker.engine.profiles import digest, model_input, usable
 from serq.worker.engine.sealing import mac, verify
@@ -111,7 +111,7 @@ def window_probabilities(samples: np.ndarray, model: "LoadedModel",
         return np.full(n, 1.0 / n)
     vector = feature_vector(analysis)
     if profile is not None:
-        vector = model_input(vector, profile, model.meta.speaker_prior)
+        vector = model_input(vector, profile, model.meta.speaker_prior, speech_level(analysis))
     return probabilities(model, vector)[0].astype(np.float64)
 
 

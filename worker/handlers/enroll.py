@@ -14,7 +14,7 @@ from serq.errors import InvalidRequest
 from serq.schemas import EnrollResult
 from serq.worker.engine import profiles
 from serq.worker.engine.audio import decode
-from serq.worker.engine.features import FEATURE_NAMES, FEATURE_VERSION, analyse, feature_vector
+from serq.worker.engine.features import FEATURE_NAMES, FEATURE_VERSION, analyse, feature_vector, speech_level
 from serq.worker.handlers.base import Context, Reply
 from serq.worker.handlers.profiles import header_profile, speaker_model
 
@@ -37,7 +37,7 @@ def handle_enroll(body: bytes, props: "pika.BasicProperties", ctx: Context) -> R
     analysis = analyse(audio.samples, audio.sample_rate)
     added = not analysis.silent
     if added:
-        profile = profiles.add(profile, feature_vector(analysis))
+        profile = profiles.add(profile, feature_vector(analysis), [speech_level(analysis)])
     served = speaker_model(ctx)
     prior = served.meta.speaker_prior if served is not None else None
     return Reply.of(EnrollResult(speaker_key=profile.speaker_key, profile=profile, added=added,

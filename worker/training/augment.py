@@ -11,7 +11,9 @@ the speed copies they are cached (:mod:`.extraction`), keyed by
 :data:`AUGMENT_VERSION`.
 
 Every random draw comes from a seed derived from the clip's content and the copy's
-index (:func:`copy_seed`), so the same clip always gets the same copies.
+index (:func:`copy_seed`), so the same clip always gets the same copies. The speaker
+model's copies are drawn per speaker instead (:func:`speaker_channel_copy`): every clip
+of a speaker's copy goes through the same channel, as a profile sees one caller on one line.
 
 The same building blocks (:func:`phone_line`, :func:`codec_roundtrip`,
 :func:`add_noise`, :func:`reverberate`) with fixed parameters are the evaluation
@@ -226,14 +228,35 @@ def _chain(rooms: str):
     return channel_chain(Path(rooms))
 
 
+def speaker_seed(speaker: str, index: int) -> int:
+    """The seed of channel copy ``index`` of every clip of ``speaker`` (:func:`speaker_channel_copy`)."""
+    import hashlib
+
+    return copy_seed(hashlib.sha256(f"speaker:{speaker}".encode()).hexdigest(), index)
+
+
 def channel_copy(samples: np.ndarray, digest: str, index: int, rooms: Path) -> np.ndarray:
-    """Copy ``index`` of a clip through :func:`channel_chain`, seeded by :func:`copy_seed`; float32 in [-1, 1].
+    """Copy ``index`` of a clip through :func:`channel_chain`, seeded by :func:`copy_seed`; float32 in [-1, 1]."""
+    return seeded_channel_copy(samples, copy_seed(digest, index), rooms)
+
+
+def speaker_channel_copy(samples: np.ndarray, speaker: str, index: int, rooms: Path) -> np.ndarray:
+    """Copy ``index`` of a clip of ``speaker`` with the channel every clip of that speaker's copy gets.
+
+    The chain's draws (which channel, room, noise colour and SNR, codec, pitch, gain) come from
+    :func:`speaker_seed`: a speaker copy is one speaker on one line, as a profile sees a real
+    caller, so the speaker model can learn what a profile enrolled on that line makes of it.
+    """
+    return seeded_channel_copy(samples, speaker_seed(speaker, index), rooms)
+
+
+def seeded_channel_copy(samples: np.ndarray, seed: int, rooms: Path) -> np.ndarray:
+    """``samples`` through :func:`channel_chain` with every draw from ``seed``; float32 in [-1, 1].
 
     audiomentations draws from Python's and numpy's global generators: both are
     seeded here, immediately before the chain runs, so a copy never depends on what ran before.
     """
     chain = _chain(str(rooms))
-    seed = copy_seed(digest, index)
     random.seed(seed)
     np.random.seed(seed)
     out = chain(samples=np.asarray(samples, np.float32), sample_rate=RATE)

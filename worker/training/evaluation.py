@@ -27,9 +27,9 @@ from serq.worker.engine.inference import probabilities
 from serq.worker.engine.model import LoadedModel
 from serq.worker.training.conditions import DEFAULT_CONDITIONS, Condition, Conditioned, parse_conditions
 from serq.worker.training.datasets import Clip, scan
-from serq.worker.training.extraction import TrainingSet, extract_clips, training_set
+from serq.worker.training.extraction import TrainingSet, extract_clips, extract_levels, training_set
 from serq.worker.training.fit import FoldProgress, check_trainable, describe, fit, fold_report, folds_for, score
-from serq.worker.training.speaker import ProfileRecipe, enrolment_indices, fit_speaker_model
+from serq.worker.training.speaker import ProfileRecipe, enrolment_indices, filled_levels, fit_speaker_model
 
 
 def evaluate_model(model: LoadedModel, data: str, settings: Settings, *, include_seen_speakers: bool = False,
@@ -202,27 +202,37 @@ def conditions_report(training: TrainingSet, hp: Hyperparameters, labels: list[s
 # ---------------------------------------------------------------- the speaker-profile path
 
 
-def enrol_plan(X_s: np.ndarray, y_s: np.ndarray, n: int, rng: np.random.Generator
-               ) -> tuple[np.ndarray, "profiles.SpeakerProfile"]:
-    """``enroll:N`` for one test speaker: ``(scored indices, profile)``; the profile's clips are never scored."""
+def enrol_plan(X_s: np.ndarray, y_s: np.ndarray, n: int, rng: np.random.Generator,
+               levels_s: np.ndarray | None = None) -> tuple[np.ndarray, "profiles.SpeakerProfile"]:
+    """``enroll:N`` for one test speaker: ``(scored indices, profile)``; the profile's clips are never scored.
+    ``levels_s``: the speaker's clips' speech levels (the profile then carries its level)."""
     chosen = enrolment_indices(y_s, n, rng, "neutral_calm")
     scored = np.setdiff1d(np.arange(len(y_s)), chosen)
-    return scored, profiles.build("eval", X_s[chosen], FEATURE_VERSION)
+    return scored, profiles.build("eval", X_s[chosen], FEATURE_VERSION,
+                                  levels=None if levels_s is None else levels_s[chosen])
 
 
-def online_inputs(X_s: np.ndarray, prior: SpeakerPrior, rng: np.random.Generator) -> list[np.ndarray | None]:
+def level_rows(levels: np.ndarray | None, rows: np.ndarray) -> np.ndarray | None:
+    """``levels[rows]`` (``None`` stays ``None``)."""
+    return None if levels is None else levels[rows]
+
+
+def online_inputs(X_s: np.ndarray, prior: SpeakerPrior, rng: np.random.Generator,
+                  levels_s: np.ndarray | None = None) -> list[np.ndarray | None]:
     """``online`` for one test speaker: clips in a random order, each normalised only by the clips before it.
 
     Returns, per clip (in the speaker's original order), its model input, or
     ``None`` when fewer than ``prior.min_clips`` clips came before it (the plain
-    model answers, as a worker would).
+    model answers, as a worker would). ``levels_s``: the clips' speech levels, which the profile
+    carries along as a worker's does.
     """
     out: list[np.ndarray | None] = [None] * len(X_s)
     profile = profiles.new_profile("eval", X_s.shape[1], FEATURE_VERSION)
     for i in rng.permutation(len(X_s)):
+        level = None if levels_s is None else levels_s[i]
         if profile.count >= prior.min_clips:
-            out[i] = profiles.model_input(X_s[i], profile, prior)[0]
-        profile = profiles.add(profile, X_s[i])  # only after the clip was classified
+            out[i] = profiles.model_input(X_s[i], profile, prior, level)[0]
+        profile = profiles.add(profile, X_s[i], level)  # only after the clip was classified
     return out
 
 
@@ -240,7 +250,8 @@ def evaluate_profiles(X: np.ndarray, y: np.ndarray, groups: np.ndarray, hp: Hype
                       labels: list[str], mode: str, recipe: ProfileRecipe = ProfileRecipe(), k: int = 5,
                       random_state: int = 0, progress: FoldProgress | None = None,
                       skipped: dict[str, int] | None = None, with_plain: bool = True,
-                      augmented: list[np.ndarray] | None = None) -> dict[str, EvaluationReport]:
+                      augmented: list[np.ndarray] | None = None, levels: np.ndarray | None = None,
+                      augmented_levels: list[np.ndarray] | None = None) -> dict[str, EvaluationReport]:
     """Plain vs speaker-profile figures by speaker-grouped ``k``-fold.
 
     Returns ``{"plain": all clips, "plain_same_clips": the clips the profile path
@@ -250,23 +261,27 @@ def evaluate_profiles(X: np.ndarray, y: np.ndarray, groups: np.ndarray, hp: Hype
     every clip is scored, clips before ``recipe.min_clips`` by the plain model.
     ``with_plain=False`` (``enroll`` only) skips the plain model: only ``speaker_profiles``.
     ``augmented``: speed-perturbed copies of ``X`` (rows aligned), for the training folds only.
+    ``levels``/``augmented_levels``: their speech levels (needed by ``recipe.relative_level``).
     """
     return evaluate_modes(X, y, groups, hp, labels=labels, modes=[mode], recipe=recipe, k=k,
                           random_state=random_state, progress=progress, skipped=skipped, with_plain=with_plain,
-                          augmented=augmented)[mode]
+                          augmented=augmented, levels=levels, augmented_levels=augmented_levels)[mode]
 
 
 def evaluate_modes(X: np.ndarray, y: np.ndarray, groups: np.ndarray, hp: Hyperparameters | None, *,
                    labels: list[str], modes: list[str], recipe: ProfileRecipe = ProfileRecipe(), k: int = 5,
                    random_state: int = 0, progress: FoldProgress | None = None,
                    skipped: dict[str, int] | None = None, with_plain: bool = True,
-                   augmented: list[np.ndarray] | None = None) -> dict[str, dict[str, EvaluationReport]]:
+                   augmented: list[np.ndarray] | None = None, levels: np.ndarray | None = None,
+                   augmented_levels: list[np.ndarray] | None = None) -> dict[str, dict[str, EvaluationReport]]:
     """:func:`evaluate_profiles` for several modes on the same folds and fitted models: ``{mode: reports}``."""
     parsed = {mode: parse_mode(mode) for mode in modes}
     if not with_plain and any(kind == "online" for kind, _ in parsed.values()):
         raise ValueError("online mode needs the plain model for a speaker's first clips")
     y, groups = np.asarray(y), np.asarray(groups)
     check_trainable(y, labels)
+    if levels is not None:  # a silent clip reads as its speaker's level
+        levels = filled_levels(levels, groups)
     splits = folds_for(y, groups, protocol="speaker", k=k, random_state=random_state)
     plain_pred = np.empty(len(y), dtype=object)
     speaker_pred = {mode: np.empty(len(y), dtype=object) for mode in modes}
@@ -278,18 +293,21 @@ def evaluate_modes(X: np.ndarray, y: np.ndarray, groups: np.ndarray, hp: Hyperpa
         copies = [A[train] for A in augmented or []]  # training folds only: scored clips are originals
         if with_plain:
             plain_pred[test] = fit(X[train], y[train], hp, copies).predict(X[test])
-        model, prior = fit_speaker_model(X[train], y[train], groups[train], hp, recipe, copies)
+        model, prior = fit_speaker_model(X[train], y[train], groups[train], hp, recipe, copies, level_rows(levels, train),
+                                         [A[train] for A in augmented_levels] if augmented_levels else None)
         for speaker in np.unique(groups[test]):
             rows = np.flatnonzero(groups == speaker)
+            lv = level_rows(levels, rows)
             for mode, (kind, n) in parsed.items():
                 pred, rng = speaker_pred[mode], rngs[mode]
                 if kind == "enroll":
-                    keep, profile = enrol_plan(X[rows], y[rows], n, rng)
+                    keep, profile = enrol_plan(X[rows], y[rows], n, rng, lv)
                     if len(keep):
-                        pred[rows[keep]] = model.predict(profiles.model_input(X[rows[keep]], profile, prior))
+                        pred[rows[keep]] = model.predict(profiles.model_input(X[rows[keep]], profile, prior,
+                                                                              level_rows(lv, keep)))
                     scored[mode][rows[keep]] = True
                 else:
-                    for row, inp in zip(rows, online_inputs(X[rows], prior, rng)):
+                    for row, inp in zip(rows, online_inputs(X[rows], prior, rng, lv)):
                         pred[row] = plain_pred[row] if inp is None else model.predict(inp[None, :])[0]
                     scored[mode][rows] = True
         if progress:
@@ -335,10 +353,12 @@ def evaluate_profiles_on(model: LoadedModel, data: str, settings, mode: str, *, 
     dataset = scan(data).restrict(tuple(labels))
     hp = model.meta.hyperparameters
     training = training_set(dataset, settings.cache_dir, [hp], max_seconds=settings.max_seconds,
-                            progress=progress_printer("extracting") if progress == "stderr" else None)
+                            progress=progress_printer("extracting") if progress == "stderr" else None,
+                            levels=recipe.relative_level, per_speaker_channels=True)
     return evaluate_profiles(training.X, training.y, training.groups, hp, labels=labels, mode=mode, recipe=recipe,
                              k=folds, progress=progress_printer("cross-validating") if progress == "stderr" else None,
-                             skipped=training.skipped, augmented=training.copies(hp))
+                             skipped=training.skipped, augmented=training.copies(hp), levels=training.levels,
+                             augmented_levels=training.copy_levels(hp))
 
 
 # ---------------------------------------------------------------- the speaker path under recording conditions
@@ -346,23 +366,29 @@ def evaluate_profiles_on(model: LoadedModel, data: str, settings, mode: str, *, 
 
 def conditions_by_enrolment(training: TrainingSet, matrices: dict[str, np.ndarray], hp: Hyperparameters,
                             recipe: ProfileRecipe, labels: list[str], *, k: int = 5, random_state: int = 0,
-                            progress: FoldProgress | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+                            progress: FoldProgress | None = None, levels: dict[str, np.ndarray] | None = None
+                            ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """``enroll:<recipe.enrol_clips>`` under recording conditions, by speaker-grouped ``k``-fold.
 
     Each test speaker is enrolled and scored under the *same* condition (a user enrols
     on the line they call from): the same enrolment clips (neutral/calm first) under
     every condition, never scored. ``matrices[name]`` are the rows of ``training.X``
     under each condition (``"clean"`` among them). Returns ``(scored, proba)``: the
-    rows scored (bool) and, per condition, probabilities in ``labels`` order.
+    rows scored (bool) and, per condition, probabilities in ``labels`` order. ``levels[name]``: the
+    rows' speech levels under each condition (needed by ``recipe.relative_level``).
     """
     y, groups = training.y, training.groups
+    levels = {name: filled_levels(lv, groups) for name, lv in (levels or {}).items()}
     check_trainable(y, labels)
     splits = folds_for(y, groups, protocol="speaker", k=k, random_state=random_state)
     scored = np.zeros(len(y), dtype=bool)
     proba = {name: np.zeros((len(y), len(labels))) for name in matrices}
     for f, (train, test) in enumerate(splits):
+        copy_levels = training.copy_levels(hp)
         model, prior = fit_speaker_model(training.X[train], y[train], groups[train], hp, recipe,
-                                         [A[train] for A in training.copies(hp)])
+                                         [A[train] for A in training.copies(hp)],
+                                         level_rows(levels.get("clean"), train),
+                                         [A[train] for A in copy_levels] if copy_levels is not None else None)
         order = [list(model.classes_).index(label) for label in labels]
         for speaker in np.unique(groups[test]):
             rows = np.flatnonzero(groups == speaker)
@@ -371,8 +397,11 @@ def conditions_by_enrolment(training: TrainingSet, matrices: dict[str, np.ndarra
             keep = rows[np.setdiff1d(np.arange(len(rows)), chosen)]
             scored[keep] = True
             for name, M in matrices.items():
-                profile = profiles.build("eval", M[rows[chosen]], FEATURE_VERSION)
-                proba[name][keep] = model.predict_proba(profiles.model_input(M[keep], profile, prior))[:, order]
+                lv = levels.get(name)
+                profile = profiles.build("eval", M[rows[chosen]], FEATURE_VERSION,
+                                         levels=level_rows(lv, rows[chosen]))
+                proba[name][keep] = model.predict_proba(
+                    profiles.model_input(M[keep], profile, prior, level_rows(lv, keep)))[:, order]
         if progress:
             progress(f + 1, len(splits))
     return scored, {name: p[scored] for name, p in proba.items()}
@@ -386,7 +415,15 @@ def speaker_conditions_report(training: TrainingSet, hp: Hyperparameters, recipe
     if not keep.all():
         raise DatasetError(f"{int((~keep).sum())} clips became unreadable under a condition")
     matrices["clean"] = training.X
-    scored, proba = conditions_by_enrolment(training, matrices, hp, recipe, labels, k=k, progress=progress)
+    levels = None
+    if recipe.relative_level:
+        levels = {c.name: extract_levels(training.clips, settings.cache_dir, max_seconds=settings.max_seconds,
+                                         perturbation=None if c.kind == "clean" else Conditioned(c, seed))
+                  for c in parse_conditions(DEFAULT_CONDITIONS)}
+        levels["clean"] = training.levels if training.levels is not None else \
+            extract_levels(training.clips, settings.cache_dir, max_seconds=settings.max_seconds)
+    scored, proba = conditions_by_enrolment(training, matrices, hp, recipe, labels, k=k, progress=progress,
+                                            levels=levels)
     y = training.y[scored]
     return ConditionsReport(
         protocol=f"speaker-grouped {k}-fold, enroll:{recipe.enrol_clips} (enrolled and scored under the same "

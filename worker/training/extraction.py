@@ -17,7 +17,7 @@ import hashlib
 import os
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -29,7 +29,7 @@ from serq.errors import AudioError
 from serq.labels import in_canonical_order
 from serq.schemas import Hyperparameters
 from serq.worker.engine.audio import ANALYSIS_RATE, decode
-from serq.worker.engine.features import FEATURE_NAMES, FEATURE_VERSION, extract
+from serq.worker.engine.features import FEATURE_NAMES, FEATURE_VERSION, extract, waveform_speech_level
 from serq.worker.training.datasets import Clip, Dataset, read_clip
 
 #: Largest training file read when the caller names no limit (``SERQ_TRAIN_MAX_FILE_BYTES``'s default).
@@ -107,21 +107,31 @@ class Speed:
 
 @dataclass(frozen=True)
 class Channel:
-    """Channel-augmented copy ``index`` (:func:`.augment.channel_copy`), rooms simulated into ``rooms``."""
+    """Channel-augmented copy ``index`` (:func:`.augment.channel_copy`), rooms simulated into ``rooms``.
+
+    With ``speaker``, the copy of that speaker's clips, all through one channel
+    (:func:`.augment.speaker_channel_copy`): the speaker-profile path's channel copies,
+    cached apart per speaker copy.
+    """
 
     index: int
     rooms: str
+    speaker: str | None = None
 
     @property
     def key(self) -> str:
         from .augment import AUGMENT_VERSION  # lazy: audiomentations is the train extra
 
-        return f"{AUGMENT_VERSION}-{self.index}"
+        if self.speaker is None:
+            return f"{AUGMENT_VERSION}-{self.index}"
+        return f"{AUGMENT_VERSION}-speaker{self.index}-{hashlib.sha256(self.speaker.encode()).hexdigest()[:12]}"
 
     def apply(self, samples: np.ndarray, digest: str) -> np.ndarray:
-        from .augment import channel_copy  # lazy: the train extra
+        from .augment import channel_copy, speaker_channel_copy  # lazy: the train extra
 
-        return channel_copy(samples, digest, self.index, Path(self.rooms))
+        if self.speaker is None:
+            return channel_copy(samples, digest, self.index, Path(self.rooms))
+        return speaker_channel_copy(samples, self.speaker, self.index, Path(self.rooms))
 
 
 def rooms_folder(cache_dir: str | Path | None) -> Path:
@@ -226,6 +236,51 @@ def extract_clips(
     return matrix, ok, errors
 
 
+def _level_one(path: Path, max_seconds: float | None, perturbation: Perturbation | None,
+               max_bytes: int) -> tuple[str | None, float]:
+    """``(content sha256, speech level in dB)``; NaN for a silent or unusable file."""
+    try:
+        data = read_clip(path, max_bytes)
+        digest = hashlib.sha256(data).hexdigest()
+        audio = decode(data, max_bytes=max(len(data), 1), max_seconds=max_seconds)
+    except AudioError:
+        return None, float("nan")
+    samples = audio.samples if perturbation is None else perturbation.apply(audio.samples, digest)
+    level = waveform_speech_level(samples)
+    return digest, float("nan") if level is None else level
+
+
+def extract_levels(clips: Sequence[Clip], cache_dir: str | Path | None, *, perturbation: Perturbation | None = None,
+                   n_jobs: int = -1, max_seconds: float | None = 60.0, max_bytes: int = DEFAULT_MAX_BYTES
+                   ) -> np.ndarray:
+    """Each clip's speech level in dB (:func:`serq.worker.engine.features.speech_level`), after
+    ``perturbation`` when given: shape ``(len(clips),)``, NaN for a silent or unreadable clip.
+
+    Only the speaker-profile path reads it (relative to the speaker's level); cached beside the
+    feature vectors under ``<version>[-<perturbation>]-level``.
+    """
+    version = FEATURE_VERSION if perturbation is None else f"{FEATURE_VERSION}-{perturbation.key}"
+    cache = FeatureCache(cache_dir, version=f"{version}-level", width=1) if cache_dir else None
+    out = np.full(len(clips), np.nan)
+    todo = []
+    for i, clip in enumerate(clips):
+        digest = file_digest(clip.path, max_bytes) if cache else None
+        hit = cache.get(digest) if digest else None
+        if hit is not None:
+            out[i] = float(hit[0])
+        else:
+            todo.append(i)
+    if todo:
+        jobs = 1 if len(todo) < 16 else n_jobs
+        results = Parallel(n_jobs=jobs, return_as="generator", batch_size=16)(
+            delayed(_level_one)(clips[i].path, max_seconds, perturbation, max_bytes) for i in todo)
+        for i, (digest, level) in zip(todo, results):
+            out[i] = level
+            if cache and digest:
+                cache.put(digest, np.array([level]))
+    return out
+
+
 def extract_training_set(
     clips: Sequence[Clip],
     cache_dir: str | Path | None,
@@ -276,6 +331,9 @@ class TrainingSet:
     clips: list[Clip]
     augmented: dict[str, np.ndarray]
     skipped: dict[str, int]
+    #: Speech level per row in dB (NaN: silent), and per copy: only when asked for (the speaker path reads it).
+    levels: np.ndarray | None = None
+    augmented_levels: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def labels(self) -> list[str]:
@@ -285,6 +343,12 @@ class TrainingSet:
     def copies(self, hp: Hyperparameters) -> list[np.ndarray]:
         """The perturbed copies recipe ``hp`` trains on (speed, then channel copies), those that were extracted."""
         return [self.augmented[k] for k in recipe_keys(hp) if k in self.augmented]
+
+    def copy_levels(self, hp: Hyperparameters) -> list[np.ndarray] | None:
+        """The speech levels of :meth:`copies` (same order), or ``None`` when levels were not extracted."""
+        if self.levels is None:
+            return None
+        return [self.augmented_levels[k] for k in recipe_keys(hp) if k in self.augmented]
 
 
 def training_set(
@@ -296,18 +360,56 @@ def training_set(
     max_seconds: float | None = 60.0,
     progress: Progress | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    levels: bool = False,
+    per_speaker_channels: bool = False,
 ) -> TrainingSet:
-    """Extract (cached) ``dataset`` and the perturbed copies the ``recipes`` train on into a :class:`TrainingSet`."""
+    """Extract (cached) ``dataset`` and the perturbed copies the ``recipes`` train on into a :class:`TrainingSet`
+    (``levels``: also every clip's and copy's speech level, for the speaker-profile path;
+    ``per_speaker_channels``: channel copies drawn per speaker (:class:`Channel` with ``speaker``), the speaker
+    path's, under the same keys as the per-clip ones)."""
     perturbations = perturbations_for(*recipes, cache_dir=cache_dir)
-    X, ok, errors, copies = extract_training_set(dataset.clips, cache_dir, perturbations, n_jobs=n_jobs,
+    channels = [p for p in perturbations if isinstance(p, Channel)] if per_speaker_channels else []
+    per_clip = [p for p in perturbations if p not in channels]
+    X, ok, errors, copies = extract_training_set(dataset.clips, cache_dir, per_clip, n_jobs=n_jobs,
                                                  max_seconds=max_seconds, progress=progress, max_bytes=max_bytes)
     clips = [c for c, good in zip(dataset.clips, ok) if good]
+    for channel in channels:
+        copies.append(_per_speaker(clips, X, channel, cache_dir, n_jobs=n_jobs, max_seconds=max_seconds,
+                                   max_bytes=max_bytes))
+    perturbations = per_clip + channels
     skipped = dict(dataset.skipped)
     for reason in errors.values():  # by code: "unreadable audio (too_large)", "... (too_long)", "... (bad_audio)"
         key = f"unreadable audio ({reason.split(':', 1)[0]})"
         skipped[key] = skipped.get(key, 0) + 1
+    level, copy_levels = None, {}
+    if levels:
+        kw = {"n_jobs": n_jobs, "max_seconds": max_seconds, "max_bytes": max_bytes}
+        level = extract_levels(clips, cache_dir, **kw)
+        copy_levels = {p.key: extract_levels(clips, cache_dir, perturbation=p, **kw) for p in per_clip}
+        for channel in channels:
+            copy_levels[channel.key] = _per_speaker(clips, level, channel, cache_dir, levels=True, **kw)
     return TrainingSet(X=X, y=np.array([c.label for c in clips]), groups=np.array([c.speaker for c in clips]),
-                       clips=clips, augmented={p.key: A for p, A in zip(perturbations, copies)}, skipped=skipped)
+                       clips=clips, augmented={p.key: A for p, A in zip(perturbations, copies)}, skipped=skipped,
+                       levels=level, augmented_levels=copy_levels)
+
+
+def _per_speaker(clips: list[Clip], original: np.ndarray, channel: Channel, cache_dir, *, levels: bool = False,
+                 **kw) -> np.ndarray:
+    """Channel copy ``channel.index`` of ``clips``, each speaker's clips through one channel
+    (:class:`Channel` with ``speaker``): feature rows, or speech levels with ``levels``; aligned with ``original``,
+    whose row a clip keeps when its copy fails."""
+    out = original.copy()
+    speakers = np.array([c.speaker for c in clips])
+    for speaker in sorted(set(speakers.tolist())):
+        rows = np.flatnonzero(speakers == speaker)
+        mine = [clips[i] for i in rows]
+        perturbation = Channel(channel.index, channel.rooms, speaker)
+        if levels:
+            out[rows] = extract_levels(mine, cache_dir, perturbation=perturbation, **kw)
+        else:
+            A, ok, _ = extract_clips(mine, cache_dir, perturbation=perturbation, **kw)
+            out[rows[ok]] = A
+    return out
 
 
 _digest_memo: dict[tuple[str, int, int], str] = {}

@@ -184,7 +184,9 @@ def _run(request: TrainRequest, settings: Settings, report: Report, roots, n_job
         recipes.append(registry.active_metadata().hyperparameters)
     training = training_set(dataset, settings.cache_dir, recipes, n_jobs=n_jobs,
                             max_seconds=settings.train_max_file_seconds, max_bytes=settings.train_max_file_bytes,
-                            progress=lambda done, total: report("extracting", done, total))
+                            progress=lambda done, total: report("extracting", done, total),
+                            levels=request.speaker_normalisation and ProfileRecipe().relative_level,
+                            per_speaker_channels=request.speaker_normalisation)
     summary = dataset.training_summary(training.clips, name)
     names, weights = sources.rows(training.clips)
     if several:
@@ -229,7 +231,9 @@ def _run_speaker(request: TrainRequest, settings: Settings, report: Report, trai
     Metrics are ``enroll:<enrol_clips>`` figures by speaker-grouped k-fold; the model
     is registered with ``normalisation="speaker"`` and its prior, and activation
     moves the speaker pointer (never the plain model's ACTIVE). A recipe trains on the
-    perturbed copies its ``augment_speeds`` and ``channel_copies`` name.
+    perturbed copies its ``augment_speeds`` and ``channel_copies`` name; the channel copies are
+    drawn per speaker (every clip of a speaker copy on one channel), and every clip's speech
+    level is extracted for the level the model reads relative to the speaker's.
     """
     if request.protocol != "speaker":
         raise DatasetError("a speaker-normalised model is evaluated by speaker only (protocol 'speaker')")
@@ -238,7 +242,8 @@ def _run_speaker(request: TrainRequest, settings: Settings, report: Report, trai
     def cv(hp: Hyperparameters, progress=None) -> EvaluationReport:
         return evaluate_profiles(X, y, groups, hp, labels=labels, mode=f"enroll:{recipe.enrol_clips}", recipe=recipe,
                                  k=request.folds, progress=progress, with_plain=False,
-                                 augmented=training.copies(hp))["speaker_profiles"]
+                                 augmented=training.copies(hp), levels=training.levels,
+                                 augmented_levels=training.copy_levels(hp))["speaker_profiles"]
 
     metrics = cv(request.hyperparameters, lambda done, total: report("cross-validating", done, total))
     registry = Registry(settings.model_dir)
@@ -249,7 +254,8 @@ def _run_speaker(request: TrainRequest, settings: Settings, report: Report, trai
             baseline = cv(current.hyperparameters)
     report("fitting", 0, 1)
     model, prior = fit_speaker_model(X, y, groups, request.hyperparameters, recipe,
-                                     training.copies(request.hyperparameters))
+                                     training.copies(request.hyperparameters), training.levels,
+                                     training.copy_levels(request.hyperparameters))
     report("fitting", 1, 1)
     report("registering", 0, 1)
     meta = register_model(model, settings, labels=labels, hyperparameters=request.hyperparameters,

@@ -28,9 +28,10 @@ from serq.worker.engine import profiles
 from serq.worker.engine.inference import probabilities
 from serq.worker.engine.model import LoadedModel
 from serq.worker.training.datasets import Dataset, scan
-from serq.worker.training.evaluation import enrol_plan, evaluate_profiles_on, online_inputs, parse_mode
+from serq.worker.training.evaluation import enrol_plan, evaluate_profiles_on, level_rows, online_inputs, parse_mode
 from serq.worker.training.extraction import training_set
 from serq.worker.training.fit import score
+from serq.worker.training.speaker import filled_levels
 
 
 def evaluate_speaker_profiles(model: LoadedModel, data: str, settings, mode: str, *, folds: int = 5,
@@ -51,8 +52,10 @@ def evaluate_speaker_profiles(model: LoadedModel, data: str, settings, mode: str
     if pair is None or not unseen(dataset, *pair):
         return evaluate_profiles_on(model, data, settings, mode, folds=folds, progress=progress)
     training = training_set(dataset, settings.cache_dir, (), max_seconds=settings.max_seconds,
-                            progress=progress_printer("extracting") if progress == "stderr" else None)
-    return score_new_speakers(*pair, training.X, training.y, training.groups, mode, skipped=training.skipped)
+                            progress=progress_printer("extracting") if progress == "stderr" else None,
+                            levels=pair[1].meta.speaker_prior.relative_level)
+    return score_new_speakers(*pair, training.X, training.y, training.groups, mode, skipped=training.skipped,
+                              levels=training.levels)
 
 
 def counterparts(model: LoadedModel, settings) -> tuple[LoadedModel, LoadedModel] | None:
@@ -76,13 +79,14 @@ def unseen(dataset: Dataset, *models: LoadedModel) -> bool:
 
 
 def score_new_speakers(plain: LoadedModel, speaker: LoadedModel, X: np.ndarray, y: np.ndarray, groups: np.ndarray,
-                       mode: str, *, random_state: int = 0, skipped: dict[str, int] | None = None
-                       ) -> dict[str, EvaluationReport]:
+                       mode: str, *, random_state: int = 0, skipped: dict[str, int] | None = None,
+                       levels: np.ndarray | None = None) -> dict[str, EvaluationReport]:
     """Plain vs speaker-profile figures of the two models as they are, on rows ``X`` of new speakers.
 
     Returns ``{"plain", "plain_same_clips", "speaker_profiles"}`` as
     :func:`serq.worker.training.speaker.evaluate_profiles` does; a speaker with no clip
-    left to score after enrolment is counted in ``skipped``.
+    left to score after enrolment is counted in ``skipped``. ``levels``: the rows' speech levels
+    (for a speaker model that reads the level relative to the speaker's).
     """
     kind, n = parse_mode(mode)
     labels = list(plain.meta.labels)
@@ -91,6 +95,8 @@ def score_new_speakers(plain: LoadedModel, speaker: LoadedModel, X: np.ndarray, 
                              f"{plain.version} {labels}: they cannot be compared")
     prior = speaker.meta.speaker_prior
     y, groups = np.asarray(y), np.asarray(groups)
+    if levels is not None:
+        levels = filled_levels(levels, groups)
     plain_pred = _predict(plain, X)
     speaker_pred = np.empty(len(y), dtype=object)
     scored = np.zeros(len(y), dtype=bool)
@@ -99,14 +105,15 @@ def score_new_speakers(plain: LoadedModel, speaker: LoadedModel, X: np.ndarray, 
     for who in np.unique(groups):
         rows = np.flatnonzero(groups == who)
         if kind == "enroll":
-            keep, profile = enrol_plan(X[rows], y[rows], n, rng)
+            keep, profile = enrol_plan(X[rows], y[rows], n, rng, level_rows(levels, rows))
             if not len(keep):
                 skipped[f"speaker with {n} clips or fewer (enroll:{n} leaves none to score)"] += len(rows)
                 continue
-            speaker_pred[rows[keep]] = _predict(speaker, profiles.model_input(X[rows[keep]], profile, prior))
+            speaker_pred[rows[keep]] = _predict(speaker, profiles.model_input(
+                X[rows[keep]], profile, prior, level_rows(levels, rows[keep])))
             scored[rows[keep]] = True
         else:
-            for row, inp in zip(rows, online_inputs(X[rows], prior, rng)):
+            for row, inp in zip(rows, online_inputs(X[rows], prior, rng, level_rows(levels, rows))):
                 speaker_pred[row] = plain_pred[row] if inp is None else _predict(speaker, inp[None, :])[0]
             scored[rows] = True
     if not scored.any():

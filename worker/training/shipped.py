@@ -70,6 +70,18 @@ weights) given the same library versions and machine type; the skops file's own 
 rebuilds because the zip records timestamps."""
 
 
+SPEAKER_TRAINING_NOTE = """## How it is trained
+Every training clip and its speed copies (0.9x, 1.1x) and three channel copies (the plain model's chain:
+phone lines, rooms, microphones, noise, codecs, pitch, gain), each copy of a speaker a speaker of its own
+with its own profile. The channel copies are drawn per speaker: every clip of a speaker's copy goes
+through the same channel, as a profile sees one caller on one line (drawn per clip, as the plain model's
+are, they would give a profile a different line for every clip). Beside the level-free features and
+their z-scores, the model reads each clip's speech level minus its speaker's (`level_db` of the profile):
+loudness relative to the speaker, which the volume knob cannot move. So unlike the plain model's, its
+labels can change under peak normalisation (each clip gets a gain of its own, which moves its level relative
+to the speaker: the conditions table's `peak` row), while a gain applied to enrolment and clips alike cannot."""
+
+
 def build_default_speaker(data: str | Path, out: str | Path | None = None, *, recipe: ProfileRecipe = ProfileRecipe(),
                           folds: int = 5, progress: Callable[[str], Callable[[int, int], None]] | None = None
                           ) -> tuple[ModelMetadata, dict[str, EvaluationReport]]:
@@ -81,21 +93,25 @@ def build_default_speaker(data: str | Path, out: str | Path | None = None, *, re
     out = Path(out) if out else DEFAULT_SPEAKER_DIR
     progress = progress or (lambda stage: None)
     dataset = scan(data)
-    # Speed copies, no channel copies: those are drawn per clip, while a profile normalises one
-    # speaker on one line (the conditions table shows what that costs).
-    hp = Hyperparameters(channel_copies=0)
+    # Speed copies and the default channel copies, drawn per speaker: each copy of a speaker is a
+    # speaker of its own on one channel (a profile normalises one speaker on one line). The model
+    # also reads each clip's speech level relative to its speaker's (recipe.relative_level).
+    hp = Hyperparameters()
     settings = get_settings()
-    training = training_set(dataset, settings.cache_dir, [hp], progress=progress("extracting"))
-    labels, copies = training.labels, training.copies(hp)
+    training = training_set(dataset, settings.cache_dir, [hp], progress=progress("extracting"),
+                            levels=recipe.relative_level, per_speaker_channels=True)
+    labels, copies, copy_levels = training.labels, training.copies(hp), training.copy_levels(hp)
     evaluations = evaluate_modes(training.X, training.y, training.groups, hp, labels=labels,
                                  modes=[f"enroll:{recipe.enrol_clips}", "online"], recipe=recipe, k=folds,
-                                 progress=progress("cross-validating"), skipped=training.skipped, augmented=copies)
+                                 progress=progress("cross-validating"), skipped=training.skipped, augmented=copies,
+                                 levels=training.levels, augmented_levels=copy_levels)
     conditions = speaker_conditions_report(training, hp, recipe, labels, settings, k=folds,
                                            progress=progress("conditions"))
-    model, prior = fit_speaker_model(training.X, training.y, training.groups, hp, recipe, copies)
+    model, prior = fit_speaker_model(training.X, training.y, training.groups, hp, recipe, copies,
+                                     training.levels, copy_levels)
     summary = dataset.training_summary(training.clips, "RAVDESS speech (Zenodo record 1188976), 16 kHz FLAC")
     enrol = evaluations[f"enroll:{recipe.enrol_clips}"]
-    extra = [CARD_NOTE, "", "## Beside the plain model (same folds, same clips)"]
+    extra = [CARD_NOTE, "", SPEAKER_TRAINING_NOTE, "", "## Beside the plain model (same folds, same clips)"]
     for mode, reports in evaluations.items():
         for name in ("plain", "plain_same_clips", "speaker_profiles"):
             extra += ["", f"### {mode}: {name}", "", metrics_table(reports[name])]
