@@ -42,6 +42,7 @@ from serq.client.wire import (
     lost_error,
     outcome,
     properties,
+    refused_error,
     request_for,
     request_headers,
     subscription_keys,
@@ -77,6 +78,7 @@ class AsyncClient:
         self._waiters: dict[str, asyncio.Future] = {}
         self._sent_on: dict[str, int] = {}  # request id -> the connection generation it was last published on
         self._generation = 0
+        self._refused: set[str] = set()  # ids of requests the broker nacked (see _publish)
         self._conn = None
         self._channel = None
         self._connected = asyncio.Event()
@@ -183,7 +185,13 @@ class AsyncClient:
             await self._channel.default_exchange.publish(
                 aio_pika.Message(request.body, expiration=ttl_s, **props), routing_key=self._queue, mandatory=True)
             request.routed = True
-        except aio_pika.exceptions.PublishError:
+        except aio_pika.exceptions.PublishError:  # returned (a subclass of DeliveryError: caught first)
+            request.routed = False
+        except aio_pika.exceptions.DeliveryError:
+            # Nacked: a quorum queue refuses what it cannot take yet (no leader: just declared, or
+            # its node died). Published again like a returned request; the deadline bounds it.
+            logger.info("the broker refused request %s (nack): publishing it again", request.id)
+            self._refused.add(request.id)
             request.routed = False
 
     async def _publish_until_routed(self, request: Request) -> None:
@@ -213,7 +221,8 @@ class AsyncClient:
                     await asyncio.wait_for(self._publish_until_routed(request),
                                            max(0.001, request.deadline - time.monotonic()))
                 except TimeoutError:
-                    error = timeout_error if request.routed else unrouted_error
+                    error = timeout_error if request.routed else (
+                        refused_error if request.id in self._refused else unrouted_error)
                     raise error(request, self._queue, self._where) from None
                 except CONNECTION_ERRORS as exc:
                     self._lost(exc)
@@ -226,6 +235,7 @@ class AsyncClient:
             return outcome(request)
         finally:
             self._pending.pop(request.id, None)
+            self._refused.discard(request.id)
             self._waiters.pop(request.id, None)
             self._sent_on.pop(request.id, None)
 

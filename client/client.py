@@ -39,6 +39,7 @@ from serq.client.wire import (
     client_settings,
     outcome,
     properties,
+    refused_error,
     request_for,
     request_headers,
     subscription_keys,
@@ -155,8 +156,7 @@ class Client:
             except pika.exceptions.NackError:
                 logger.info("the broker refused request %s (nack): publishing it again", pending.id)
                 if not backoff.sleep(pending.deadline):
-                    raise Timeout(f"the broker refused the request until its deadline ({pending.timeout:g} s): "
-                                  f"is {self._queue} available on {self.settings.redacted_amqp_url}?") from None
+                    raise refused_error(pending, self._queue, self.settings.redacted_amqp_url) from None
 
     def _send(self, source: Source, timeout: float, filename: str | None = None, *, headers: dict | None = None,
               type: str | None = None) -> Request:

@@ -152,6 +152,12 @@ def unrouted_error(request: Request, queue: str, where: str) -> Timeout:
                    f"(`serq worker`) has started for this prefix yet (clients do not create it; see docs/deploy.md)")
 
 
+def refused_error(request: Request, queue: str, where: str) -> Timeout:
+    """The :class:`Timeout` of a request the broker refused (nack) until its deadline."""
+    return Timeout(f"the broker refused the request until its deadline ({request.timeout:g} s): "
+                   f"is {queue} available on {where}?")
+
+
 #: How often a request the broker returned (no request queue yet) is published again, in seconds.
 REROUTE_S = 0.25
 
