@@ -78,7 +78,6 @@ class AsyncClient:
         self._waiters: dict[str, asyncio.Future] = {}
         self._sent_on: dict[str, int] = {}  # request id -> the connection generation it was last published on
         self._generation = 0
-        self._refused: set[str] = set()  # ids of requests the broker nacked (see _publish)
         self._conn = None
         self._channel = None
         self._connected = asyncio.Event()
@@ -191,7 +190,7 @@ class AsyncClient:
             # Nacked: a quorum queue refuses what it cannot take yet (no leader: just declared, or
             # its node died). Published again like a returned request; the deadline bounds it.
             logger.info("the broker refused request %s (nack): publishing it again", request.id)
-            self._refused.add(request.id)
+            request.refused = True
             request.routed = False
 
     async def _publish_until_routed(self, request: Request) -> None:
@@ -222,7 +221,7 @@ class AsyncClient:
                                            max(0.001, request.deadline - time.monotonic()))
                 except TimeoutError:
                     error = timeout_error if request.routed else (
-                        refused_error if request.id in self._refused else unrouted_error)
+                        refused_error if request.refused else unrouted_error)
                     raise error(request, self._queue, self._where) from None
                 except CONNECTION_ERRORS as exc:
                     self._lost(exc)
@@ -235,7 +234,6 @@ class AsyncClient:
             return outcome(request)
         finally:
             self._pending.pop(request.id, None)
-            self._refused.discard(request.id)
             self._waiters.pop(request.id, None)
             self._sent_on.pop(request.id, None)
 

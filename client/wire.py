@@ -78,6 +78,8 @@ class Request:
     #: Whether the broker routed it to the request queue (a publish is returned while the queue does not
     #: exist: no worker has declared it yet; the client publishes it again until its deadline).
     routed: bool = False
+    #: Whether the broker refused (nacked) a publish of it; the async client publishes it again until its deadline.
+    refused: bool = False
 
 
 def request_headers(headers: dict | None, private: bool = False) -> dict | None:
