@@ -244,21 +244,21 @@ def speech_level_db(frame_power: np.ndarray, active: np.ndarray) -> float:
     return 10 * np.log10(mean) if mean > 0 else -np.inf
 
 
-def _levels(recorded: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """``(frames, frame levels in dB, active frames, active-speech level in dB)`` of a float32 waveform."""
+def _levels(recorded: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """``(frame levels in dB, active frames, active-speech level in dB)`` of a float32 waveform."""
     frames = frame_signal(recorded)
     frame_power = np.einsum("ij,ij->i", frames, frames).astype(np.float64) / N_FFT
     # Levels down to 1e-30 (-300 dB): no floor that a gain of -30 dB could reach.
     level_db = 10 * np.log10(frame_power + 1e-30)
     active_all = active_frames(level_db)
-    return frames, level_db, active_all, speech_level_db(frame_power, active_all)
+    return level_db, active_all, speech_level_db(frame_power, active_all)
 
 
 def waveform_speech_level(samples: np.ndarray) -> float | None:
     """:func:`speech_level` of ``samples`` (mono float at :data:`SAMPLE_RATE`) without the rest of
     :func:`analyse` (training takes it for every clip); ``None`` where :func:`analyse` says silent."""
     recorded = np.asarray(samples, dtype=np.float32)
-    _, level_db, _, level = _levels(recorded)
+    level_db, _, level = _levels(recorded)
     if not np.isfinite(level) or float(level_db.max(initial=-300.0)) < SILENCE_DBFS:
         return None
     return LEVEL_TARGET_DBFS - float(np.clip(LEVEL_TARGET_DBFS - level, -150.0, 150.0))
@@ -282,7 +282,7 @@ def analyse(samples: np.ndarray, sr: int = SAMPLE_RATE) -> Analysis:
     if sr != SAMPLE_RATE:
         raise ValueError(f"features are defined at {SAMPLE_RATE} Hz, got {sr} Hz: resample first")
     recorded = np.asarray(samples, dtype=np.float32)
-    _, level_db, active_all, level = _levels(recorded)
+    level_db, active_all, level = _levels(recorded)
     # Level invariance: scale to one active-speech level, then derive everything from that.
     gain_db = float(np.clip(LEVEL_TARGET_DBFS - level, -150.0, 150.0)) if np.isfinite(level) else 0.0
     samples = recorded * np.float32(10 ** (gain_db / 20))
